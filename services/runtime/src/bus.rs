@@ -1,0 +1,433 @@
+//! The event bus: NATS connect with retry (credentials and TLS from flags or the environment),
+//! idempotent provisioning of the `EVENTS` and `DEADLETTER` streams, and publish-with-ack where
+//! the event id is the `Nats-Msg-Id`, so a retried publish is stored once.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{
+    Client, ConnectOptions, HeaderMap,
+    connection::State,
+    jetstream::{
+        self,
+        context::{PublishAckFuture, PublishErrorKind},
+        stream::{Config as StreamConfig, DiscardPolicy, StorageType},
+    },
+};
+use bytes::Bytes;
+use learntrail_proto::{Event, Message, subject};
+use tokio_util::sync::CancellationToken;
+
+use crate::units::{parse_bytes, parse_duration};
+
+/// The header JetStream deduplicates on.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// How to reach NATS. The same names mean the same thing in every service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated
+    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// NATS credentials file (.creds, JWT + nkey seed)
+    #[arg(long = "nats-creds", env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// NATS user (with --nats-password)
+    #[arg(long = "nats-user", env = "NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password
+    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// NATS token
+    #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Require TLS to NATS
+    #[arg(long = "nats-tls", env = "NATS_TLS")]
+    pub tls: bool,
+    /// CA certificate (PEM) that signed the NATS server's certificate; implies --nats-tls
+    #[arg(long = "nats-tls-ca", env = "NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --nats-tls-key
+    #[arg(long = "nats-tls-cert", env = "NATS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS
+    #[arg(long = "nats-tls-key", env = "NATS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How long a publish waits for the stream's acknowledgement
+    #[arg(long = "nats-publish-timeout", env = "NATS_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+}
+
+impl NatsArgs {
+    /// Defaults with the given server URL (tests, tools).
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            tls: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Limits of the streams this deployment provisions.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamArgs {
+    /// How long EVENTS keeps an event
+    #[arg(long, env = "EVENTS_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+    /// Size cap of EVENTS (0 = unlimited); over it the oldest events go
+    #[arg(long, env = "EVENTS_MAX_BYTES", default_value = "0", value_parser = parse_bytes)]
+    pub events_max_bytes: u64,
+    /// Window in which a republished event id is recognised and stored once
+    #[arg(long, env = "EVENTS_DUPLICATE_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub events_duplicate_window: Duration,
+    /// JetStream replicas of each stream (1 for a single server, 3 for a cluster)
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// How long DEADLETTER keeps a record
+    #[arg(long, env = "DEADLETTER_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
+    pub deadletter_max_age: Duration,
+}
+
+impl Default for StreamArgs {
+    fn default() -> Self {
+        Self {
+            events_max_age: Duration::from_secs(30 * 86_400),
+            events_max_bytes: 0,
+            events_duplicate_window: Duration::from_secs(3600),
+            stream_replicas: 1,
+            deadletter_max_age: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// Why a publish did not get an acknowledgement.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Not connected to NATS right now: nothing was sent.
+    #[error("event bus unavailable: not connected to NATS")]
+    Unavailable,
+    /// Sent, but no ack within the timeout: the event may or may not be stored.
+    #[error("event bus did not acknowledge in time")]
+    Timeout,
+    /// No stream takes the subject (streams not provisioned yet).
+    #[error("no stream stores subject {0}")]
+    NoStream(String),
+    /// The message is over the server's max_payload.
+    #[error("event too large for the bus: {0}")]
+    TooLarge(String),
+    #[error("publish failed: {0}")]
+    Other(String),
+}
+
+impl PublishError {
+    /// True when retrying later may succeed (the bus is down or slow), as opposed to a bad event.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::TooLarge(_))
+    }
+
+    fn from_nats(err: jetstream::context::PublishError, subject: &str) -> Self {
+        match err.kind() {
+            PublishErrorKind::TimedOut => Self::Timeout,
+            PublishErrorKind::BrokenPipe => Self::Unavailable,
+            PublishErrorKind::StreamNotFound => Self::NoStream(subject.to_string()),
+            PublishErrorKind::MaxPayloadExceeded => Self::TooLarge(err.to_string()),
+            _ => Self::Other(err.to_string()),
+        }
+    }
+}
+
+/// What JetStream answered for a stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub sequence: u64,
+    /// The id was already stored within the duplicate window; nothing new was written.
+    pub duplicate: bool,
+}
+
+/// Error connecting to NATS or provisioning streams.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot read NATS credentials: {0}")]
+    Credentials(#[from] std::io::Error),
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("cannot provision stream {stream}: {message}")]
+    Provision { stream: String, message: String },
+}
+
+/// A connection to the bus, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: Client,
+    js: jetstream::Context,
+    provisioned: Arc<AtomicBool>,
+}
+
+impl Bus {
+    /// Connects to NATS. With `wait == false` the connection is made in the background (retrying
+    /// forever), so a service can start and report not-ready while NATS is down; with
+    /// `wait == true` the first attempt must succeed.
+    pub async fn connect(args: &NatsArgs, name: &str, wait: bool) -> Result<Self, BusError> {
+        let mut options = ConnectOptions::new()
+            .name(name)
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((50u64 << attempts.min(6) as u64).min(2_000))
+            })
+            .event_callback(|event| async move {
+                tracing::info!(%event, "nats connection event");
+            });
+        if !wait {
+            options = options.retry_on_initial_connect();
+        }
+        if let Some(creds) = &args.creds {
+            options = options.credentials_file(creds).await?;
+        }
+        if let (Some(user), Some(password)) = (&args.user, &args.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &args.token {
+            options = options.token(token.clone());
+        }
+        if args.tls || args.tls_ca.is_some() {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &args.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options
+            .connect(args.url.as_str())
+            .await
+            .map_err(|e| BusError::Connect {
+                url: args.url.clone(),
+                message: e.to_string(),
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(args.publish_timeout)
+            .max_ack_inflight(20_000)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Ok(Self {
+            client,
+            js,
+            provisioned: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Connected, and the streams are known to exist.
+    pub fn is_ready(&self) -> bool {
+        self.is_connected() && self.provisioned.load(Ordering::Relaxed)
+    }
+
+    /// Creates or updates `EVENTS` and `DEADLETTER` to match `args`. Idempotent.
+    pub async fn provision(&self, args: &StreamArgs) -> Result<(), BusError> {
+        for config in stream_configs(args) {
+            let name = config.name.clone();
+            self.js
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| BusError::Provision {
+                    stream: name,
+                    message: e.to_string(),
+                })?;
+        }
+        self.provisioned.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Provisions, retrying with backoff until it succeeds or `token` is cancelled.
+    pub async fn provision_with_retry(&self, args: &StreamArgs, token: &CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.provision(args).await {
+                Ok(()) => {
+                    tracing::info!("streams EVENTS and DEADLETTER ready");
+                    return;
+                }
+                Err(err) => tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "stream provisioning failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = token.cancelled() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Marks the streams as present without provisioning them (for producers that may not manage
+    /// streams, such as lab agents; a missing stream then shows as a publish error).
+    pub fn assume_provisioned(&self) {
+        self.provisioned.store(true, Ordering::Relaxed);
+    }
+
+    /// Sends one already-encoded event; the returned future resolves to its ack. Fails at once
+    /// when NATS is not connected, so callers never wait on a dead connection.
+    pub async fn send(
+        &self,
+        subject: String,
+        id: &str,
+        payload: Bytes,
+    ) -> Result<PendingAck, PublishError> {
+        if !self.is_connected() {
+            return Err(PublishError::Unavailable);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, id);
+        let future = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| PublishError::from_nats(e, &subject))?;
+        Ok(PendingAck { future, subject })
+    }
+
+    /// Publishes one event and waits for JetStream to store it.
+    pub async fn publish(&self, event: &Event) -> Result<Ack, PublishError> {
+        let payload = Bytes::from(event.encode_to_vec());
+        self.send(event.subject(), &event.id, payload).await?.wait().await
+    }
+
+    /// Publishes many events, pipelined: all are sent before any ack is awaited. One result per
+    /// event, in order.
+    pub async fn publish_many<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Vec<Result<Ack, PublishError>> {
+        let mut pending = Vec::new();
+        for event in events {
+            let payload = Bytes::from(event.encode_to_vec());
+            pending.push(self.send(event.subject(), &event.id, payload).await);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for sent in pending {
+            results.push(match sent {
+                Ok(ack) => ack.wait().await,
+                Err(err) => Err(err),
+            });
+        }
+        results
+    }
+
+    /// Records a payload that failed validation or delivery on `deadletter.<source>`, with the
+    /// reason in a header, so nothing is silently dropped.
+    pub async fn deadletter(
+        &self,
+        source: &str,
+        id: &str,
+        reason: &str,
+        payload: Bytes,
+    ) -> Result<Ack, PublishError> {
+        if !self.is_connected() {
+            return Err(PublishError::Unavailable);
+        }
+        let subject = subject::deadletter_subject(source);
+        let mut headers = HeaderMap::new();
+        if !id.is_empty() {
+            headers.insert(MSG_ID_HEADER, id);
+        }
+        headers.insert(subject::DEADLETTER_REASON_HEADER, reason.replace(['\r', '\n'], " "));
+        let future = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| PublishError::from_nats(e, &subject))?;
+        PendingAck { future, subject }.wait().await
+    }
+}
+
+/// A sent publish whose acknowledgement is still to come.
+pub struct PendingAck {
+    future: PublishAckFuture,
+    subject: String,
+}
+
+impl PendingAck {
+    pub async fn wait(self) -> Result<Ack, PublishError> {
+        let ack = self
+            .future
+            .await
+            .map_err(|e| PublishError::from_nats(e, &self.subject))?;
+        Ok(Ack {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+/// The stream configurations `provision` applies.
+pub fn stream_configs(args: &StreamArgs) -> [StreamConfig; 2] {
+    let events = StreamConfig {
+        name: subject::EVENTS_STREAM.into(),
+        description: Some("every Learntrail event, events.<source>.<kind>".into()),
+        subjects: vec![subject::EVENTS_SUBJECTS.into()],
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        max_age: args.events_max_age,
+        max_bytes: if args.events_max_bytes == 0 { -1 } else { args.events_max_bytes as i64 },
+        duplicate_window: args.events_duplicate_window,
+        num_replicas: args.stream_replicas,
+        ..Default::default()
+    };
+    let deadletter = StreamConfig {
+        name: subject::DEADLETTER_STREAM.into(),
+        description: Some("records that failed validation or delivery, with the reason".into()),
+        subjects: vec![subject::DEADLETTER_SUBJECTS.into()],
+        storage: StorageType::File,
+        max_age: args.deadletter_max_age,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: args.stream_replicas,
+        ..Default::default()
+    };
+    [events, deadletter]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_configs_follow_the_args() {
+        let args = StreamArgs {
+            events_max_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let [events, deadletter] = stream_configs(&args);
+        assert_eq!(events.subjects, ["events.>"]);
+        assert_eq!(events.max_bytes, 1 << 30);
+        assert_eq!(events.duplicate_window, Duration::from_secs(3600));
+        assert_eq!(events.storage, StorageType::File);
+        assert_eq!(deadletter.subjects, ["deadletter.>"]);
+        let [unlimited, _] = stream_configs(&StreamArgs::default());
+        assert_eq!(unlimited.max_bytes, -1);
+    }
+}
