@@ -48,7 +48,10 @@ mod tests {
     fn rfc3339_round_trip() {
         let ts = parse_rfc3339("2026-11-24T17:30:18.123+01:00").unwrap();
         assert_eq!(rfc3339(&ts), "2026-11-24T16:30:18.123Z");
-        assert_eq!(from_millis(1_677_228_000_123).map(|t| rfc3339(&t)).unwrap(), "2023-02-24T08:40:00.123Z");
+        assert_eq!(
+            from_millis(1_677_228_000_123).map(|t| rfc3339(&t)).unwrap(),
+            "2023-02-24T08:40:00.123Z"
+        );
         assert!(parse_rfc3339("yesterday").is_none());
     }
 }

@@ -51,7 +51,10 @@ pub fn validate_event(event: &Event) -> Result<(), Vec<Problem>> {
         problems.push(Problem::new("source", format!("must be one of {known}")));
     }
     if !subject::is_token(&event.kind) {
-        problems.push(Problem::new("kind", "must be lowercase letters, digits and _"));
+        problems.push(Problem::new(
+            "kind",
+            "must be lowercase letters, digits and _",
+        ));
     }
     if event.occurred_at.is_none() {
         problems.push(Problem::new("occurred_at", "is required"));
@@ -60,11 +63,19 @@ pub fn validate_event(event: &Event) -> Result<(), Vec<Problem>> {
         None => problems.push(Problem::new("payload", "is required")),
         Some(payload) if payload_source(payload) != event.source => problems.push(Problem::new(
             "payload",
-            format!("belongs to source {}, not {}", payload_source(payload), event.source),
+            format!(
+                "belongs to source {}, not {}",
+                payload_source(payload),
+                event.source
+            ),
         )),
         Some(_) => {}
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +131,10 @@ mod tests {
         event.occurred_at = crate::time::parse_rfc3339("2026-11-24T16:30:18.5Z");
         let json = event.to_json();
         // pbjson writes UTC as `+00:00`, which every RFC 3339 parser reads.
-        assert!(json.contains("\"occurredAt\":\"2026-11-24T16:30:18.500"), "{json}");
+        assert!(
+            json.contains("\"occurredAt\":\"2026-11-24T16:30:18.500"),
+            "{json}"
+        );
         assert!(json.contains("\"lmsEvent\""), "{json}");
         assert_eq!(Event::from_json(&json).unwrap(), event);
     }

@@ -105,8 +105,11 @@ impl Verifier {
             .decode(signature)
             .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
         let mut mac = self.mac.clone();
-        mac.update(&token.as_bytes()[..token.len() - token.rsplit('.').next().map_or(0, str::len) - 1]);
-        mac.verify_slice(&signature).map_err(|_| AuthError::Signature)?;
+        mac.update(
+            &token.as_bytes()[..token.len() - token.rsplit('.').next().map_or(0, str::len) - 1],
+        );
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::Signature)?;
         let claims: Claims = decode_json(payload)?;
         if claims.sub.trim().is_empty() {
             return Err(AuthError::Claims("sub is empty".into()));
@@ -168,7 +171,10 @@ mod tests {
         let verifier = Verifier::new(SECRET);
         assert_eq!(verifier.verify(&token, 1_500), Ok(claims(Role::Student)));
         let header = format!("Bearer {token}");
-        assert_eq!(verifier.verify_header(Some(&header), 1_500).unwrap().role, Role::Student);
+        assert_eq!(
+            verifier.verify_header(Some(&header), 1_500).unwrap().role,
+            Role::Student
+        );
     }
 
     #[test]
@@ -176,10 +182,19 @@ mod tests {
         let verifier = Verifier::new(SECRET);
         let token = sign(SECRET, &claims(Role::Service));
         assert_eq!(verifier.verify(&token, 9_999), Err(AuthError::Expired));
-        assert_eq!(Verifier::new(b"other").verify(&token, 1_500), Err(AuthError::Signature));
+        assert_eq!(
+            Verifier::new(b"other").verify(&token, 1_500),
+            Err(AuthError::Signature)
+        );
         assert_eq!(verifier.verify_header(None, 1_500), Err(AuthError::Missing));
-        assert_eq!(verifier.verify_header(Some("Basic abc"), 1_500), Err(AuthError::Missing));
-        assert!(matches!(verifier.verify("a.b", 1_500), Err(AuthError::Malformed(_))));
+        assert_eq!(
+            verifier.verify_header(Some("Basic abc"), 1_500),
+            Err(AuthError::Missing)
+        );
+        assert!(matches!(
+            verifier.verify("a.b", 1_500),
+            Err(AuthError::Malformed(_))
+        ));
         // alg "none" with the signature stripped
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let payload = token.split('.').nth(1).unwrap();
@@ -201,7 +216,13 @@ mod tests {
         let input = format!("{header}.{payload}");
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
         mac.update(input.as_bytes());
-        let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
-        assert!(matches!(Verifier::new(SECRET).verify(&token, 0), Err(AuthError::Claims(_))));
+        let token = format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        assert!(matches!(
+            Verifier::new(SECRET).verify(&token, 0),
+            Err(AuthError::Claims(_))
+        ));
     }
 }

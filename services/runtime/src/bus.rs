@@ -33,7 +33,11 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated
-    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub url: String,
     /// NATS credentials file (.creds, JWT + nkey seed)
     #[arg(long = "nats-creds", env = "NATS_CREDS")]
@@ -274,7 +278,9 @@ impl Bus {
                     tracing::info!("streams EVENTS and DEADLETTER ready");
                     return;
                 }
-                Err(err) => tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "stream provisioning failed"),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "stream provisioning failed")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -314,7 +320,10 @@ impl Bus {
     /// Publishes one event and waits for JetStream to store it.
     pub async fn publish(&self, event: &Event) -> Result<Ack, PublishError> {
         let payload = Bytes::from(event.encode_to_vec());
-        self.send(event.subject(), &event.id, payload).await?.wait().await
+        self.send(event.subject(), &event.id, payload)
+            .await?
+            .wait()
+            .await
     }
 
     /// Publishes many events, pipelined: all are sent before any ack is awaited. One result per
@@ -355,7 +364,10 @@ impl Bus {
         if !id.is_empty() {
             headers.insert(MSG_ID_HEADER, id);
         }
-        headers.insert(subject::DEADLETTER_REASON_HEADER, reason.replace(['\r', '\n'], " "));
+        headers.insert(
+            subject::DEADLETTER_REASON_HEADER,
+            reason.replace(['\r', '\n'], " "),
+        );
         let future = self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
@@ -393,7 +405,11 @@ pub fn stream_configs(args: &StreamArgs) -> [StreamConfig; 2] {
         storage: StorageType::File,
         discard: DiscardPolicy::Old,
         max_age: args.events_max_age,
-        max_bytes: if args.events_max_bytes == 0 { -1 } else { args.events_max_bytes as i64 },
+        max_bytes: if args.events_max_bytes == 0 {
+            -1
+        } else {
+            args.events_max_bytes as i64
+        },
         duplicate_window: args.events_duplicate_window,
         num_replicas: args.stream_replicas,
         ..Default::default()

@@ -124,10 +124,20 @@ impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ])
         });
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency", duration.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            duration.clone(),
+        );
         Self { requests, duration }
     }
 
@@ -142,7 +152,9 @@ impl HttpMetrics {
         let response = next.run(request).await;
         metrics
             .duration
-            .get_or_create(&RouteLabels { route: route.clone() })
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
             .observe(started.elapsed().as_secs_f64());
         metrics
             .requests

@@ -54,7 +54,10 @@ pub async fn drain_with_grace<F: std::future::Future>(
     match tokio::time::timeout(grace, work).await {
         Ok(out) => Some(out),
         Err(_) => {
-            tracing::warn!(grace_secs = grace.as_secs_f64(), "shutdown grace period ran out");
+            tracing::warn!(
+                grace_secs = grace.as_secs_f64(),
+                "shutdown grace period ran out"
+            );
             None
         }
     }

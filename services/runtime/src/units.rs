@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// Parses a duration such as `5s`, `1h 30m` or `100ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (examples: 500ms, 5s, 1h, 30d)"))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (examples: 500ms, 5s, 1h, 30d)"))
 }
 
 /// Parses a byte size: a plain number of bytes or a number with a unit
@@ -29,7 +30,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ));
+        }
     };
     Ok((number * scale as f64).round() as u64)
 }

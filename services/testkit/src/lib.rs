@@ -1,0 +1,40 @@
+//! # learntrail-testkit
+//!
+//! Real servers for tests, each on its own free port with its own temporary data directory, so
+//! tests run in parallel and never rely on servers that happen to be running:
+//! [`NatsServer`] (nats-server with JetStream), [`RedisServer`], [`GarageServer`] (S3).
+//! Dropping a server stops it and removes its data. A missing binary panics with the command that
+//! installs it (`make test` installs them all).
+//!
+//! Also [`eventually`], which waits for a condition instead of sleeping, and [`stream_events`],
+//! which reads back what a stream stored.
+
+mod garage;
+mod nats;
+mod process;
+mod redis;
+
+use std::time::Duration;
+
+pub use garage::GarageServer;
+pub use nats::{NatsServer, stream_events};
+pub use redis::RedisServer;
+
+/// Polls `check` every 20 ms until it returns `Some`, and returns that; panics naming `what`
+/// after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

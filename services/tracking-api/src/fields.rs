@@ -1,0 +1,178 @@
+//! Reading a JSON object field by field, collecting every problem with its dotted path instead of
+//! stopping at the first.
+
+use learntrail_proto::validate::Problem;
+use serde_json::{Map, Value};
+
+/// One JSON object being read; problems go to a shared list.
+pub struct Fields<'a, 'p> {
+    map: &'a Map<String, Value>,
+    prefix: &'static str,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl<'a, 'p> Fields<'a, 'p> {
+    pub fn new(
+        map: &'a Map<String, Value>,
+        prefix: &'static str,
+        problems: &'p mut Vec<Problem>,
+    ) -> Self {
+        Self {
+            map,
+            prefix,
+            problems,
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    pub fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let path = self.path(key);
+        self.problems.push(Problem::new(path, message));
+    }
+
+    /// A present, non-null value.
+    fn get(&mut self, key: &str, required: bool) -> Option<&'a Value> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.problem(key, "is required");
+                }
+                None
+            }
+            Some(value) => Some(value),
+        }
+    }
+
+    /// A non-empty string of at most `max_len` characters.
+    pub fn string(&mut self, key: &str, required: bool, max_len: usize) -> Option<String> {
+        match self.get(key, required)? {
+            Value::String(text) if text.trim().is_empty() => {
+                self.problem(key, "must not be empty");
+                None
+            }
+            Value::String(text) if text.chars().count() > max_len => {
+                self.problem(key, format!("must be at most {max_len} characters"));
+                None
+            }
+            Value::String(text) => Some(text.clone()),
+            _ => {
+                self.problem(key, "must be a string");
+                None
+            }
+        }
+    }
+
+    /// A finite number `>= min` (or `> min` when `exclusive`).
+    pub fn number(&mut self, key: &str, required: bool, min: f64, exclusive: bool) -> Option<f64> {
+        let value = self.get(key, required)?;
+        let Some(number) = value.as_f64().filter(|n| n.is_finite()) else {
+            self.problem(key, "must be a number");
+            return None;
+        };
+        if (exclusive && number <= min) || number < min {
+            let op = if exclusive { ">" } else { ">=" };
+            self.problem(key, format!("must be a number {op} {min}"));
+            return None;
+        }
+        Some(number)
+    }
+
+    /// A whole number in `min..=u32::MAX`.
+    pub fn count(&mut self, key: &str, required: bool, min: u32) -> Option<u32> {
+        let value = self.get(key, required)?;
+        match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if n >= min => Some(n),
+            _ => {
+                self.problem(key, format!("must be a whole number >= {min}"));
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, key: &str, required: bool) -> Option<bool> {
+        let value = self.get(key, required)?;
+        let flag = value.as_bool();
+        if flag.is_none() {
+            self.problem(key, "must be true or false");
+        }
+        flag
+    }
+
+    /// A JSON object.
+    pub fn object(&mut self, key: &str, required: bool) -> Option<&'a Map<String, Value>> {
+        let value = self.get(key, required)?;
+        let object = value.as_object();
+        if object.is_none() {
+            self.problem(key, "must be a JSON object");
+        }
+        object
+    }
+
+    /// Reports every key not in `allowed`.
+    pub fn deny_unknown(&mut self, allowed: &[&str]) {
+        let unknown: Vec<String> = self
+            .map
+            .keys()
+            .filter(|key| !allowed.contains(&key.as_str()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            self.problem(
+                &key,
+                format!("unknown field (known: {})", allowed.join(", ")),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn collects_every_problem_with_its_path() {
+        let value = json!({"a": "", "b": -1, "c": "x", "d": 1.5, "e": "yes", "f": []});
+        let map = value.as_object().unwrap();
+        let mut problems = Vec::new();
+        let mut fields = Fields::new(map, "event_data.", &mut problems);
+        assert_eq!(fields.string("a", true, 10), None);
+        assert_eq!(fields.number("b", true, 0.0, false), None);
+        assert_eq!(fields.number("c", true, 0.0, false), None);
+        assert_eq!(fields.count("d", false, 1), None);
+        assert_eq!(fields.boolean("e", false), None);
+        assert_eq!(fields.object("f", false), None);
+        assert_eq!(fields.string("missing", true, 10), None);
+        fields.deny_unknown(&["a", "b", "c", "d", "e"]);
+        let paths: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "event_data.a",
+                "event_data.b",
+                "event_data.c",
+                "event_data.d",
+                "event_data.e",
+                "event_data.f",
+                "event_data.missing",
+                "event_data.f"
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_good_values() {
+        let value = json!({"s": "hi", "n": 2.5, "c": 3, "b": false});
+        let map = value.as_object().unwrap();
+        let mut problems = Vec::new();
+        let mut fields = Fields::new(map, "", &mut problems);
+        assert_eq!(fields.string("s", true, 10).as_deref(), Some("hi"));
+        assert_eq!(fields.number("n", true, 0.0, true), Some(2.5));
+        assert_eq!(fields.count("c", true, 1), Some(3));
+        assert_eq!(fields.boolean("b", true), Some(false));
+        assert!(problems.is_empty());
+    }
+}

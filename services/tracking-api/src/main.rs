@@ -1,0 +1,9 @@
+use learntrail_runtime::{cli, shutdown, telemetry};
+use learntrail_tracking_api::{Config, run};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: Config = cli::parse();
+    telemetry::init(&config.log);
+    run(config, shutdown::on_signal()).await
+}

@@ -1,0 +1,4 @@
+//! tracking-api over real HTTP and a real nats-server with JetStream.
+
+mod helpers;
+mod tracking;
