@@ -1,3 +1,6 @@
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use learntrail_runtime::{cli, shutdown, telemetry};
 use learntrail_tracking_api::{Config, run};
 

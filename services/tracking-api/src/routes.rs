@@ -2,7 +2,7 @@
 //! token's right to the event (403), then publish and wait for the ack (202, or 503 when the
 //! bus cannot store it).
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -46,7 +46,7 @@ pub fn router(
         .route("/api/tracking", post(track))
         .route("/api/tracking/batch", post(track_batch))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(Arc::new(state))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(from_fn_with_state(http_metrics, HttpMetrics::track))
         .layer(cors(cors_origins)?))
@@ -81,7 +81,7 @@ pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
 type Answer = Result<(StatusCode, Json<Value>), ApiError>;
 
 async fn track(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Answer {
@@ -103,7 +103,7 @@ async fn track(
 }
 
 async fn track_batch(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Answer {

@@ -1,0 +1,43 @@
+//! # learntrail-bench
+//!
+//! The load generator behind `make bench`. Each benchmark starts the real servers it needs on
+//! free ports (nats-server with JetStream, ...) and the service's release binary as its own
+//! process, drives it over loopback, and prints its figures next to the targets.
+//!
+//! - [`tracking`]: tracking-api single and batch paths vs the raw JetStream publish-with-ack rate.
+
+pub mod report;
+pub mod tracking;
+
+use std::{path::PathBuf, time::Duration};
+
+use learntrail_runtime::units::parse_duration;
+
+/// learntrail-bench: benchmarks of Learntrail's services on this machine.
+#[derive(Debug, clap::Parser)]
+#[command(name = "learntrail-bench", version, about)]
+pub struct Bench {
+    #[command(subcommand)]
+    pub which: Which,
+    /// Directory holding the services' release binaries
+    #[arg(long, global = true, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+    /// How long each measured phase runs
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Which {
+    /// tracking-api: single and batch events/s and latency, and the raw JetStream rate
+    Tracking(tracking::Args),
+    /// Every benchmark, one after the other
+    All,
+}
+
+pub async fn run(bench: Bench) -> anyhow::Result<()> {
+    match &bench.which {
+        Which::Tracking(args) => tracking::run(&bench, args).await,
+        Which::All => tracking::run(&bench, &tracking::Args::default()).await,
+    }
+}

@@ -1,0 +1,298 @@
+//! tracking-api benchmark: starts nats-server (JetStream, file storage) and the tracking-api
+//! release binary, then measures in one run
+//! 1. the raw JetStream publish-with-ack rate of the same encoded events (the ceiling),
+//! 2. `POST /api/tracking` with many keep-alive clients (events/s, p50/p99),
+//! 3. `POST /api/tracking/batch` (events/s, request p50/p99),
+//!    and prints them against the targets: single >= 15,000/s with p99 <= 20 ms, batch >= 50% of raw.
+
+use std::{
+    collections::VecDeque,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use learntrail_proto::{Message, id};
+use learntrail_runtime::{
+    auth::{self, Claims, Role},
+    bus::{Bus, NatsArgs, StreamArgs},
+};
+use learntrail_testkit::{NatsServer, eventually};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, client::conn::http1::SendRequest};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpStream;
+
+use crate::{
+    Bench,
+    report::{Phase, verdict},
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Concurrent keep-alive connections for single events
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Concurrent connections for batches
+    #[arg(long, default_value_t = 8)]
+    pub batch_connections: usize,
+    /// Events per batch request
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Publishes in flight for the raw JetStream phase
+    #[arg(long, default_value_t = 1024)]
+    pub raw_inflight: usize,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            batch_connections: 8,
+            batch_size: 100,
+            raw_inflight: 1024,
+        }
+    }
+}
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+fn sample_event(i: usize) -> serde_json::Value {
+    json!({
+        "tracking_event_type": "video_play",
+        "node_id": "unit-7",
+        "course_slug": "ruby-101",
+        "page_url": "https://lms.example/ruby-101/unit-7",
+        "event_data": {"video_id": "intro", "current_time": (i % 600) as f64, "duration": 600}
+    })
+}
+
+pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
+    let nats = NatsServer::start();
+    let secret = format!("bench-{}", id::new_id());
+    let (http_addr, ops_addr) = (free_addr(), free_addr());
+    let binary = bench.bin_dir.join("tracking-api");
+    anyhow::ensure!(binary.is_file(), "{} not found: run `cargo build --release` first", binary.display());
+    let _service = Service(
+        Command::new(&binary)
+            .env("HTTP_ADDR", &http_addr)
+            .env("METRICS_ADDR", &ops_addr)
+            .env("JWT_SECRET", &secret)
+            .env("NATS_URL", nats.url())
+            .env("MAX_BATCH_EVENTS", args.batch_size.max(1000).to_string())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let ready_url = format!("http://{ops_addr}/readyz");
+    eventually(Duration::from_secs(30), "tracking-api ready", || async {
+        let answer = http.get(&ready_url).send().await.ok()?;
+        answer.status().is_success().then_some(())
+    })
+    .await;
+    let bus = Bus::connect(&NatsArgs::with_url(nats.url()), "bench", true).await?;
+    bus.provision(&StreamArgs::default()).await?;
+    let token = auth::sign(
+        secret.as_bytes(),
+        &Claims { sub: "bench-learner".into(), role: Role::Student, exp: None, nbf: None, iat: None },
+    );
+
+    println!("== tracking-api ({} per phase, {} CPUs) ==", humanize(bench.duration), cores());
+    let raw = raw_jetstream(&bus, args.raw_inflight, bench.duration).await;
+    println!("{}", raw.line());
+    // warm up connections and the service's caches
+    single(&http_addr, &token, args.connections, Duration::from_secs(1)).await;
+    let single = single(&http_addr, &token, args.connections, bench.duration).await;
+    println!("{}", single.line());
+    let batch = batch(&http_addr, &token, args, bench.duration).await;
+    println!("{}", batch.line());
+    let ratio = batch.rate() / raw.rate();
+    println!(
+        "targets: single >= 15000/s {} ({:.0}/s); single p99 <= 20 ms {} ({:.2} ms); batch >= 50% of raw {} ({:.0}%)",
+        verdict(single.rate() >= 15_000.0),
+        single.rate(),
+        verdict(single.percentile_ms(0.99) <= 20.0),
+        single.percentile_ms(0.99),
+        verdict(ratio >= 0.5),
+        ratio * 100.0
+    );
+    Ok(())
+}
+
+/// The ceiling: the same events published straight to JetStream, `inflight` acks outstanding.
+async fn raw_jetstream(bus: &Bus, inflight: usize, duration: Duration) -> Phase {
+    let template = learntrail_proto::Event {
+        id: id::new_id(),
+        source: "lms".into(),
+        kind: "video".into(),
+        actor: "bench-learner".into(),
+        occurred_at: Some(learntrail_proto::time::now()),
+        received_at: Some(learntrail_proto::time::now()),
+        ..Default::default()
+    };
+    let payload = Bytes::from(template.encode_to_vec());
+    let tasks = 4;
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (bus, payload) = (bus.clone(), payload.clone());
+        handles.push(tokio::spawn(async move {
+            let mut phase = Phase::new("");
+            let mut pending = VecDeque::new();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match bus.send("events.lms.video".into(), &id::new_id(), payload.clone()).await {
+                    Ok(ack) => pending.push_back((sent, ack)),
+                    Err(_) => phase.errors += 1,
+                }
+                if pending.len() >= inflight / tasks {
+                    settle(&mut phase, pending.pop_front()).await;
+                }
+            }
+            while let Some(next) = pending.pop_front() {
+                settle(&mut phase, Some(next)).await;
+            }
+            phase
+        }));
+    }
+    let mut total = Phase::new(&format!("raw JetStream publish+ack ({inflight} in flight)"));
+    for handle in handles {
+        total.merge(&handle.await.expect("raw task"));
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+async fn settle(phase: &mut Phase, next: Option<(Instant, learntrail_runtime::bus::PendingAck)>) {
+    let Some((sent, ack)) = next else { return };
+    match ack.wait().await {
+        Ok(_) => {
+            phase.count += 1;
+            let _ = phase.latency.record(sent.elapsed().as_micros() as u64);
+        }
+        Err(_) => phase.errors += 1,
+    }
+}
+
+async fn single(addr: &str, token: &str, connections: usize, duration: Duration) -> Phase {
+    let bodies: Arc<Vec<Bytes>> = Arc::new((0..256).map(|i| Bytes::from(sample_event(i).to_string())).collect());
+    let name = format!("single POST /api/tracking ({connections} conns)");
+    let make = {
+        let token = token.to_string();
+        move |i: usize| post("/api/tracking", &token, bodies[i % bodies.len()].clone())
+    };
+    drive(&name, addr, connections, duration, make, |status, _| (status == 202).then_some(1)).await
+}
+
+async fn batch(addr: &str, token: &str, args: &Args, duration: Duration) -> Phase {
+    let body = Bytes::from(json!({"events": (0..args.batch_size).map(sample_event).collect::<Vec<_>>()}).to_string());
+    let size = args.batch_size as u64;
+    let name = format!("batch POST ({} conns x {} events)", args.batch_connections, args.batch_size);
+    let make = {
+        let token = token.to_string();
+        move |_| post("/api/tracking/batch", &token, body.clone())
+    };
+    drive(&name, addr, args.batch_connections, duration, make, move |status, answer| {
+        let answer: serde_json::Value = serde_json::from_slice(answer).ok()?;
+        (status == 200 && answer["accepted"].as_u64() == Some(size)).then_some(size)
+    })
+    .await
+}
+
+fn post(path: &str, token: &str, body: Bytes) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", "bench")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("valid request")
+}
+
+/// Runs requests from `connections` keep-alive HTTP/1.1 connections (one task each) for
+/// `duration`; `units` turns a response into the units it got done, or `None` on error.
+async fn drive<M, U>(name: &str, addr: &str, connections: usize, duration: Duration, make: M, units: U) -> Phase
+where
+    M: Fn(usize) -> Request<Full<Bytes>> + Clone + Send + 'static,
+    U: Fn(u16, &Bytes) -> Option<u64> + Clone + Send + 'static,
+{
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..connections)
+        .map(|c| {
+            let (make, units, addr) = (make.clone(), units.clone(), addr.to_string());
+            tokio::spawn(async move {
+                let mut phase = Phase::new("");
+                let mut sender = connect(&addr).await;
+                let mut i = c;
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    match exchange(&mut sender, make(i)).await {
+                        Some((status, body)) => match units(status, &body) {
+                            Some(done) => {
+                                phase.count += done;
+                                let _ = phase.latency.record(sent.elapsed().as_micros() as u64);
+                            }
+                            None => phase.errors += 1,
+                        },
+                        None => {
+                            phase.errors += 1;
+                            sender = connect(&addr).await;
+                        }
+                    }
+                    i += connections;
+                }
+                phase
+            })
+        })
+        .collect();
+    let mut total = Phase::new(name);
+    for handle in handles {
+        total.merge(&handle.await.expect("load loop"));
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect to the service");
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+async fn exchange(sender: &mut SendRequest<Full<Bytes>>, request: Request<Full<Bytes>>) -> Option<(u16, Bytes)> {
+    sender.ready().await.ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, body))
+}
+
+fn humanize(duration: Duration) -> String {
+    format!("{}s", duration.as_secs_f64())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
