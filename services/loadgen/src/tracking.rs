@@ -13,15 +13,15 @@ use std::{
 };
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, client::conn::http1::SendRequest};
+use hyper_util::rt::TokioIo;
 use learntrail_proto::{Message, id};
 use learntrail_runtime::{
     auth::{self, Claims, Role},
     bus::{Bus, NatsArgs, StreamArgs},
 };
 use learntrail_testkit::{NatsServer, eventually};
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, client::conn::http1::SendRequest};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpStream;
 
@@ -86,7 +86,11 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     let secret = format!("bench-{}", id::new_id());
     let (http_addr, ops_addr) = (free_addr(), free_addr());
     let binary = bench.bin_dir.join("tracking-api");
-    anyhow::ensure!(binary.is_file(), "{} not found: run `cargo build --release` first", binary.display());
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} not found: run `cargo build --release` first",
+        binary.display()
+    );
     let _service = Service(
         Command::new(&binary)
             .env("HTTP_ADDR", &http_addr)
@@ -99,7 +103,9 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .spawn()?,
     );
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
     let ready_url = format!("http://{ops_addr}/readyz");
     eventually(Duration::from_secs(30), "tracking-api ready", || async {
         let answer = http.get(&ready_url).send().await.ok()?;
@@ -110,10 +116,20 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     bus.provision(&StreamArgs::default()).await?;
     let token = auth::sign(
         secret.as_bytes(),
-        &Claims { sub: "bench-learner".into(), role: Role::Student, exp: None, nbf: None, iat: None },
+        &Claims {
+            sub: "bench-learner".into(),
+            role: Role::Student,
+            exp: None,
+            nbf: None,
+            iat: None,
+        },
     );
 
-    println!("== tracking-api ({} per phase, {} CPUs) ==", humanize(bench.duration), cores());
+    println!(
+        "== tracking-api ({} per phase, {} CPUs) ==",
+        humanize(bench.duration),
+        cores()
+    );
     let raw = raw_jetstream(&bus, args.raw_inflight, bench.duration).await;
     println!("{}", raw.line());
     // warm up connections and the service's caches
@@ -158,7 +174,10 @@ async fn raw_jetstream(bus: &Bus, inflight: usize, duration: Duration) -> Phase 
             let mut pending = VecDeque::new();
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                match bus.send("events.lms.video".into(), &id::new_id(), payload.clone()).await {
+                match bus
+                    .send("events.lms.video".into(), &id::new_id(), payload.clone())
+                    .await
+                {
                     Ok(ack) => pending.push_back((sent, ack)),
                     Err(_) => phase.errors += 1,
                 }
@@ -192,27 +211,46 @@ async fn settle(phase: &mut Phase, next: Option<(Instant, learntrail_runtime::bu
 }
 
 async fn single(addr: &str, token: &str, connections: usize, duration: Duration) -> Phase {
-    let bodies: Arc<Vec<Bytes>> = Arc::new((0..256).map(|i| Bytes::from(sample_event(i).to_string())).collect());
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..256)
+            .map(|i| Bytes::from(sample_event(i).to_string()))
+            .collect(),
+    );
     let name = format!("single POST /api/tracking ({connections} conns)");
     let make = {
         let token = token.to_string();
         move |i: usize| post("/api/tracking", &token, bodies[i % bodies.len()].clone())
     };
-    drive(&name, addr, connections, duration, make, |status, _| (status == 202).then_some(1)).await
+    drive(&name, addr, connections, duration, make, |status, _| {
+        (status == 202).then_some(1)
+    })
+    .await
 }
 
 async fn batch(addr: &str, token: &str, args: &Args, duration: Duration) -> Phase {
-    let body = Bytes::from(json!({"events": (0..args.batch_size).map(sample_event).collect::<Vec<_>>()}).to_string());
+    let body = Bytes::from(
+        json!({"events": (0..args.batch_size).map(sample_event).collect::<Vec<_>>()}).to_string(),
+    );
     let size = args.batch_size as u64;
-    let name = format!("batch POST ({} conns x {} events)", args.batch_connections, args.batch_size);
+    let name = format!(
+        "batch POST ({} conns x {} events)",
+        args.batch_connections, args.batch_size
+    );
     let make = {
         let token = token.to_string();
         move |_| post("/api/tracking/batch", &token, body.clone())
     };
-    drive(&name, addr, args.batch_connections, duration, make, move |status, answer| {
-        let answer: serde_json::Value = serde_json::from_slice(answer).ok()?;
-        (status == 200 && answer["accepted"].as_u64() == Some(size)).then_some(size)
-    })
+    drive(
+        &name,
+        addr,
+        args.batch_connections,
+        duration,
+        make,
+        move |status, answer| {
+            let answer: serde_json::Value = serde_json::from_slice(answer).ok()?;
+            (status == 200 && answer["accepted"].as_u64() == Some(size)).then_some(size)
+        },
+    )
     .await
 }
 
@@ -227,7 +265,14 @@ fn post(path: &str, token: &str, body: Bytes) -> Request<Full<Bytes>> {
 
 /// Runs requests from `connections` keep-alive HTTP/1.1 connections (one task each) for
 /// `duration`; `units` turns a response into the units it got done, or `None` on error.
-async fn drive<M, U>(name: &str, addr: &str, connections: usize, duration: Duration, make: M, units: U) -> Phase
+async fn drive<M, U>(
+    name: &str,
+    addr: &str,
+    connections: usize,
+    duration: Duration,
+    make: M,
+    units: U,
+) -> Phase
 where
     M: Fn(usize) -> Request<Full<Bytes>> + Clone + Send + 'static,
     U: Fn(u16, &Bytes) -> Option<u64> + Clone + Send + 'static,
@@ -271,7 +316,9 @@ where
 }
 
 async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr).await.expect("connect to the service");
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the service");
     let _ = stream.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -280,7 +327,10 @@ async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
     sender
 }
 
-async fn exchange(sender: &mut SendRequest<Full<Bytes>>, request: Request<Full<Bytes>>) -> Option<(u16, Bytes)> {
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Option<(u16, Bytes)> {
     sender.ready().await.ok()?;
     let response = sender.send_request(request).await.ok()?;
     let status = response.status().as_u16();
@@ -295,4 +345,3 @@ fn humanize(duration: Duration) -> String {
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
-
