@@ -290,6 +290,17 @@ impl Bus {
         }
     }
 
+    /// Flushes what is buffered for up to `grace` (a flush waits for a connection, so it is
+    /// bounded: at shutdown NATS may be gone).
+    pub async fn close(&self, grace: Duration) {
+        if tokio::time::timeout(grace, self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not flush to NATS before shutting down");
+        }
+    }
+
     /// Marks the streams as present without provisioning them (for producers that may not manage
     /// streams, such as lab agents; a missing stream then shows as a publish error).
     pub fn assume_provisioned(&self) {

@@ -17,7 +17,7 @@ mod redis;
 use std::time::Duration;
 
 pub use garage::GarageServer;
-pub use nats::{NatsServer, stream_events};
+pub use nats::{NatsServer, stream_events, try_stream_events};
 pub use redis::RedisServer;
 
 /// Polls `check` every 20 ms until it returns `Some`, and returns that; panics naming `what`

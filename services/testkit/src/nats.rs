@@ -102,20 +102,29 @@ impl Drop for NatsServer {
 }
 
 /// Every event stored in `stream` whose subject matches `filter` (e.g. `events.>`), with its
-/// stream sequence, read by an ephemeral ordered consumer.
+/// stream sequence, read by an ephemeral ordered consumer. Panics if the stream cannot be read.
 pub async fn stream_events(
     js: &jetstream::Context,
     stream: &str,
     filter: &str,
 ) -> Vec<(u64, Event)> {
-    let stream = js.get_stream(stream).await.expect("stream exists");
-    let pending = stream
-        .get_info()
+    try_stream_events(js, stream, filter)
         .await
-        .map(|i| i.state.messages)
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("cannot read stream {stream}: {e}"))
+}
+
+/// [`stream_events`], with an error instead of a panic (for use inside [`crate::eventually`],
+/// while a server is still coming back).
+pub async fn try_stream_events(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<Vec<(u64, Event)>, async_nats::Error> {
+    let stream = js.get_stream(stream).await?;
+    let mut stream = stream;
+    let pending = stream.info().await?.state.messages;
     if pending == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
@@ -123,9 +132,8 @@ pub async fn stream_events(
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
-        .await
-        .expect("ordered consumer");
-    let mut messages = consumer.messages().await.expect("consume");
+        .await?;
+    let mut messages = consumer.messages().await?;
     let mut events = Vec::new();
     loop {
         let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
@@ -139,5 +147,5 @@ pub async fn stream_events(
             break;
         }
     }
-    events
+    Ok(events)
 }

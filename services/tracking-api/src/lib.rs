@@ -122,7 +122,7 @@ pub async fn serve(
     if let Some(result) = served {
         result.context("HTTP server failed")?;
     }
-    let _ = bus.client().flush().await;
+    bus.close(Duration::from_secs(2)).await;
     tracing::info!("tracking-api stopped");
     Ok(())
 }

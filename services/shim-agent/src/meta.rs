@@ -1,0 +1,231 @@
+//! Metadata of one run: the script and its hash, the machine, the learner's pseudonym, the Ruby
+//! version (cached per interpreter), and the `RubyRun` event built from them.
+
+use std::{
+    ffi::OsString,
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use hmac::{Hmac, Mac};
+use learntrail_proto::{
+    Event, Payload, id,
+    subject::{kind, source},
+    v1::{Context, Machine, RubyRun},
+    wkt::Timestamp,
+};
+use sha2::{Digest, Sha256};
+
+/// Hash at most this much of a script (students' scripts are small; a huge file is not hashed).
+const MAX_HASHED_SCRIPT: u64 = 16 * 1024 * 1024;
+const VERSION_CACHE: &str = ".ruby-versions";
+
+/// Ruby options that take the next argument as their value.
+const RUBY_OPTS_WITH_VALUE: [&str; 6] = ["-I", "-r", "-C", "-E", "-e", "--encoding"];
+
+/// The script a `ruby` command line runs: the first non-option argument, unless the program
+/// comes from `-e` or stdin (`-`). Other programs (irb, rake) have none.
+pub fn script_from_argv(program: &str, args: &[OsString]) -> Option<String> {
+    if !program.starts_with("ruby") {
+        return None;
+    }
+    let mut args = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = args.next() {
+        match arg.as_ref() {
+            "--" => return args.next().map(|a| a.into_owned()).filter(|a| a != "-"),
+            "-" => return None,
+            "-e" => return None,
+            opt if RUBY_OPTS_WITH_VALUE.contains(&opt) => {
+                args.next();
+            }
+            opt if opt.starts_with('-') => {
+                if opt.starts_with("-e") {
+                    return None; // -e'code'
+                }
+            }
+            script => return Some(script.to_string()),
+        }
+    }
+    None
+}
+
+/// Hex SHA-256 of a file's contents.
+pub fn sha256_file(path: &Path) -> Option<String> {
+    let file = fs::File::open(path).ok()?;
+    if file.metadata().ok()?.len() > MAX_HASHED_SCRIPT {
+        return None;
+    }
+    let mut hasher = Sha256::new();
+    let mut reader = std::io::BufReader::new(file);
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let n = reader.read(&mut buffer).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Some(hex::encode(hasher.finalize()))
+}
+
+/// HMAC-SHA256 of the local account name with the deployment's key: the same learner gets the
+/// same pseudonym on every lab machine, and the name itself never leaves the machine.
+pub fn pseudonym(key: &str, user: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(user.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
+/// The local account name.
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid-{}", nix::unistd::getuid()))
+}
+
+pub fn machine(pseudonym_key: &str) -> Machine {
+    Machine {
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        os: match std::env::consts::OS {
+            "macos" => "macos".into(),
+            other => other.into(),
+        },
+        user: pseudonym(pseudonym_key, &username()),
+        arch: std::env::consts::ARCH.into(),
+    }
+}
+
+/// `ruby -v` of `interpreter`, cached in `cache_dir` by path, size and mtime, so only the first
+/// run after an upgrade pays for asking.
+pub fn ruby_version(interpreter: &Path, cache_dir: &Path) -> String {
+    let Ok(meta) = fs::metadata(interpreter) else {
+        return String::new();
+    };
+    let stamp = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let key = format!("{}\t{}\t{}", interpreter.display(), meta.len(), stamp);
+    let cache = cache_dir.join(VERSION_CACHE);
+    let cached = fs::read_to_string(&cache).unwrap_or_default();
+    if let Some(version) = cached
+        .lines()
+        .find_map(|l| l.strip_prefix(&key)?.strip_prefix('\t'))
+    {
+        return version.to_string();
+    }
+    let version = Command::new(interpreter)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|text| text.lines().next().map(|l| l.trim().to_string()))
+        .unwrap_or_default();
+    if !version.is_empty() {
+        let kept: String = cached
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{}\t", interpreter.display())))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let tmp = cache_dir.join(format!(".tmp-versions-{}", std::process::id()));
+        if fs::write(&tmp, format!("{kept}{key}\t{version}\n")).is_ok() {
+            let _ = fs::rename(&tmp, &cache);
+        }
+    }
+    version
+}
+
+pub fn timestamp(time: SystemTime) -> Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+/// Resolves a script path as given on the command line against the working directory.
+pub fn absolute(cwd: &Path, script: &str) -> PathBuf {
+    let path = Path::new(script);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cwd.join(path)
+    }
+}
+
+/// Wraps a run into the envelope.
+pub fn event(run: RubyRun, machine: Machine, started: SystemTime) -> Event {
+    Event {
+        id: id::new_id(),
+        occurred_at: Some(timestamp(started)),
+        received_at: None,
+        source: source::SHIM.into(),
+        kind: kind::RUBY_RUN.into(),
+        actor: machine.user.clone(),
+        context: Some(Context {
+            machine: Some(machine),
+            ..Default::default()
+        }),
+        payload: Some(Payload::RubyRun(run)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn finds_the_script_in_ruby_argv() {
+        assert_eq!(
+            script_from_argv("ruby", &args(&["hello.rb", "x"])).as_deref(),
+            Some("hello.rb")
+        );
+        assert_eq!(
+            script_from_argv("ruby", &args(&["-w", "-I", "lib", "-rjson", "app.rb"])).as_deref(),
+            Some("app.rb")
+        );
+        assert_eq!(
+            script_from_argv("ruby", &args(&["-e", "puts 1", "x.rb"])),
+            None
+        );
+        assert_eq!(script_from_argv("ruby", &args(&["-eputs 1"])), None);
+        assert_eq!(script_from_argv("ruby", &args(&["-"])), None);
+        assert_eq!(
+            script_from_argv("ruby", &args(&["--", "-weird.rb"])).as_deref(),
+            Some("-weird.rb")
+        );
+        assert_eq!(script_from_argv("ruby", &args(&[])), None);
+        assert_eq!(script_from_argv("irb", &args(&["x.rb"])), None);
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_and_keyed() {
+        let a = pseudonym("k1", "alice");
+        assert_eq!(a, pseudonym("k1", "alice"));
+        assert_ne!(a, pseudonym("k2", "alice"));
+        assert_ne!(a, pseudonym("k1", "bob"));
+        assert_eq!(a.len(), 32);
+        assert!(!a.contains("alice"));
+    }
+}

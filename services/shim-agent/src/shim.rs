@@ -1,0 +1,203 @@
+//! The shim: started as `ruby` (or `irb`, `rake`, ...), it runs the real program with the same
+//! argv, environment, stdin and stdout, shows stderr live while keeping a bounded copy, records
+//! the run in the spool, and leaves with the child's exit status. Whatever fails on the capture
+//! side, the run itself goes ahead exactly as without the shim.
+
+use std::{
+    ffi::OsString,
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::{Duration, Instant, SystemTime},
+};
+
+use learntrail_proto::{Message, v1::RubyRun};
+
+use crate::{
+    capture::{self, Captured, Tee},
+    git, meta, rubyerr,
+    settings::{Settings, keys},
+    spool::Spool,
+    sys,
+};
+
+/// How long to wait for stderr to reach its end after the child exited.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// Placeholder key when a deployment set none (pseudonyms are then unkeyed hashes).
+const UNSET_PSEUDONYM_KEY: &str = "learntrail-unset-key";
+
+/// Runs as the shim for `argv0`; never returns.
+pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
+    let program = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ruby".into());
+    let settings = Settings::load();
+    let Some(real) = resolve(&program, &settings) else {
+        eprintln!(
+            "{program}: learntrail shim found no real {program} in PATH (set REAL_{} in the agent's settings)",
+            program.to_ascii_uppercase()
+        );
+        std::process::exit(127);
+    };
+    if std::env::var_os(keys::ACTIVE).is_some() {
+        exec(&real, &argv0, &args); // nested inside a captured run: captured there already
+    }
+    let Ok((child_stderr, source)) = capture::prepare() else {
+        exec(&real, &argv0, &args)
+    };
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    sys::install_forwarding();
+    let child = Command::new(&real)
+        .arg0(&argv0)
+        .args(&args)
+        .stderr(child_stderr)
+        .env(keys::ACTIVE, "1")
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln!("{program}: cannot run {}: {err}", real.display());
+            std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
+    sys::set_child(child.id());
+    let limit = settings.capture_bytes() as usize;
+    let tee = Tee::start(source, limit);
+    let status = loop {
+        match child.wait() {
+            Ok(status) => break status,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => std::process::exit(1),
+        }
+    };
+    let captured = tee.finish(STDERR_GRACE);
+    let run = Run {
+        program: &program,
+        real: &real,
+        args: &args,
+        started,
+        elapsed: clock.elapsed(),
+        status,
+        captured,
+    };
+    // Recording must never change the outcome of the student's run.
+    let _ = record(&settings, run);
+    match (status.code(), status.signal()) {
+        (Some(code), _) => std::process::exit(code),
+        (None, Some(signal)) => sys::die_by_signal(signal),
+        (None, None) => std::process::exit(1),
+    }
+}
+
+/// Replaces this process with the real program: the run then happens exactly as without us.
+fn exec(real: &Path, argv0: &OsString, args: &[OsString]) -> ! {
+    let err = Command::new(real).arg0(argv0).args(args).exec();
+    eprintln!("cannot run {}: {err}", real.display());
+    std::process::exit(127)
+}
+
+/// The real program: configured (`REAL_RUBY`), else the next match in PATH that is not this
+/// binary (by device and inode, so symlinks and hard links to the shim are skipped).
+pub fn resolve(program: &str, settings: &Settings) -> Option<PathBuf> {
+    let me = std::env::current_exe().ok().and_then(|p| identity(&p));
+    if let Some(configured) = settings.real_program(program)
+        && identity(&configured).is_some()
+        && identity(&configured) != me
+    {
+        return Some(configured);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate) && identity(candidate) != me)
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+struct Run<'a> {
+    program: &'a str,
+    real: &'a Path,
+    args: &'a [OsString],
+    started: SystemTime,
+    elapsed: Duration,
+    status: ExitStatus,
+    captured: Captured,
+}
+
+fn record(settings: &Settings, run: Run<'_>) -> std::io::Result<()> {
+    let spool = Spool::new(settings.spool_dir(), settings.spool_max_bytes());
+    std::fs::create_dir_all(spool.dir())?;
+    let event = build_event(settings, &run, spool.dir());
+    spool.write(&event.id, &event.encode_to_vec()).map(|_| ())
+}
+
+fn build_event(settings: &Settings, run: &Run<'_>, cache_dir: &Path) -> learntrail_proto::Event {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let script = meta::script_from_argv(run.program, run.args);
+    let script_path = script.as_deref().map(|s| meta::absolute(&cwd, s));
+    let stderr = String::from_utf8_lossy(&run.captured.bytes).into_owned();
+    let error = (!run.status.success())
+        .then(|| rubyerr::parse(&stderr))
+        .flatten();
+    let git = git::state(script_path.as_deref().unwrap_or(&cwd));
+    let signal = run.status.signal();
+    let key = settings
+        .get(keys::PSEUDONYM_KEY)
+        .unwrap_or_else(|| UNSET_PSEUDONYM_KEY.into());
+    let argv = std::iter::once(run.program.to_string())
+        .chain(run.args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    let ruby = if run.program.starts_with("ruby") {
+        Some(run.real.to_path_buf())
+    } else {
+        resolve("ruby", settings)
+    };
+    let rubyrun = RubyRun {
+        argv,
+        cwd: cwd.display().to_string(),
+        script: script_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        script_sha256: script_path
+            .as_deref()
+            .and_then(meta::sha256_file)
+            .unwrap_or_default(),
+        started_at: Some(meta::timestamp(run.started)),
+        ended_at: Some(meta::timestamp(run.started + run.elapsed)),
+        duration_ms: run.elapsed.as_millis() as u64,
+        exit_code: run.status.code(),
+        signal,
+        signal_name: signal.map(signal_name).unwrap_or_default(),
+        ruby_version: ruby
+            .map(|r| meta::ruby_version(&r, cache_dir))
+            .unwrap_or_default(),
+        interpreter: run.real.display().to_string(),
+        stderr,
+        stderr_truncated: run.captured.truncated,
+        stderr_bytes: run.captured.total,
+        error,
+        git,
+    };
+    meta::event(rubyrun, meta::machine(&key), run.started)
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("SIG{signal}"))
+}

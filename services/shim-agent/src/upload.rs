@@ -1,0 +1,206 @@
+//! Draining the spool to NATS: each record is published with its event id as `Nats-Msg-Id` and
+//! deleted only after JetStream acknowledged it, so a crash between publish and delete republishes
+//! the same id, which the stream stores once. A record that does not decode goes to
+//! `deadletter.shim` with the reason, then leaves the spool.
+
+use std::{fs, time::Duration};
+
+use bytes::Bytes;
+use learntrail_proto::{Event, Message};
+use learntrail_runtime::{
+    CancellationToken,
+    bus::{Bus, NatsArgs, PendingAck, PublishError},
+};
+
+use crate::spool::{Record, Spool};
+
+/// Publishes in flight at once.
+const WINDOW: usize = 256;
+
+/// What one upload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Newly stored on the stream.
+    pub sent: usize,
+    /// Already on the stream (an earlier upload published them, then stopped before deleting).
+    pub duplicates: usize,
+    /// Undecodable records moved to the dead-letter stream.
+    pub dead_lettered: usize,
+    /// Still in the spool.
+    pub left: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sent, {} already stored, {} dead-lettered, {} left in the spool",
+            self.sent, self.duplicates, self.dead_lettered, self.left
+        )
+    }
+}
+
+/// Uploads every record, oldest first. Stops at the first publish failure (the bus went away),
+/// keeping that record and the rest.
+pub async fn upload(spool: &Spool, bus: &Bus) -> Result<Report, (Report, PublishError)> {
+    spool.clean_stale_tmp(std::time::SystemTime::now());
+    let records = spool
+        .records()
+        .map_err(|e| (Report::default(), PublishError::Other(e.to_string())))?;
+    let total = records.len();
+    let mut report = Report::default();
+    for chunk in records.chunks(WINDOW) {
+        let mut pending: Vec<(&Record, PendingAck)> = Vec::with_capacity(chunk.len());
+        let mut failure = None;
+        for record in chunk {
+            let Ok(bytes) = fs::read(&record.path) else {
+                continue;
+            }; // gone meanwhile
+            match Event::decode(bytes.as_slice()) {
+                Ok(event) => match bus
+                    .send(event.subject(), &event.id, Bytes::from(bytes))
+                    .await
+                {
+                    Ok(ack) => pending.push((record, ack)),
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
+                },
+                Err(err) => {
+                    let reason = format!("undecodable spool record {}: {err}", record.id);
+                    match bus
+                        .deadletter("shim", &record.id, &reason, Bytes::from(bytes))
+                        .await
+                    {
+                        Ok(_) => {
+                            let _ = fs::remove_file(&record.path);
+                            report.dead_lettered += 1;
+                        }
+                        Err(err) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for (record, ack) in pending {
+            match ack.wait().await {
+                Ok(ack) => {
+                    let _ = fs::remove_file(&record.path);
+                    if ack.duplicate {
+                        report.duplicates += 1
+                    } else {
+                        report.sent += 1
+                    }
+                }
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = failure {
+            report.left = total - report.sent - report.duplicates - report.dead_lettered;
+            return Err((report, err));
+        }
+    }
+    report.left = spool.records().map(|r| r.len()).unwrap_or(0);
+    Ok(report)
+}
+
+/// One upload run for the CLI: connects (offline is not an error: the spool stays as it is).
+pub async fn upload_once(spool: &Spool, nats: &NatsArgs) -> anyhow::Result<Report> {
+    let pending = spool.records()?.len();
+    let bus = match Bus::connect(nats, "shim-agent", true).await {
+        Ok(bus) => bus,
+        Err(err) => {
+            println!(
+                "offline ({err}); {pending} record(s) kept in {}",
+                spool.dir().display()
+            );
+            return Ok(Report {
+                left: pending,
+                ..Default::default()
+            });
+        }
+    };
+    let outcome = upload(spool, &bus).await;
+    bus.close(Duration::from_secs(2)).await;
+    let report = match outcome {
+        Ok(report) => report,
+        Err((report, err)) => {
+            println!("upload stopped: {err}; {report}");
+            return Ok(report);
+        }
+    };
+    let _ = spool.note_upload(&format!(
+        "{} {}",
+        learntrail_proto::time::rfc3339(&learntrail_proto::time::now()),
+        report
+    ));
+    println!("{report}");
+    Ok(report)
+}
+
+/// Uploads every `interval` until `token` is cancelled; after a failure waits longer each time
+/// (up to 10 minutes), and goes back to `interval` after a success.
+pub async fn daemon(spool: &Spool, nats: &NatsArgs, interval: Duration, token: CancellationToken) {
+    let bus = match Bus::connect(nats, "shim-agent", false).await {
+        Ok(bus) => bus,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot set up the NATS connection");
+            return;
+        }
+    };
+    let mut failures = 0u32;
+    loop {
+        let wait = if !bus.is_connected() {
+            failures += 1;
+            backoff(interval, failures)
+        } else {
+            match upload(spool, &bus).await {
+                Ok(report) => {
+                    failures = 0;
+                    if report.sent + report.duplicates + report.dead_lettered > 0 {
+                        tracing::info!(%report, "uploaded");
+                        let _ = spool.note_upload(&format!(
+                            "{} {}",
+                            learntrail_proto::time::rfc3339(&learntrail_proto::time::now()),
+                            report
+                        ));
+                    }
+                    interval
+                }
+                Err((report, err)) => {
+                    failures += 1;
+                    tracing::warn!(%report, error = %err, "upload stopped");
+                    backoff(interval, failures)
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = token.cancelled() => break,
+        }
+    }
+    bus.close(Duration::from_secs(2)).await;
+}
+
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let base = interval.min(Duration::from_secs(5));
+    (base * 2u32.saturating_pow(failures.min(10))).min(Duration::from_secs(600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let interval = Duration::from_secs(60);
+        assert_eq!(backoff(interval, 1), Duration::from_secs(10));
+        assert_eq!(backoff(interval, 3), Duration::from_secs(40));
+        assert_eq!(backoff(interval, 30), Duration::from_secs(600));
+    }
+}
