@@ -4,9 +4,11 @@
 //! free ports (nats-server with JetStream, ...) and the service's release binary as its own
 //! process, drives it over loopback, and prints its figures next to the targets.
 //!
-//! - [`tracking`]: tracking-api single and batch paths vs the raw JetStream publish-with-ack rate.
+//! - [`tracking`]: tracking-api single and batch paths vs the raw JetStream publish-with-ack rate;
+//! - [`shim`]: the latency shim-agent adds to a Ruby run.
 
 pub mod report;
+pub mod shim;
 pub mod tracking;
 
 use std::{path::PathBuf, time::Duration};
@@ -31,6 +33,8 @@ pub struct Bench {
 pub enum Which {
     /// tracking-api: single and batch events/s and latency, and the raw JetStream rate
     Tracking(tracking::Args),
+    /// shim-agent: latency added to `ruby -e 'warn 1'`
+    Shim(shim::Args),
     /// Every benchmark, one after the other
     All,
 }
@@ -38,6 +42,10 @@ pub enum Which {
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match &bench.which {
         Which::Tracking(args) => tracking::run(&bench, args).await,
-        Which::All => tracking::run(&bench, &tracking::Args::default()).await,
+        Which::Shim(args) => shim::run(&bench, args),
+        Which::All => {
+            tracking::run(&bench, &tracking::Args::default()).await?;
+            shim::run(&bench, &shim::Args::default())
+        }
     }
 }

@@ -78,7 +78,7 @@ impl Tee {
                 Source::Pipe(pipe) => Box::new(pipe),
                 Source::Pty(master) => Box::new(master),
             };
-            let mut buffer = vec![0u8; 64 * 1024];
+            let mut buffer = vec![0u8; 16 * 1024];
             let mut stderr = io::stderr();
             let mut showing = true;
             loop {

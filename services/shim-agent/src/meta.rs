@@ -138,7 +138,8 @@ pub fn ruby_version(interpreter: &Path, cache_dir: &Path) -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|text| text.lines().next().map(|l| l.trim().to_string()))
         .unwrap_or_default();
-    if !version.is_empty() {
+    // cached even when empty (not a Ruby, or it failed): asking again each run would cost a spawn
+    {
         let kept: String = cached
             .lines()
             .filter(|l| !l.starts_with(&format!("{}\t", interpreter.display())))

@@ -1,6 +1,12 @@
 //! The on-disk spool: one file per run, written atomically (temp file + rename), named
 //! `<event id>-<size>.pb` so the records sort oldest first and the spool's size is known from
 //! the names alone. Over the quota the oldest records go first, counted in `dropped`.
+//!
+//! Listing a large spool on every run would cost a student a millisecond per `ruby`, so each
+//! write adds its size to a running total in `usage`, and the spool is listed only when that
+//! total says the quota may be exceeded (and after each upload, which resets the total). The
+//! total may drift when runs write at the same instant; it drifts upwards only by what was
+//! lost, and a listing corrects it.
 
 use std::{
     fs,
@@ -13,6 +19,7 @@ const RECORD_EXT: &str = ".pb";
 const TMP_PREFIX: &str = ".tmp-";
 const DROPPED_FILE: &str = "dropped";
 const LAST_UPLOAD_FILE: &str = "last-upload";
+const USAGE_FILE: &str = "usage";
 /// A temp file older than this is left over from a crash (a write takes milliseconds).
 pub const STALE_TMP_AGE: Duration = Duration::from_secs(600);
 
@@ -54,8 +61,22 @@ impl Spool {
             let _ = fs::remove_file(&tmp);
             return Err(err);
         }
-        self.enforce_quota()?;
+        let usage = self.usage() + bytes.len() as u64;
+        if usage > self.max_bytes {
+            self.enforce_quota()?;
+        } else {
+            // best effort: a lost update only means an earlier listing
+            let _ = self.store_usage(usage);
+        }
         Ok(path)
+    }
+
+    /// The running total of record bytes (0 when unknown).
+    fn usage(&self) -> u64 {
+        fs::read_to_string(self.dir.join(USAGE_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Records, oldest first.
@@ -98,7 +119,19 @@ impl Spool {
         if dropped > 0 {
             self.add_dropped(dropped)?;
         }
+        self.store_usage(total)?;
         Ok(dropped)
+    }
+
+    /// Overwrites the running total in place with a fixed-width number: no truncation and no
+    /// rename, which on ext4 would each force a flush of the file's data.
+    fn store_usage(&self, usage: u64) -> io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join(USAGE_FILE))?;
+        file.write_all(format!("{usage:020}\n").as_bytes())
     }
 
     /// Records dropped over the quota, ever.

@@ -106,6 +106,7 @@ pub async fn upload(spool: &Spool, bus: &Bus) -> Result<Report, (Report, Publish
         }
     }
     report.left = spool.records().map(|r| r.len()).unwrap_or(0);
+    let _ = spool.enforce_quota(); // also recounts the running total
     Ok(report)
 }
 
