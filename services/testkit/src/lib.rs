@@ -9,7 +9,7 @@
 //! Also [`eventually`], which waits for a condition instead of sleeping, and [`stream_events`],
 //! which reads back what a stream stored.
 
-mod garage;
+pub mod garage;
 mod nats;
 mod process;
 mod redis;

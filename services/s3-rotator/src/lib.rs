@@ -1,0 +1,170 @@
+//! # s3-rotator
+//!
+//! Archives every event of the EVENTS stream: a durable pull consumer appends events to local
+//! segment files per partition (source and UTC hour of receipt), and each segment becomes one
+//! gzip NDJSON object (protobuf canonical JSON, one event per line) under
+//! `events/source={source}/dt={YYYY-MM-DD}/hour={HH}/{first_seq}-{last_seq}.ndjson.gz`, in S3 or,
+//! with no bucket configured, a local directory. Messages are acknowledged only after their
+//! object is stored. `s3-rotator replay` republishes archived events.
+//!
+//! Modules: [`layout`] (partitions, keys), [`segment`] (local files), [`store`] (S3 / directory),
+//! [`archiver`] (consume, rotate, upload, ack), [`replay`], [`metrics`].
+#![forbid(unsafe_code)]
+
+pub mod archiver;
+pub mod layout;
+pub mod metrics;
+pub mod replay;
+pub mod segment;
+pub mod store;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use learntrail_runtime::{
+    CancellationToken,
+    bus::{Bus, NatsArgs, StreamArgs},
+    health, http,
+    telemetry::LogArgs,
+    units::{parse_bytes, parse_duration},
+};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// s3-rotator: archives every event to S3 (or a local directory) as hourly gzip NDJSON objects.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "s3-rotator", version, about, long_about = None, args_conflicts_with_subcommands = false)]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address of /healthz, /readyz and /metrics
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9184")]
+    pub metrics_addr: SocketAddr,
+    /// Local directory for segments not yet uploaded (keep it on persistent storage)
+    #[arg(long, env = "SEGMENT_DIR", default_value = "var/rotator")]
+    pub segment_dir: PathBuf,
+    /// Close and upload a segment after this long (and always when its hour ends)
+    #[arg(long, env = "ROTATE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub rotate_interval: Duration,
+    /// Close and upload a segment when it reaches this size (uncompressed)
+    #[arg(long, env = "ROTATE_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub rotate_max_bytes: u64,
+    /// Durable consumer name (several rotators with the same name share the work)
+    #[arg(long, env = "ROTATOR_CONSUMER", default_value = "s3-rotator")]
+    pub consumer: String,
+    /// First path segment of every object key
+    #[arg(long, env = "ARCHIVE_PREFIX", default_value = "events")]
+    pub key_prefix: String,
+    /// gzip level, 1 (fast) to 9 (small)
+    #[arg(long, env = "GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub gzip_level: u32,
+    /// How long JetStream waits for an ack before redelivering [default: the rotation interval (at
+    /// most 1h) + 15m]; redeliveries of events already in a segment are ignored
+    #[arg(long, env = "ROTATOR_ACK_WAIT", value_parser = parse_duration)]
+    pub ack_wait: Option<Duration>,
+    /// How long SIGTERM waits for the upload in progress
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub store: store::StoreArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Republish archived events received between two times (RFC 3339)
+    Replay {
+        /// Start, e.g. 2026-11-24T16:00:00Z
+        #[arg(long, value_parser = parse_time)]
+        from: DateTime<Utc>,
+        /// End (inclusive)
+        #[arg(long, value_parser = parse_time)]
+        to: DateTime<Utc>,
+        /// Only these sources (repeatable); default all
+        #[arg(long = "source")]
+        sources: Vec<String>,
+    },
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e} (use RFC 3339, e.g. 2026-11-24T16:00:00Z)"))
+}
+
+impl Config {
+    fn settings(&self) -> archiver::Settings {
+        archiver::Settings {
+            consumer: self.consumer.clone(),
+            rotate_interval: self.rotate_interval,
+            rotate_max_bytes: self.rotate_max_bytes,
+            key_prefix: self.key_prefix.clone(),
+            gzip_level: self.gzip_level,
+            fetch_batch: 1000,
+            // a message waits for its segment's upload; redelivery before that would be wasted
+            ack_wait: self.ack_wait.unwrap_or_else(|| {
+                self.rotate_interval.min(Duration::from_secs(3600)) + Duration::from_secs(900)
+            }),
+        }
+    }
+}
+
+/// Runs the archiver (or the replay command) until done or `token` is cancelled.
+pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
+    let store = store::Store::from_args(&config.store)?;
+    if let Some(Command::Replay { from, to, sources }) = &config.command {
+        let bus = Bus::connect(&config.nats, "s3-rotator-replay", true).await?;
+        let report = replay::replay(&store, &bus, &config.key_prefix, *from, *to, sources).await?;
+        bus.close(Duration::from_secs(5)).await;
+        println!("{report}");
+        return Ok(());
+    }
+    let ops = TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on METRICS_ADDR {}", config.metrics_addr))?;
+    serve(config, store, ops, token).await
+}
+
+/// The archiver with an already-bound metrics listener (tests pass port 0).
+pub async fn serve(
+    config: Config,
+    store: store::Store,
+    ops: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let segments = segment::SegmentDir::new(&config.segment_dir)
+        .with_context(|| format!("cannot use SEGMENT_DIR {}", config.segment_dir.display()))?;
+    let bus = Bus::connect(&config.nats, "s3-rotator", false).await?;
+    let provisioning = {
+        let (bus, streams, token) = (bus.clone(), config.streams.clone(), token.clone());
+        tokio::spawn(async move { bus.provision_with_retry(&streams, &token).await })
+    };
+    let mut registry = Registry::with_prefix("learntrail");
+    let metrics = metrics::Metrics::register(&mut registry);
+    let ready_bus = bus.clone();
+    let ops_router = health::router(Arc::new(registry), Arc::new(move || ready_bus.is_ready()));
+    tracing::info!(store = %store.describe(), metrics_addr = %ops.local_addr()?, segments = %config.segment_dir.display(), "s3-rotator started");
+    let ops_server = tokio::spawn(http::serve(ops, ops_router, token.clone()));
+    let archiving = archiver::run(
+        bus.clone(),
+        store,
+        segments,
+        config.settings(),
+        metrics,
+        token.clone(),
+    );
+    let outcome =
+        learntrail_runtime::shutdown::drain_with_grace(&token, config.shutdown_grace, archiving)
+            .await;
+    provisioning.abort();
+    let _ = ops_server.await;
+    bus.close(Duration::from_secs(2)).await;
+    tracing::info!("s3-rotator stopped");
+    outcome.unwrap_or(Ok(()))
+}

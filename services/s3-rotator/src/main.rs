@@ -1,0 +1,12 @@
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use learntrail_runtime::{cli, shutdown, telemetry};
+use learntrail_s3_rotator::{Config, run};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: Config = cli::parse();
+    telemetry::init(&config.log);
+    run(config, shutdown::on_signal()).await
+}

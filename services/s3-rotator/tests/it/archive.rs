@@ -1,0 +1,325 @@
+use std::{
+    collections::{HashMap, HashSet},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use learntrail_proto::{Event, subject, time};
+use learntrail_s3_rotator::replay;
+use learntrail_testkit::{NatsServer, eventually, stream_events};
+
+use crate::helpers::*;
+
+/// Every event exactly once, equal to what was published, in the object of its source and
+/// receipt hour.
+fn assert_archived_once(objects: &HashMap<String, Vec<Event>>, published: &[Event]) {
+    let mut seen = HashSet::new();
+    for (key, events) in objects {
+        assert!(!events.is_empty(), "{key} is empty");
+        for event in events {
+            assert!(seen.insert(event.id.clone()), "{} archived twice", event.id);
+            let received =
+                time::to_datetime(event.received_at.as_ref().expect("receipt clock kept")).unwrap();
+            let expected_prefix = format!(
+                "events/source={}/dt={}/hour={}/",
+                event.source,
+                received.format("%Y-%m-%d"),
+                received.format("%H")
+            );
+            assert!(
+                key.starts_with(&expected_prefix),
+                "{key} holds an event received {received} from {}",
+                event.source
+            );
+            assert!(key.ends_with(".ndjson.gz"));
+        }
+    }
+    let by_id: HashMap<_, _> = objects
+        .values()
+        .flatten()
+        .map(|e| (e.id.clone(), e))
+        .collect();
+    assert_eq!(by_id.len(), published.len(), "every event archived");
+    for original in published {
+        let mut archived = (*by_id.get(&original.id).expect("archived")).clone();
+        archived.received_at = None;
+        assert_eq!(
+            &archived, original,
+            "archived event equals what was published"
+        );
+    }
+}
+
+#[tokio::test]
+async fn events_land_once_in_the_objects_of_their_source_and_hour() {
+    let nats = NatsServer::start();
+    let garage = garage();
+    let dirs = tempfile::tempdir().unwrap();
+    let flags = flags(
+        &nats,
+        Some(&garage),
+        &dirs.path().join("segments"),
+        &dirs.path().join("unused"),
+    );
+    let bus = bus(&nats).await;
+    let published = events(300);
+    publish(&bus, &published[..150]).await;
+    let rotator = start(&flags).await;
+    publish(&bus, &published[150..]).await;
+    let objects = wait_archived(&store(&flags), 300).await;
+    assert_archived_once(&objects, &published);
+    let sources: HashSet<_> = objects
+        .keys()
+        .map(|k| k.split('/').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        sources,
+        HashSet::from([
+            "source=lms".into(),
+            "source=shim".into(),
+            "source=lab".into()
+        ])
+    );
+    // the source clocks span three days; objects follow the receipt hour, so they are final
+    let occurred: HashSet<_> = objects
+        .values()
+        .flatten()
+        .map(|e| e.occurred_at.unwrap().seconds)
+        .collect();
+    assert_eq!(occurred.len(), 3);
+    eventually(
+        Duration::from_secs(10),
+        "everything acknowledged",
+        || async {
+            (metric(&rotator.ops, "learntrail_archive_events_archived_total").await == 300.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&rotator.ops, "learntrail_archive_events_pending").await,
+        0.0
+    );
+    assert!(metric(&rotator.ops, "learntrail_archive_objects_uploaded_total").await >= 3.0);
+    rotator.stop().await;
+    let info = bus
+        .jetstream()
+        .get_stream(subject::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .consumer_info("s3-rotator")
+        .await
+        .unwrap();
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0));
+}
+
+#[tokio::test]
+async fn an_s3_outage_loses_and_doubles_nothing() {
+    let nats = NatsServer::start();
+    let mut garage = garage();
+    let dirs = tempfile::tempdir().unwrap();
+    let flags = flags(
+        &nats,
+        Some(&garage),
+        &dirs.path().join("segments"),
+        &dirs.path().join("unused"),
+    );
+    let bus = bus(&nats).await;
+    let rotator = start(&flags).await;
+    let published = events(90);
+    publish(&bus, &published[..30]).await;
+    wait_archived(&store(&flags), 30).await;
+
+    garage.stop();
+    publish(&bus, &published[30..]).await;
+    eventually(
+        Duration::from_secs(30),
+        "uploads failing while S3 is down",
+        || async {
+            (metric(&rotator.ops, "learntrail_archive_upload_failures_total").await >= 2.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let info = bus
+        .jetstream()
+        .get_stream(subject::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .consumer_info("s3-rotator")
+        .await
+        .unwrap();
+    assert!(
+        info.num_ack_pending >= 60,
+        "nothing acknowledged while its object is not stored ({} pending)",
+        info.num_ack_pending
+    );
+
+    garage.restart();
+    let objects = wait_archived(&store(&flags), 90).await;
+    assert_archived_once(&objects, &published);
+    rotator.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_rotator_resumes_with_nothing_lost_or_doubled() {
+    let nats = NatsServer::start();
+    let garage = garage();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut flags = flags(
+        &nats,
+        Some(&garage),
+        &dirs.path().join("segments"),
+        &dirs.path().join("unused"),
+    );
+    let bus = bus(&nats).await;
+    let published = events(600);
+
+    // a long rotation interval keeps the segments open; a short ack wait makes JetStream
+    // redeliver soon after the kill
+    let mut long = flags.clone();
+    let at = long.iter().position(|f| f == "--rotate-interval").unwrap();
+    long[at + 1] = "1h".into();
+    long.extend(["--ack-wait".into(), "2s".into()]);
+    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let at = long.iter().position(|f| f == "--metrics-addr").unwrap();
+    long[at + 1] = format!("127.0.0.1:{ops_port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_s3-rotator"))
+        .args(&long[1..])
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    publish(&bus, &published[..400]).await;
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    eventually(
+        Duration::from_secs(30),
+        "events written to open segments",
+        || async {
+            let pending = reqwest::get(format!("{ops}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            pending
+                .contains("learntrail_archive_events_pending 400")
+                .then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap(); // SIGKILL mid-hour: no flush, no goodbye
+    child.wait().unwrap();
+    assert!(
+        archived(&store(&flags)).await.is_empty(),
+        "nothing was uploaded before the kill"
+    );
+
+    flags.extend(["--ack-wait".into(), "2s".into()]);
+    let rotator = start(&flags).await;
+    publish(&bus, &published[400..]).await;
+    let objects = wait_archived(&store(&flags), 600).await;
+    assert_archived_once(&objects, &published);
+    // redeliveries keep coming for a moment; none may add a copy
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_archived_once(&archived(&store(&flags)).await, &published);
+    rotator.stop().await;
+}
+
+#[tokio::test]
+async fn with_no_s3_settings_the_archive_is_a_local_directory() {
+    let nats = NatsServer::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let archive_dir = dirs.path().join("archive");
+    let flags = flags(&nats, None, &dirs.path().join("segments"), &archive_dir);
+    let bus = bus(&nats).await;
+    let rotator = start(&flags).await;
+    let published = events(60);
+    publish(&bus, &published).await;
+    let objects = wait_archived(&store(&flags), 60).await;
+    assert_archived_once(&objects, &published);
+    for key in objects.keys() {
+        assert!(
+            archive_dir.join(key).is_file(),
+            "{key} is a file under ARCHIVE_DIR"
+        );
+    }
+    rotator.stop().await;
+}
+
+#[tokio::test]
+async fn replay_of_an_archived_hour_gives_the_same_events() {
+    let nats = NatsServer::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let flags = flags(
+        &nats,
+        None,
+        &dirs.path().join("segments"),
+        &dirs.path().join("archive"),
+    );
+    let bus = bus(&nats).await;
+    let rotator = start(&flags).await;
+    let published = events(120);
+    publish(&bus, &published).await;
+    let objects = wait_archived(&store(&flags), 120).await;
+    rotator.stop().await;
+    let archived_events: HashMap<_, _> = objects
+        .values()
+        .flatten()
+        .map(|e| (e.id.clone(), e.clone()))
+        .collect();
+
+    let fresh = NatsServer::start();
+    let fresh_bus = bus_for(&fresh).await;
+    let now = chrono::Utc::now();
+    let report = replay::replay(
+        &store(&flags),
+        &fresh_bus,
+        "events",
+        now - chrono::Duration::hours(1),
+        now,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.published, report.duplicates, report.unreadable),
+        (120, 0, 0),
+        "{report}"
+    );
+    let replayed = stream_events(
+        fresh_bus.jetstream(),
+        subject::EVENTS_STREAM,
+        subject::EVENTS_SUBJECTS,
+    )
+    .await;
+    assert_eq!(replayed.len(), 120);
+    for (_, event) in &replayed {
+        assert_eq!(
+            Some(event),
+            archived_events.get(&event.id),
+            "replayed event equals the archived one"
+        );
+    }
+    // replaying again stores nothing new: same ids, same duplicate window
+    let again = replay::replay(
+        &store(&flags),
+        &fresh_bus,
+        "events",
+        now - chrono::Duration::hours(1),
+        now,
+        &["lms".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.published, again.duplicates), (0, 40));
+}
+
+async fn bus_for(nats: &NatsServer) -> learntrail_runtime::bus::Bus {
+    bus(nats).await
+}
