@@ -5,8 +5,10 @@
 //! process, drives it over loopback, and prints its figures next to the targets.
 //!
 //! - [`tracking`]: tracking-api single and batch paths vs the raw JetStream publish-with-ack rate;
-//! - [`shim`]: the latency shim-agent adds to a Ruby run.
+//! - [`shim`]: the latency shim-agent adds to a Ruby run;
+//! - [`archive`]: s3-rotator's end-to-end archive rate to S3.
 
+pub mod archive;
 pub mod report;
 pub mod shim;
 pub mod tracking;
@@ -35,6 +37,8 @@ pub enum Which {
     Tracking(tracking::Args),
     /// shim-agent: latency added to `ruby -e 'warn 1'`
     Shim(shim::Args),
+    /// s3-rotator: events/s archived end to end to S3
+    Archive(archive::Args),
     /// Every benchmark, one after the other
     All,
 }
@@ -43,9 +47,11 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match &bench.which {
         Which::Tracking(args) => tracking::run(&bench, args).await,
         Which::Shim(args) => shim::run(&bench, args),
+        Which::Archive(args) => archive::run(&bench, args).await,
         Which::All => {
             tracking::run(&bench, &tracking::Args::default()).await?;
-            shim::run(&bench, &shim::Args::default())
+            shim::run(&bench, &shim::Args::default())?;
+            archive::run(&bench, &archive::Args::default()).await
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -43,8 +44,29 @@ pub struct Settings {
 /// receipt time of each open or sealed segment's first event (for the oldest-age metric).
 #[derive(Debug, Default)]
 struct Pending {
-    seqs: HashSet<u64>,
+    seqs: HashSet<u64, BuildHasherDefault<SeqHasher>>,
     oldest: BTreeMap<u64, DateTime<Utc>>,
+}
+
+/// Stream sequences are already well spread integers: a multiply is hash enough (SipHash showed
+/// up in profiles at 50k events/s).
+#[derive(Debug, Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 type Shared = Arc<Mutex<Pending>>;
@@ -206,6 +228,7 @@ async fn handle(
     if pending.lock().expect("lock").seqs.contains(&seq) {
         return Ok(None); // a redelivery of an event already in a segment
     }
+    // (checked and inserted under separate locks: only this task inserts)
     let Some(ack_subject) = message.reply.as_ref().map(|r| r.to_string()) else {
         return Ok(None);
     };

@@ -106,7 +106,7 @@ impl Config {
             rotate_max_bytes: self.rotate_max_bytes,
             key_prefix: self.key_prefix.clone(),
             gzip_level: self.gzip_level,
-            fetch_batch: 1000,
+            fetch_batch: 4096,
             // a message waits for its segment's upload; redelivery before that would be wasted
             ack_wait: self.ack_wait.unwrap_or_else(|| {
                 self.rotate_interval.min(Duration::from_secs(3600)) + Duration::from_secs(900)

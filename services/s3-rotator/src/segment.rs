@@ -32,8 +32,9 @@ pub struct OpenSegment {
 impl OpenSegment {
     /// Appends one event.
     pub fn append(&mut self, seq: u64, ack_subject: &str, json: &str) -> io::Result<()> {
-        let line = format!("{seq}\t{ack_subject}\t{json}\n");
-        self.writer.write_all(line.as_bytes())?;
+        write!(self.writer, "{seq}\t{ack_subject}\t")?;
+        self.writer.write_all(json.as_bytes())?;
+        self.writer.write_all(b"\n")?;
         self.bytes += json.len() as u64 + 1;
         self.count += 1;
         Ok(())
