@@ -23,3 +23,11 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   echo "installing the Rust toolchain (rustup)"
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
 fi
+
+# Garage, a real S3-compatible server, for the archive tests (8-15 minutes to build cold, so only
+# when missing). Set SKIP_GARAGE=1 to skip it (the s3-rotator tests then fail with how to get it).
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "${SKIP_GARAGE:-0}" != 1 ] && ! command -v garage >/dev/null 2>&1; then
+  echo "building garage (S3 server for tests; cached in ~/.cargo/bin afterwards)"
+  cargo install garage --locked --quiet
+fi

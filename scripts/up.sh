@@ -24,6 +24,7 @@ NATS_MONITOR_PORT=$(pick_port 8222)
 REDIS_PORT=$(pick_port 6379)
 TRACKING_PORT=$(pick_port 8081)
 TRACKING_METRICS_PORT=$(pick_port 9181)
+ROTATOR_METRICS_PORT=$(pick_port 9184)
 PORTS
 fi
 # shellcheck disable=SC1091
@@ -55,6 +56,9 @@ start() { # name, then the environment for it
   echo $! > "$var/run/$name.pid"
 }
 start tracking-api HTTP_ADDR="127.0.0.1:$TRACKING_PORT" METRICS_ADDR="127.0.0.1:$TRACKING_METRICS_PORT"
+# the archive goes to var/archive unless S3_BUCKET (and S3_ENDPOINT, keys...) are set
+start s3-rotator METRICS_ADDR="127.0.0.1:$ROTATOR_METRICS_PORT" SEGMENT_DIR="$var/rotator" \
+  ROTATE_INTERVAL="${ROTATE_INTERVAL:-1m}"
 
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$TRACKING_METRICS_PORT/readyz" >/dev/null 2>&1 && break
@@ -70,6 +74,8 @@ Learntrail is up (data and logs under var/; stop it with: make down)
   NATS (JetStream)  $NATS_URL   (streams: http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1)
   Redis             $REDIS_URL
   tracking-api      http://127.0.0.1:$TRACKING_PORT/api/tracking   (ops: http://127.0.0.1:$TRACKING_METRICS_PORT/metrics)
+  s3-rotator        archive in ${S3_BUCKET:+s3://$S3_BUCKET}${S3_BUCKET:-$ARCHIVE_DIR} every ${ROTATE_INTERVAL:-1m}   (ops: http://127.0.0.1:$ROTATOR_METRICS_PORT/metrics)
+  shim-agent        $bin/shim-agent install --user   (then: shim-agent upload, with NATS_URL=$NATS_URL)
 
 A student token (24 h):
   TOKEN=$token
