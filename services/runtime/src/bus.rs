@@ -301,6 +301,22 @@ impl Bus {
         }
     }
 
+    /// A service's usual start: connect in the background and provision the streams in a task
+    /// that retries until it succeeds or `token` is cancelled (abort the handle at shutdown).
+    pub async fn start(
+        nats: &NatsArgs,
+        streams: &StreamArgs,
+        name: &str,
+        token: &CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), BusError> {
+        let bus = Self::connect(nats, name, false).await?;
+        let provisioning = {
+            let (bus, streams, token) = (bus.clone(), streams.clone(), token.clone());
+            tokio::spawn(async move { bus.provision_with_retry(&streams, &token).await })
+        };
+        Ok((bus, provisioning))
+    }
+
     /// Marks the streams as present without provisioning them (for producers that may not manage
     /// streams, such as lab agents; a missing stream then shows as a publish error).
     pub fn assume_provisioned(&self) {

@@ -178,3 +178,10 @@ pub async fn serve(
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
 }
+
+/// Binds `addr`, naming the setting in the error (`cannot listen on HTTP_ADDR 0.0.0.0:80: ...`).
+pub async fn bind(setting: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {setting} {addr}: {e}"))
+}

@@ -125,9 +125,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         println!("{report}");
         return Ok(());
     }
-    let ops = TcpListener::bind(config.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on METRICS_ADDR {}", config.metrics_addr))?;
+    let ops = http::bind("METRICS_ADDR", config.metrics_addr).await?;
     serve(config, store, ops, token).await
 }
 
@@ -140,11 +138,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let segments = segment::SegmentDir::new(&config.segment_dir)
         .with_context(|| format!("cannot use SEGMENT_DIR {}", config.segment_dir.display()))?;
-    let bus = Bus::connect(&config.nats, "s3-rotator", false).await?;
-    let provisioning = {
-        let (bus, streams, token) = (bus.clone(), config.streams.clone(), token.clone());
-        tokio::spawn(async move { bus.provision_with_retry(&streams, &token).await })
-    };
+    let (bus, provisioning) =
+        Bus::start(&config.nats, &config.streams, "s3-rotator", &token).await?;
     let mut registry = Registry::with_prefix("learntrail");
     let metrics = metrics::Metrics::register(&mut registry);
     let ready_bus = bus.clone();

@@ -63,12 +63,8 @@ pub struct Config {
 
 /// Binds both listeners, then serves until `token` is cancelled.
 pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
-    let api = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
-    let ops = TcpListener::bind(config.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on METRICS_ADDR {}", config.metrics_addr))?;
+    let api = http::bind("HTTP_ADDR", config.http_addr).await?;
+    let ops = http::bind("METRICS_ADDR", config.metrics_addr).await?;
     serve(config, api, ops, token).await
 }
 
@@ -88,11 +84,8 @@ pub async fn serve(
             "JWT_SECRET is shorter than 32 bytes; use a long random secret in production"
         );
     }
-    let bus = Bus::connect(&config.nats, "tracking-api", false).await?;
-    let provisioning = {
-        let (bus, streams, token) = (bus.clone(), config.streams.clone(), token.clone());
-        tokio::spawn(async move { bus.provision_with_retry(&streams, &token).await })
-    };
+    let (bus, provisioning) =
+        Bus::start(&config.nats, &config.streams, "tracking-api", &token).await?;
     let mut registry = Registry::with_prefix("learntrail");
     let state = routes::AppState {
         bus: bus.clone(),
