@@ -1,9 +1,15 @@
 //! Event ids: producers assign a ULID once; it is the JetStream `Nats-Msg-Id`, so a retried
 //! publish is deduplicated by the stream. UUIDs (any version) from outside clients are accepted.
 
-/// A new ULID: 26 Crockford base32 characters, sortable by creation time.
+/// A new ULID: 26 Crockford base32 characters, sortable by creation time. The 80 random bits
+/// come straight from the OS (no seeded generator to set up: a lab shim makes one id per run).
 pub fn new_id() -> String {
-    ulid::Ulid::new().to_string()
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).expect("the OS random source is available");
+    ulid::Ulid::from_parts(millis, u128::from_le_bytes(random)).to_string()
 }
 
 /// True for a ULID or a hyphenated UUID.
@@ -39,7 +45,15 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_unique() {
+    fn ids_are_unique_and_carry_the_time() {
         assert_ne!(new_id(), new_id());
+        let millis = || {
+            let since = std::time::UNIX_EPOCH.elapsed().unwrap();
+            since.as_millis() as u64
+        };
+        let before = millis();
+        let id = ulid::Ulid::from_string(&new_id()).unwrap();
+        assert!((before..=millis()).contains(&id.timestamp_ms()), "{id}");
+        assert_ne!(id.random(), 0);
     }
 }

@@ -69,6 +69,10 @@ pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
     sys::set_child(child.id());
     let limit = settings.capture_bytes() as usize;
     let tee = Tee::start(source, limit);
+    let gathering = {
+        let (program, real, args) = (program.clone(), real.clone(), args.clone());
+        std::thread::spawn(move || gather(&settings, &program, &real, &args))
+    };
     let status = loop {
         match child.wait() {
             Ok(status) => break status,
@@ -76,18 +80,16 @@ pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
             Err(_) => std::process::exit(1),
         }
     };
-    let captured = tee.finish(STDERR_GRACE);
     let run = Run {
-        program: &program,
-        real: &real,
-        args: &args,
         started,
         elapsed: clock.elapsed(),
         status,
-        captured,
+        captured: tee.finish(STDERR_GRACE),
     };
     // Recording must never change the outcome of the student's run.
-    let _ = record(&settings, run);
+    if let Ok(context) = gathering.join() {
+        let _ = record(context, run);
+    }
     match (status.code(), status.signal()) {
         (Some(code), _) => std::process::exit(code),
         (None, Some(signal)) => sys::die_by_signal(signal),
@@ -128,72 +130,99 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-struct Run<'a> {
-    program: &'a str,
-    real: &'a Path,
-    args: &'a [OsString],
+/// How the run went.
+struct Run {
     started: SystemTime,
     elapsed: Duration,
     status: ExitStatus,
     captured: Captured,
 }
 
-fn record(settings: &Settings, run: Run<'_>) -> std::io::Result<()> {
+/// What the record says that does not depend on how the run goes, gathered on a thread while
+/// the child runs (reading the script, the repository and the machine then costs the student
+/// nothing after the child exits).
+struct Context {
+    spool: Spool,
+    argv: Vec<String>,
+    cwd: PathBuf,
+    script: Option<PathBuf>,
+    script_sha256: String,
+    interpreter: PathBuf,
+    ruby_version: String,
+    git: Option<learntrail_proto::v1::GitState>,
+    machine: learntrail_proto::v1::Machine,
+}
+
+fn gather(settings: &Settings, program: &str, real: &Path, args: &[OsString]) -> Context {
     let spool = Spool::new(settings.spool_dir(), settings.spool_max_bytes());
-    std::fs::create_dir_all(spool.dir())?;
-    let event = build_event(settings, &run, spool.dir());
+    let spool_ready = std::fs::create_dir_all(spool.dir()).is_ok();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let script = meta::script_from_argv(program, args).map(|s| meta::absolute(&cwd, &s));
+    let key = settings
+        .get(keys::PSEUDONYM_KEY)
+        .unwrap_or_else(|| UNSET_PSEUDONYM_KEY.into());
+    let ruby = if program.starts_with("ruby") {
+        Some(real.to_path_buf())
+    } else {
+        resolve("ruby", settings)
+    };
+    Context {
+        argv: std::iter::once(program.to_string())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect(),
+        script_sha256: script
+            .as_deref()
+            .and_then(meta::sha256_file)
+            .unwrap_or_default(),
+        git: git::state(script.as_deref().unwrap_or(&cwd)),
+        ruby_version: ruby
+            .filter(|_| spool_ready)
+            .map(|r| meta::ruby_version(&r, spool.dir()))
+            .unwrap_or_default(),
+        interpreter: real.to_path_buf(),
+        machine: meta::machine(&key),
+        spool,
+        cwd,
+        script,
+    }
+}
+
+fn record(context: Context, run: Run) -> std::io::Result<()> {
+    let spool = context.spool.clone();
+    let event = build_event(context, run);
     spool.write(&event.id, &event.encode_to_vec()).map(|_| ())
 }
 
-fn build_event(settings: &Settings, run: &Run<'_>, cache_dir: &Path) -> learntrail_proto::Event {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let script = meta::script_from_argv(run.program, run.args);
-    let script_path = script.as_deref().map(|s| meta::absolute(&cwd, s));
+fn build_event(context: Context, run: Run) -> learntrail_proto::Event {
     let stderr = String::from_utf8_lossy(&run.captured.bytes).into_owned();
     let error = (!run.status.success())
         .then(|| rubyerr::parse(&stderr))
         .flatten();
-    let git = git::state(script_path.as_deref().unwrap_or(&cwd));
     let signal = run.status.signal();
-    let key = settings
-        .get(keys::PSEUDONYM_KEY)
-        .unwrap_or_else(|| UNSET_PSEUDONYM_KEY.into());
-    let argv = std::iter::once(run.program.to_string())
-        .chain(run.args.iter().map(|a| a.to_string_lossy().into_owned()))
-        .collect();
-    let ruby = if run.program.starts_with("ruby") {
-        Some(run.real.to_path_buf())
-    } else {
-        resolve("ruby", settings)
-    };
     let rubyrun = RubyRun {
-        argv,
-        cwd: cwd.display().to_string(),
-        script: script_path
+        argv: context.argv,
+        cwd: context.cwd.display().to_string(),
+        script: context
+            .script
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        script_sha256: script_path
-            .as_deref()
-            .and_then(meta::sha256_file)
-            .unwrap_or_default(),
+        script_sha256: context.script_sha256,
         started_at: Some(meta::timestamp(run.started)),
         ended_at: Some(meta::timestamp(run.started + run.elapsed)),
         duration_ms: run.elapsed.as_millis() as u64,
         exit_code: run.status.code(),
         signal,
         signal_name: signal.map(signal_name).unwrap_or_default(),
-        ruby_version: ruby
-            .map(|r| meta::ruby_version(&r, cache_dir))
-            .unwrap_or_default(),
-        interpreter: run.real.display().to_string(),
+        ruby_version: context.ruby_version,
+        interpreter: context.interpreter.display().to_string(),
         stderr,
         stderr_truncated: run.captured.truncated,
         stderr_bytes: run.captured.total,
         error,
-        git,
+        git: context.git,
     };
-    meta::event(rubyrun, meta::machine(&key), run.started)
+    meta::event(rubyrun, context.machine, run.started)
 }
 
 fn signal_name(signal: i32) -> String {
