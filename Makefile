@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help deps build up down test lint bench fmt
+.PHONY: help deps build up down test smoke lint bench fmt
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,8 +20,13 @@ up: build ## Start NATS, Redis and every service locally, print their URLs
 down: ## Stop what `make up` started
 	@scripts/down.sh
 
-test: deps ## Install what tests need and run every test
+test: deps ## Install what tests need and run every test, the `make up` smoke test and lint
 	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	$(MAKE) --no-print-directory smoke lint
+
+smoke: deps ## Start the stack in a scratch folder, post the sample event, check it is stored and archived
+	$(CARGO) build --bins
+	LEARNTRAIL_BIN=$(CURDIR)/target/debug scripts/smoke.sh
 
 lint: ## fmt check + clippy -D warnings
 	$(CARGO) fmt --all -- --check

@@ -2,7 +2,7 @@
 # make down: stops what `make up` started (services first, then redis and nats). Data stays in var/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-run=var/run
+run=${LEARNTRAIL_VAR:-var}/run
 [ -d "$run" ] || { echo "nothing to stop"; exit 0; }
 stop() {
   local pidfile=$run/$1.pid

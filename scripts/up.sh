@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-var=$root/var
-bin=$root/target/release
+var=${LEARNTRAIL_VAR:-$root/var}      # where data, logs and pid files go
+bin=${LEARNTRAIL_BIN:-$root/target/release}
 mkdir -p "$var"/{nats,redis,log,run,archive,spool}
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
