@@ -52,10 +52,18 @@ pub fn script_from_argv(program: &str, args: &[OsString]) -> Option<String> {
     None
 }
 
-/// Hex SHA-256 of a file's contents.
+/// Hex SHA-256 of a regular file's contents. Anything else (`ruby /dev/stdin`, `ruby <(...)`,
+/// a named pipe) is left alone: reading it would take the program's input, and opening a pipe
+/// without a writer would block, so the file is opened non-blocking and checked first.
 pub fn sha256_file(path: &Path) -> Option<String> {
-    let file = fs::File::open(path).ok()?;
-    if file.metadata().ok()?.len() > MAX_HASHED_SCRIPT {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_HASHED_SCRIPT {
         return None;
     }
     let mut hasher = Sha256::new();
@@ -218,6 +226,27 @@ mod tests {
         );
         assert_eq!(script_from_argv("ruby", &args(&[])), None);
         assert_eq!(script_from_argv("irb", &args(&["x.rb"])), None);
+    }
+
+    #[test]
+    fn scripts_that_are_pipes_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("hello.rb");
+        fs::write(&script, "puts 1\n").unwrap();
+        assert_eq!(
+            sha256_file(&script).as_deref(),
+            Some("82be84ab06491c73799a004332cfb83dbb7005b56e22eb9e210af96bb870905a")
+        );
+        let fifo = dir.path().join("fifo.rb");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(sha256_file(&fifo)));
+        let hashed = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(
+            hashed,
+            Ok(None),
+            "a named pipe is neither waited on nor read"
+        );
     }
 
     #[test]

@@ -55,6 +55,20 @@ fn stdin_is_piped_through() {
 }
 
 #[test]
+fn a_script_read_from_stdin_is_left_to_ruby() {
+    let lab = Lab::new();
+    let script = "puts STDIN.class\nputs 6 * 7\n".repeat(200);
+    for _ in 0..20 {
+        lab.clear_spool();
+        let output = lab.same(&["/dev/stdin"], script.as_bytes());
+        assert_eq!(output.stdout, "IO\n42\n".repeat(200).as_bytes());
+        let (_, run) = lab.only_run();
+        assert_eq!(run.script, "/dev/stdin");
+        assert_eq!(run.script_sha256, "", "a pipe is not hashed");
+    }
+}
+
+#[test]
 fn an_interactive_script_gets_its_answers() {
     let lab = Lab::new();
     let script = lab.script("ask.rb", "print 'name? '\n$stdout.flush\nname = gets.chomp\nprint 'age? '\n$stdout.flush\nage = gets.to_i\nputs \"hello #{name}, next year #{age + 1}\"\n");
