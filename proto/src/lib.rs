@@ -30,9 +30,10 @@ impl Event {
         subject::event_subject(&self.source, &self.kind)
     }
 
-    /// The event in the protobuf canonical JSON mapping (one line, no trailing newline).
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("an Event always serializes to JSON")
+    /// The event in the protobuf canonical JSON mapping (one line, no trailing newline). Fails
+    /// for values the mapping cannot express, such as a timestamp out of range or a NaN number.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
     }
 
     /// Parses an event from the protobuf canonical JSON mapping.

@@ -129,7 +129,7 @@ mod tests {
         let mut event = lms_event();
         event.actor = "learner-1".into();
         event.occurred_at = crate::time::parse_rfc3339("2026-11-24T16:30:18.5Z");
-        let json = event.to_json();
+        let json = event.to_json().unwrap();
         // pbjson writes UTC as `+00:00`, which every RFC 3339 parser reads.
         assert!(
             json.contains("\"occurredAt\":\"2026-11-24T16:30:18.500"),

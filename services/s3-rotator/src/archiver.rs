@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::{
     layout::Partition,
     metrics::Metrics,
-    segment::{OpenSegment, SegmentDir, gzip, partition_of, read_sealed},
+    segment::{OpenSegment, SegmentDir, first_seq_of, gzip, partition_of, read_sealed},
     store::Store,
 };
 
@@ -38,14 +38,44 @@ pub struct Settings {
     pub gzip_level: u32,
     pub fetch_batch: usize,
     pub ack_wait: Duration,
+    pub max_pending: i64,
 }
 
-/// Sequences received but not yet archived (so a redelivery is not written twice), and the
-/// receipt time of each open or sealed segment's first event (for the oldest-age metric).
+/// How long sequences stay known after their object is stored and acked. A redelivery that the
+/// server sent just before our ack reached it is already in the client's buffer when the acks'
+/// flush returns, and is handled within moments; holding the sequences this long keeps such a
+/// late copy from starting a second object.
+const RETIRED_HOLD: Duration = Duration::from_secs(30);
+
+/// Sequences received and not yet archived, or archived moments ago (so a redelivery is not
+/// written twice), and the receipt time of each open or sealed segment's first event (for the
+/// oldest-age metric), keyed by the segment's first sequence.
 #[derive(Debug, Default)]
 struct Pending {
     seqs: HashSet<u64, BuildHasherDefault<SeqHasher>>,
     oldest: BTreeMap<u64, DateTime<Utc>>,
+    retired: std::collections::VecDeque<(Instant, Vec<u64>)>,
+}
+
+impl Pending {
+    /// An archived segment's sequences: still known for `RETIRED_HOLD`.
+    fn retire(&mut self, seqs: Vec<u64>, now: Instant) {
+        self.retired.push_back((now, seqs));
+        self.expire(now);
+    }
+
+    /// Forgets sequences archived more than `RETIRED_HOLD` ago.
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.retired.front() {
+            if now.duration_since(*at) < RETIRED_HOLD {
+                break;
+            }
+            let (_, seqs) = self.retired.pop_front().expect("just seen");
+            for seq in seqs {
+                self.seqs.remove(&seq);
+            }
+        }
+    }
 }
 
 /// Stream sequences are already well spread integers: a multiply is hash enough (SipHash showed
@@ -83,10 +113,16 @@ pub async fn run(
     let recovered = segments.recover()?;
     let pending: Shared = Arc::default();
     for path in segments.sealed()? {
-        let sealed = read_sealed(&path)?;
+        let sealed = match read_sealed(&path) {
+            Ok(sealed) => sealed,
+            Err(err) => {
+                quarantine(&segments, &path, &err.into());
+                continue;
+            }
+        };
         let mut state = pending.lock().expect("lock");
         state.oldest.insert(
-            sealed.first(),
+            first_seq_of(&path),
             partition_of(&path)
                 .and_then(|p| p.hour_end())
                 .map_or_else(Utc::now, |end| end - chrono::Duration::hours(1)),
@@ -138,7 +174,7 @@ async fn consumer(
                         ack_policy: AckPolicy::Explicit,
                         ack_wait: settings.ack_wait,
                         max_deliver: -1,
-                        max_ack_pending: -1,
+                        max_ack_pending: settings.max_pending,
                         filter_subject: subject::EVENTS_SUBJECTS.into(),
                         ..Default::default()
                     },
@@ -233,28 +269,38 @@ async fn handle(
         return Ok(None);
     };
     let partition = Partition::of(&message.subject, received);
-    let mut event = match Event::decode(message.payload.clone()) {
-        Ok(event) => event,
-        Err(err) => {
-            let reason = format!(
-                "stream sequence {seq} on {} is not a learntrail.v1.Event: {err}",
-                message.subject
-            );
-            bus.deadletter(&partition.source, "", &reason, message.payload.clone())
-                .await?;
-            message
-                .ack()
+    let decoded = Event::decode(message.payload.clone())
+        .map_err(|err| format!("is not a learntrail.v1.Event: {err}"))
+        .and_then(|mut event| {
+            // both clocks: the source's occurred_at, and when the bus received it
+            event
+                .received_at
+                .get_or_insert_with(|| time::timestamp(received));
+            let json = event
+                .to_json()
+                .map_err(|err| format!("has no JSON form: {err}"))?;
+            Ok(json)
+        });
+    let json = match decoded {
+        Ok(json) => json,
+        Err(problem) => {
+            let reason = format!("stream sequence {seq} on {} {problem}", message.subject);
+            // Not acked unless the dead letter is stored: redelivered after the ack wait.
+            if let Err(err) = bus
+                .deadletter(&partition.source, "", &reason, message.payload.clone())
                 .await
-                .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            {
+                tracing::warn!(error = %err, reason, "cannot dead-letter; the message stays unacked");
+                return Ok(None);
+            }
+            if let Err(err) = message.ack().await {
+                tracing::warn!(error = %err, "cannot ack a dead-lettered message");
+            }
             metrics.deadlettered.inc();
+            tracing::warn!(reason, "dead-lettered");
             return Ok(None);
         }
     };
-    // both clocks: the source's occurred_at, and when the bus received it
-    event
-        .received_at
-        .get_or_insert_with(|| time::timestamp(received));
-    let json = event.to_json();
     if !open.contains_key(&partition) {
         let segment = segments.open(partition.clone(), seq)?;
         pending.lock().expect("lock").oldest.insert(seq, received);
@@ -301,7 +347,14 @@ fn seal_due(
     for partition in due {
         seal(open, &partition, wake)?;
     }
-    let oldest = pending.lock().expect("lock").oldest.values().min().copied();
+    for segment in open.values_mut() {
+        segment.flush()?;
+    }
+    let oldest = {
+        let mut state = pending.lock().expect("lock");
+        state.expire(Instant::now());
+        state.oldest.values().min().copied()
+    };
     metrics
         .oldest_unarchived_seconds
         .set(oldest.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0));
@@ -322,9 +375,17 @@ async fn upload_loop(
     let mut failures = 0u32;
     loop {
         let mut failed = false;
-        for path in segments.sealed()? {
+        let sealed = segments.sealed().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cannot list the segment directory; will retry");
+            failed = true;
+            Vec::new()
+        });
+        for path in sealed {
             match upload_one(&bus, &store, &settings, &metrics, &pending, &path).await {
                 Ok(()) => failures = 0,
+                Err(err) if err.is::<UnreadableSegment>() => {
+                    quarantine(&segments, &path, &err);
+                }
                 Err(err) => {
                     failures += 1;
                     failed = true;
@@ -347,7 +408,7 @@ async fn upload_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = token.cancelled() => {
                 // one last pass for what was sealed at shutdown
-                for path in segments.sealed()? {
+                for path in segments.sealed().unwrap_or_default() {
                     if upload_one(&bus, &store, &settings, &metrics, &pending, &path).await.is_err() {
                         break;
                     }
@@ -355,6 +416,21 @@ async fn upload_loop(
                 return Ok(());
             }
         }
+    }
+}
+
+/// A sealed segment that cannot be read back (damaged on disk): set aside, not retried.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable segment: {0}")]
+struct UnreadableSegment(String);
+
+/// Moves a damaged segment out of the upload queue (renamed `.damaged`, kept for inspection).
+/// Its messages were never acked, so JetStream redelivers them after the ack wait and they are
+/// archived from there: nothing is lost.
+fn quarantine(segments: &SegmentDir, path: &std::path::Path, err: &anyhow::Error) {
+    tracing::error!(error = %err, segment = %path.display(), "damaged segment set aside; its events come again by redelivery");
+    if let Err(err) = segments.set_aside(path) {
+        tracing::error!(error = %err, segment = %path.display(), "cannot set the damaged segment aside");
     }
 }
 
@@ -367,9 +443,9 @@ async fn upload_one(
     pending: &Shared,
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let mut sealed = read_sealed(path)?;
+    let mut sealed = read_sealed(path).map_err(|e| UnreadableSegment(e.to_string()))?;
     let partition =
-        partition_of(path).ok_or_else(|| anyhow::anyhow!("unrecognised segment name"))?;
+        partition_of(path).ok_or_else(|| UnreadableSegment("unrecognised segment name".into()))?;
     let key = partition.object_key(&settings.key_prefix, sealed.first(), sealed.last());
     let body = {
         let level = settings.gzip_level;
@@ -389,18 +465,39 @@ async fn upload_one(
         .await
         .map_err(|_| anyhow::anyhow!("acks not confirmed by NATS in time"))??;
     std::fs::remove_file(path)?;
+    let count = sealed.seqs.len() as u64;
     {
         let mut state = pending.lock().expect("lock");
-        for seq in &sealed.seqs {
-            state.seqs.remove(seq);
-        }
-        state.oldest.remove(&sealed.first());
+        state.oldest.remove(&first_seq_of(path));
+        state.retire(sealed.seqs, Instant::now());
     }
-    let count = sealed.seqs.len() as u64;
     metrics.events_archived.inc_by(count);
     metrics.events_pending.dec_by(count as i64);
     metrics.bytes_uploaded.inc_by(size);
     metrics.objects_uploaded.inc();
     tracing::info!(key, events = count, bytes = size, "archived");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archived_sequences_stay_known_for_the_hold_then_go() {
+        let mut pending = Pending::default();
+        pending.seqs.extend([1, 2, 3]);
+        let t0 = Instant::now();
+        pending.retire(vec![1, 2], t0);
+        assert!(
+            pending.seqs.contains(&1),
+            "a late redelivery of 1 is still recognised"
+        );
+        pending.expire(t0 + RETIRED_HOLD - Duration::from_millis(1));
+        assert!(pending.seqs.contains(&2));
+        pending.expire(t0 + RETIRED_HOLD);
+        assert!(!pending.seqs.contains(&1) && !pending.seqs.contains(&2));
+        assert!(pending.seqs.contains(&3), "not yet archived");
+        assert!(pending.retired.is_empty());
+    }
 }

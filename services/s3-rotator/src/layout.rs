@@ -60,9 +60,10 @@ impl Partition {
         format!("{}__{}__{}", self.source, self.date, self.hour)
     }
 
+    /// Read from the right: date and hour never hold `__`, a source name may.
     pub fn from_file_stem(stem: &str) -> Option<Self> {
-        let mut parts = stem.split("__");
-        let (source, date, hour) = (parts.next()?, parts.next()?, parts.next()?);
+        let mut parts = stem.rsplitn(3, "__");
+        let (hour, date, source) = (parts.next()?, parts.next()?, parts.next()?);
         Some(Self {
             source: source.into(),
             date: date.into(),
@@ -112,7 +113,14 @@ mod tests {
             "events/source=lms/dt=2026-11-24/hour=16/00000000000000000007-00000000000000001234.ndjson.gz"
         );
         assert_eq!(p.hour_end(), Some(at("2026-11-24T17:00:00Z")));
-        assert_eq!(Partition::from_file_stem(&p.file_stem()), Some(p));
+        assert_eq!(Partition::from_file_stem(&p.file_stem()), Some(p.clone()));
+        for source in ["lab_", "a__b", "_unknown"] {
+            let odd = Partition {
+                source: source.into(),
+                ..p.clone()
+            };
+            assert_eq!(Partition::from_file_stem(&odd.file_stem()), Some(odd));
+        }
         assert_eq!(
             Partition::of("events.bad", at("2026-11-24T00:00:00Z")).source,
             "_unknown"

@@ -50,7 +50,8 @@ pub struct Config {
     /// Close and upload a segment when it reaches this size (uncompressed)
     #[arg(long, env = "ROTATE_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
     pub rotate_max_bytes: u64,
-    /// Durable consumer name (several rotators with the same name share the work)
+    /// Durable consumer name (run one rotator per consumer: a second one would archive the other's
+    /// redeliveries again)
     #[arg(long, env = "ROTATOR_CONSUMER", default_value = "s3-rotator")]
     pub consumer: String,
     /// First path segment of every object key
@@ -63,6 +64,10 @@ pub struct Config {
     /// most 1h) + 15m]; redeliveries of events already in a segment are ignored
     #[arg(long, env = "ROTATOR_ACK_WAIT", value_parser = parse_duration)]
     pub ack_wait: Option<Duration>,
+    /// Most events received and not yet archived; past it JetStream holds the rest until
+    /// segments are uploaded (bounds memory and disk during a long S3 outage)
+    #[arg(long, env = "ROTATOR_MAX_PENDING", default_value_t = 5_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_pending: i64,
     /// How long SIGTERM waits for the upload in progress
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -78,12 +83,13 @@ pub struct Config {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Republish archived events received between two times (RFC 3339)
+    /// Republish archived events received in [--from, --to) (RFC 3339 times)
     Replay {
-        /// Start, e.g. 2026-11-24T16:00:00Z
+        /// Start (inclusive), e.g. 2026-11-24T16:00:00Z
         #[arg(long, value_parser = parse_time)]
         from: DateTime<Utc>,
-        /// End (inclusive)
+        /// End (exclusive), e.g. 2026-11-24T18:00:00Z: consecutive windows neither overlap nor
+        /// leave a gap
         #[arg(long, value_parser = parse_time)]
         to: DateTime<Utc>,
         /// Only these sources (repeatable); default all
@@ -111,6 +117,7 @@ impl Config {
             ack_wait: self.ack_wait.unwrap_or_else(|| {
                 self.rotate_interval.min(Duration::from_secs(3600)) + Duration::from_secs(900)
             }),
+            max_pending: self.max_pending,
         }
     }
 }

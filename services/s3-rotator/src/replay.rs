@@ -32,8 +32,10 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Replays events received in `[from, to]` (hour objects overlapping it, then each event's
-/// receipt time) for `sources` (all known sources when empty).
+/// Replays events received in `[from, to)` for `sources` (all known sources when empty). Objects
+/// are partitioned by the hour the stream stored an event, which can differ by moments from the
+/// `receivedAt` a producer stamped, so the hours on either side are read too and each event is
+/// chosen by its `receivedAt`.
 pub async fn replay(
     store: &Store,
     bus: &Bus,
@@ -42,7 +44,7 @@ pub async fn replay(
     to: DateTime<Utc>,
     sources: &[String],
 ) -> anyhow::Result<Report> {
-    anyhow::ensure!(from <= to, "--from must not be after --to");
+    anyhow::ensure!(from < to, "--from must be before --to");
     let sources: Vec<String> = if sources.is_empty() {
         subject::source::ALL
             .iter()
@@ -54,7 +56,8 @@ pub async fn replay(
     };
     let mut report = Report::default();
     for source in &sources {
-        for partition in hours_between(source, from, to) {
+        let hour = chrono::Duration::hours(1);
+        for partition in hours_between(source, from - hour, to + hour) {
             for key in store.list(&partition.key_prefix(prefix)).await? {
                 let body = store.get(&key).await?;
                 let mut text = String::new();
@@ -92,5 +95,5 @@ fn in_range(event: &Event, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
         .received_at
         .as_ref()
         .and_then(time::to_datetime)
-        .is_none_or(|received| received >= from && received <= to)
+        .is_none_or(|received| received >= from && received < to)
 }

@@ -1,8 +1,9 @@
 //! Local segment files: each partition's events are appended to an open segment
 //! (`<partition>__<first seq>.open`, lines `<seq>\t<ack subject>\t<event JSON>`); a full or
 //! finished segment is sealed (renamed `.sealed`), uploaded as one object, and only then are its
-//! messages acknowledged and the file deleted. After a crash, open segments are cut back to their
-//! last whole line and sealed as they are, so nothing that was written is lost or doubled.
+//! messages acknowledged and the file deleted. After a crash, open segments keep their whole,
+//! well-formed lines and are sealed as they are; what was cut (a torn last line, blocks a power
+//! loss left zeroed) was never acked and comes again by redelivery. Nothing is lost or doubled.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -17,6 +18,7 @@ use crate::layout::Partition;
 
 const OPEN: &str = "open";
 const SEALED: &str = "sealed";
+const DAMAGED: &str = "damaged";
 
 /// A segment being written.
 #[derive(Debug)]
@@ -38,6 +40,11 @@ impl OpenSegment {
         self.bytes += json.len() as u64 + 1;
         self.count += 1;
         Ok(())
+    }
+
+    /// Hands buffered lines to the OS, so a crash of the process (not of the machine) keeps them.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
     }
 
     /// Flushes to disk and renames the segment `.sealed`; it is then ready for upload.
@@ -98,27 +105,38 @@ impl SegmentDir {
         })
     }
 
-    /// After a restart: cuts each open segment back to its last whole line and seals it.
-    /// Returns how many were recovered.
+    /// After a restart: keeps each open segment's well-formed lines (a torn last line or
+    /// zeroed blocks are dropped) and seals it. Returns how many were recovered.
     pub fn recover(&self) -> io::Result<usize> {
         let mut recovered = 0;
         for path in self.files(OPEN)? {
             let data = fs::read(&path)?;
+            let mut kept = Vec::with_capacity(data.len());
             let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            if whole < data.len() {
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(whole as u64)?;
+            for line in data[..whole].split(|&b| b == b'\n') {
+                if parse_line(line).is_some_and(|(_, _, json)| is_json_object(json)) {
+                    kept.extend_from_slice(line);
+                    kept.push(b'\n');
+                }
             }
-            if whole == 0 {
+            if kept.is_empty() {
                 fs::remove_file(&path)?;
                 continue;
+            }
+            if kept.len() < data.len() {
+                let mut file = OpenOptions::new().write(true).truncate(true).open(&path)?;
+                file.write_all(&kept)?;
+                file.sync_data()?;
             }
             fs::rename(&path, path.with_extension(SEALED))?;
             recovered += 1;
         }
         Ok(recovered)
+    }
+
+    /// Renames a sealed segment that cannot be read `.damaged`, out of the upload queue.
+    pub fn set_aside(&self, path: &Path) -> io::Result<()> {
+        fs::rename(path, path.with_extension(DAMAGED))
     }
 
     /// Sealed segments, oldest first (by partition, then first sequence).
@@ -144,7 +162,8 @@ pub fn partition_of(path: &Path) -> Option<Partition> {
     Partition::from_file_stem(partition)
 }
 
-fn first_seq_of(path: &Path) -> u64 {
+/// The first sequence in a segment's name (the key of its oldest-age entry).
+pub fn first_seq_of(path: &Path) -> u64 {
     path.file_stem()
         .and_then(|s| s.to_str())
         .and_then(|s| s.rsplit_once("__"))
@@ -160,18 +179,12 @@ pub fn read_sealed(path: &Path) -> io::Result<Sealed> {
         ..Default::default()
     };
     for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let mut fields = line.splitn(3, |&b| b == b'\t');
-        let (Some(seq), Some(ack), Some(json)) = (fields.next(), fields.next(), fields.next())
-        else {
-            return Err(io::Error::new(
+        let (seq, ack, json) = parse_line(line).ok_or_else(|| {
+            io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("bad line in {}", path.display()),
-            ));
-        };
-        let seq = std::str::from_utf8(seq)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad sequence"))?;
+            )
+        })?;
         sealed.seqs.push(seq);
         sealed
             .ack_subjects
@@ -180,6 +193,18 @@ pub fn read_sealed(path: &Path) -> io::Result<Sealed> {
         sealed.ndjson.push(b'\n');
     }
     Ok(sealed)
+}
+
+/// `<seq>\t<ack subject>\t<json>`, split; `None` when the line is not of that shape.
+fn parse_line(line: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let mut fields = line.splitn(3, |&b| b == b'\t');
+    let (seq, ack, json) = (fields.next()?, fields.next()?, fields.next()?);
+    let seq = std::str::from_utf8(seq).ok()?.parse().ok()?;
+    ack.starts_with(b"$JS.ACK.").then_some((seq, ack, json))
+}
+
+fn is_json_object(json: &[u8]) -> bool {
+    json.first() == Some(&b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok()
 }
 
 /// Gzips a body.
@@ -238,5 +263,37 @@ mod tests {
         assert_eq!(sealed.len(), 1);
         assert_eq!(read_sealed(&sealed[0]).unwrap().seqs, [3]);
         assert!(!empty.exists());
+    }
+
+    #[test]
+    fn recovery_drops_zeroed_blocks_and_keeps_good_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentDir::new(dir.path()).unwrap();
+        let path = dir
+            .path()
+            .join(format!("{}__{:020}.open", partition().file_stem(), 3));
+        let mut data = b"3\t$JS.ACK.a\t{\"id\":\"1\"}\n".to_vec();
+        data.extend_from_slice(&[0u8; 4096]);
+        data.extend_from_slice(b"\n5\t$JS.ACK.c\t{\"id\":\"3\"\n"); // cut short JSON
+        data.extend_from_slice(b"7\t$JS.ACK.d\t{\"id\":\"4\"}\n");
+        fs::write(&path, data).unwrap();
+        assert_eq!(segments.recover().unwrap(), 1);
+        let sealed = read_sealed(&segments.sealed().unwrap()[0]).unwrap();
+        assert_eq!(sealed.seqs, [3, 7]);
+        assert_eq!(sealed.ndjson, b"{\"id\":\"1\"}\n{\"id\":\"4\"}\n");
+    }
+
+    #[test]
+    fn unreadable_segments_can_be_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentDir::new(dir.path()).unwrap();
+        let path = dir
+            .path()
+            .join(format!("{}__{:020}.sealed", partition().file_stem(), 3));
+        fs::write(&path, b"\0\0\0\n").unwrap();
+        assert!(read_sealed(&path).is_err());
+        segments.set_aside(&path).unwrap();
+        assert!(segments.sealed().unwrap().is_empty());
+        assert!(path.with_extension("damaged").exists());
     }
 }

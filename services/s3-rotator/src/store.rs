@@ -121,8 +121,17 @@ impl Store {
                         .and_then(|n| n.to_str())
                         .unwrap_or("object")
                 ));
-                tokio::fs::write(&tmp, body).await?;
-                tokio::fs::rename(&tmp, &path).await?;
+                // durable before the caller acks: data, then the name, then the directory
+                let (tmp, path, parent) = (tmp, path.clone(), parent.to_path_buf());
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    let mut file = std::fs::File::create(&tmp)?;
+                    std::io::Write::write_all(&mut file, &body)?;
+                    file.sync_data()?;
+                    std::fs::rename(&tmp, &path)?;
+                    std::fs::File::open(&parent)?.sync_all()
+                })
+                .await
+                .map_err(std::io::Error::other)??;
                 Ok(())
             }
             Self::S3 {
