@@ -287,6 +287,56 @@ async fn a_killed_rotator_resumes_with_nothing_lost_or_doubled() {
 }
 
 #[tokio::test]
+async fn messages_that_are_not_events_go_to_the_dead_letter_stream() {
+    let nats = NatsServer::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let flags = flags(
+        &nats,
+        None,
+        &dirs.path().join("segments"),
+        &dirs.path().join("archive"),
+    );
+    let bus = bus(&nats).await;
+    let rotator = start(&flags).await;
+    let published = events(30);
+    publish(&bus, &published[..15]).await;
+    bus.jetstream()
+        .publish("events.lab.log", "not a protobuf \u{1}\u{2}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish(&bus, &published[15..]).await;
+    let objects = wait_archived(&store(&flags), 30).await;
+    assert_archived_once(&objects, &published);
+    let deadletter = bus
+        .jetstream()
+        .get_stream(subject::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    let message = eventually(Duration::from_secs(30), "the dead letter", || async {
+        deadletter.get_raw_message(1).await.ok()
+    })
+    .await;
+    assert_eq!(message.subject.as_str(), "deadletter.lab");
+    assert_eq!(&message.payload[..], "not a protobuf \u{1}\u{2}".as_bytes());
+    let reason = message
+        .headers
+        .get(subject::DEADLETTER_REASON_HEADER)
+        .expect("a reason")
+        .to_string();
+    assert!(
+        reason.contains("events.lab.log") && reason.contains("not a learntrail.v1.Event"),
+        "{reason}"
+    );
+    assert_eq!(
+        metric(&rotator.ops, "learntrail_archive_deadlettered_total").await,
+        1.0
+    );
+    rotator.stop().await;
+}
+
+#[tokio::test]
 async fn with_no_s3_settings_the_archive_is_a_local_directory() {
     let nats = NatsServer::start();
     let dirs = tempfile::tempdir().unwrap();
