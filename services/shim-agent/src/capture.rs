@@ -57,6 +57,15 @@ fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
     termios.output_flags.remove(OutputFlags::OPOST);
     let winsize = crate::sys::terminal_size(io::stderr().as_fd());
     let pty = nix::pty::openpty(winsize.as_ref(), Some(&termios)).map_err(io::Error::from)?;
+    // neither end may stay open in the child beyond its stderr (a grandchild holding the master
+    // would never see the hangup)
+    for fd in [pty.master.as_fd(), pty.slave.as_fd()] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(io::Error::from)?;
+    }
     crate::sys::set_resize_target(pty.master.as_fd());
     Ok((pty.slave, pty.master))
 }

@@ -169,7 +169,7 @@ fn index_entries(data: &[u8]) -> Option<Vec<IndexEntry>> {
     let count = be32(8)? as usize;
     let mut at = 12;
     let mut entries = Vec::with_capacity(count.min(MAX_INDEX_ENTRIES));
-    let mut previous = String::new();
+    let mut previous: Vec<u8> = Vec::new();
     for _ in 0..count.min(MAX_INDEX_ENTRIES) {
         let start = at;
         let mtime_secs = be32(at + 8)?;
@@ -179,29 +179,25 @@ fn index_entries(data: &[u8]) -> Option<Vec<IndexEntry>> {
         if version >= 3 && flags & 0x4000 != 0 {
             at += 2; // extended flags
         }
-        let path = if version >= 4 {
+        if version >= 4 {
             // prefix compression: a varint of bytes to drop from the previous path, then a NUL-terminated suffix
             let (strip, used) = varint(data.get(at..)?)?;
             at += used;
             let end = at + data.get(at..)?.iter().position(|&b| b == 0)?;
+            // in bytes: the cut may fall inside a multi-byte character
             let keep = previous.len().checked_sub(strip as usize)?;
-            let path = format!(
-                "{}{}",
-                &previous[..keep],
-                String::from_utf8_lossy(&data[at..end])
-            );
+            previous.truncate(keep);
+            previous.extend_from_slice(&data[at..end]);
             at = end + 1;
-            path
         } else {
             let end = at + data.get(at..)?.iter().position(|&b| b == 0)?;
-            let path = String::from_utf8_lossy(&data[at..end]).into_owned();
+            previous.clear();
+            previous.extend_from_slice(&data[at..end]);
             // entries are padded with NULs to a multiple of 8 bytes
             at = start + ((end - start + 8) & !7);
-            path
         };
-        previous.clone_from(&path);
         entries.push(IndexEntry {
-            path,
+            path: String::from_utf8_lossy(&previous).into_owned(),
             mtime_secs,
             size,
         });
@@ -303,5 +299,27 @@ mod tests {
             ]
         );
         assert_eq!(index_entries(b"nope"), None);
+    }
+
+    #[test]
+    fn index_v4_prefix_cuts_inside_a_character() {
+        // "café.rb" then "cafè.rb": the shared prefix ends in the middle of the é/è bytes
+        let mut data = b"DIRC".to_vec();
+        data.extend(4u32.to_be_bytes());
+        data.extend(2u32.to_be_bytes());
+        for (strip, suffix) in [(0u8, "café.rb".as_bytes()), (4, &b"\xa8.rb"[..])] {
+            let mut entry = vec![0u8; 62];
+            entry[36..40].copy_from_slice(&5u32.to_be_bytes());
+            data.extend(entry);
+            data.push(strip);
+            data.extend(suffix);
+            data.push(0);
+        }
+        let paths: Vec<String> = index_entries(&data)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["café.rb", "cafè.rb"]);
     }
 }

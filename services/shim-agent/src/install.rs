@@ -212,7 +212,9 @@ pub fn find_real(program: &str, skip_dir: &Path, exe: &Path) -> Option<PathBuf> 
     std::env::split_paths(&path)
         .filter(|dir| !same_file(dir, skip_dir))
         .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file() && !same_file(candidate, exe))
+        .find(|candidate| {
+            candidate.is_file() && !same_file(candidate, exe) && !crate::shim::is_shim(candidate)
+        })
 }
 
 #[cfg(test)]

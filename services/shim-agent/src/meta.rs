@@ -52,18 +52,46 @@ pub fn script_from_argv(program: &str, args: &[OsString]) -> Option<String> {
     None
 }
 
+/// The most of each argument, and of all arguments together, that a record keeps (a run may have
+/// megabytes of arguments; the bus takes messages of about 1 MiB).
+const MAX_ARG_BYTES: usize = 4 * 1024;
+const MAX_ARGV_BYTES: usize = 64 * 1024;
+
+/// The command line for the record: the program, then its arguments, each cut at
+/// `MAX_ARG_BYTES` and the list cut at `MAX_ARGV_BYTES` (a cut is marked with `…`).
+pub fn bounded_argv(program: &str, args: &[OsString]) -> Vec<String> {
+    let mut total = 0;
+    let mut argv = vec![program.to_string()];
+    for arg in args {
+        let mut arg = arg.to_string_lossy().into_owned();
+        if arg.len() > MAX_ARG_BYTES {
+            let mut cut = MAX_ARG_BYTES;
+            while !arg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            arg.truncate(cut);
+            arg.push('…');
+        }
+        total += arg.len();
+        if total > MAX_ARGV_BYTES {
+            argv.push(format!("… {} more arguments", args.len() + 1 - argv.len()));
+            break;
+        }
+        argv.push(arg);
+    }
+    argv
+}
+
 /// Hex SHA-256 of a regular file's contents. Anything else (`ruby /dev/stdin`, `ruby <(...)`,
-/// a named pipe) is left alone: reading it would take the program's input, and opening a pipe
-/// without a writer would block, so the file is opened non-blocking and checked first.
+/// a named pipe) is left alone: reading it would take the program's input.
 pub fn sha256_file(path: &Path) -> Option<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
+    // stat first: even opening a named pipe would let its writer go ahead and lose its data
+    let meta = fs::metadata(path).ok()?;
     if !meta.is_file() || meta.len() > MAX_HASHED_SCRIPT {
+        return None;
+    }
+    let file = fs::File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
         return None;
     }
     let mut hasher = Sha256::new();
@@ -138,6 +166,7 @@ pub fn ruby_version(interpreter: &Path, cache_dir: &Path) -> String {
     }
     let version = Command::new(interpreter)
         .arg("-v")
+        .env(crate::settings::keys::ACTIVE, "1") // a shim found here runs straight through
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -226,6 +255,23 @@ mod tests {
         );
         assert_eq!(script_from_argv("ruby", &args(&[])), None);
         assert_eq!(script_from_argv("irb", &args(&["x.rb"])), None);
+    }
+
+    #[test]
+    fn long_command_lines_are_bounded() {
+        let long = "é".repeat(3000); // 6000 bytes
+        let argv = bounded_argv("ruby", &args(&["x.rb", &long]));
+        assert_eq!(argv[..2], ["ruby", "x.rb"]);
+        assert!(argv[2].len() <= MAX_ARG_BYTES + '…'.len_utf8() && argv[2].ends_with('…'));
+        let many: Vec<String> = (0..100).map(|_| "a".repeat(1000)).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let argv = bounded_argv("ruby", &args(&many));
+        assert_eq!(
+            argv.len(),
+            67,
+            "the program, 65 arguments and the count of the rest"
+        );
+        assert_eq!(argv[66], "… 35 more arguments");
     }
 
     #[test]

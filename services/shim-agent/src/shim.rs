@@ -23,11 +23,17 @@ use crate::{
 
 /// How long to wait for stderr to reach its end after the child exited.
 const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// How long the student's run may wait, after the child exited, for the metadata still being
+/// gathered.
+const GATHER_WAIT: Duration = Duration::from_secs(2);
 /// Placeholder key when a deployment set none (pseudonyms are then unkeyed hashes).
 const UNSET_PSEUDONYM_KEY: &str = "learntrail-unset-key";
 
 /// Runs as the shim for `argv0`; never returns.
 pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
+    // Nothing of ours may show on the student's stderr or change the exit status: a panic in
+    // the recording is caught below, silently.
+    std::panic::set_hook(Box::new(|_| {}));
     let program = Path::new(&argv0)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -71,7 +77,11 @@ pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
     let tee = Tee::start(source, limit);
     let gathering = {
         let (program, real, args) = (program.clone(), real.clone(), args.clone());
-        std::thread::spawn(move || gather(&settings, &program, &real, &args))
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(gather(&settings, &program, &real, &args));
+        });
+        rx
     };
     let status = loop {
         match child.wait() {
@@ -86,9 +96,10 @@ pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
         status,
         captured: tee.finish(STDERR_GRACE),
     };
-    // Recording must never change the outcome of the student's run.
-    if let Ok(context) = gathering.join() {
-        let _ = record(context, run);
+    // Recording must never change the outcome of the student's run, nor hold it up for long (a
+    // huge or network-mounted repository): past the wait the run is not recorded.
+    if let Ok(context) = gathering.recv_timeout(GATHER_WAIT) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| record(context, run)));
     }
     match (status.code(), status.signal()) {
         (Some(code), _) => std::process::exit(code),
@@ -104,20 +115,28 @@ fn exec(real: &Path, argv0: &OsString, args: &[OsString]) -> ! {
     std::process::exit(127)
 }
 
-/// The real program: configured (`REAL_RUBY`), else the next match in PATH that is not this
-/// binary (by device and inode, so symlinks and hard links to the shim are skipped).
+/// The real program: configured (`REAL_RUBY`), else the next match in PATH that is not a shim:
+/// not this binary (by device and inode, so symlinks and hard links to it are skipped) and not
+/// another installed copy of it (two copies naming each other would run each other forever).
 pub fn resolve(program: &str, settings: &Settings) -> Option<PathBuf> {
     let me = std::env::current_exe().ok().and_then(|p| identity(&p));
+    let not_a_shim = |candidate: &Path| identity(candidate) != me && !is_shim(candidate);
     if let Some(configured) = settings.real_program(program)
         && identity(&configured).is_some()
-        && identity(&configured) != me
+        && not_a_shim(&configured)
     {
         return Some(configured);
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate) && identity(candidate) != me)
+        .find(|candidate| is_executable(candidate) && not_a_shim(candidate))
+}
+
+/// True for a link to a copy of the agent's binary (whatever the link is called).
+pub fn is_shim(path: &Path) -> bool {
+    std::fs::canonicalize(path)
+        .is_ok_and(|real| crate::settings::is_agent_name(&real.into_os_string()))
 }
 
 fn identity(path: &Path) -> Option<(u64, u64)> {
@@ -167,9 +186,7 @@ fn gather(settings: &Settings, program: &str, real: &Path, args: &[OsString]) ->
         resolve("ruby", settings)
     };
     Context {
-        argv: std::iter::once(program.to_string())
-            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
-            .collect(),
+        argv: meta::bounded_argv(program, args),
         script_sha256: script
             .as_deref()
             .and_then(meta::sha256_file)

@@ -24,7 +24,8 @@ pub struct Report {
     pub sent: usize,
     /// Already on the stream (an earlier upload published them, then stopped before deleting).
     pub duplicates: usize,
-    /// Undecodable records moved to the dead-letter stream.
+    /// Records that can never be sent (undecodable, invalid, too large), moved to the
+    /// dead-letter stream.
     pub dead_lettered: usize,
     /// Still in the spool.
     pub left: usize,
@@ -38,6 +39,20 @@ impl std::fmt::Display for Report {
             self.sent, self.duplicates, self.dead_lettered, self.left
         )
     }
+}
+
+/// How much of a record that cannot be sent goes to the dead-letter stream.
+const DEADLETTER_HEAD: usize = 256 * 1024;
+
+/// The event in a spool record, or why it cannot be sent (undecodable, or not a valid event:
+/// an empty file left by a power loss decodes as an empty event).
+fn checked(bytes: &[u8]) -> Result<Event, String> {
+    let event = Event::decode(bytes).map_err(|err| format!("undecodable: {err}"))?;
+    learntrail_proto::validate::validate_event(&event).map_err(|problems| {
+        let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        format!("not a valid event: {}", problems.join("; "))
+    })?;
+    Ok(event)
 }
 
 /// Uploads every record, oldest first. Stops at the first publish failure (the bus went away),
@@ -56,31 +71,34 @@ pub async fn upload(spool: &Spool, bus: &Bus) -> Result<Report, (Report, Publish
             let Ok(bytes) = fs::read(&record.path) else {
                 continue;
             }; // gone meanwhile
-            match Event::decode(bytes.as_slice()) {
-                Ok(event) => match bus
-                    .send(event.subject(), &event.id, Bytes::from(bytes))
-                    .await
-                {
-                    Ok(ack) => pending.push((record, ack)),
+            let bytes = Bytes::from(bytes);
+            let problem = match checked(&bytes) {
+                Ok(event) => match bus.send(event.subject(), &event.id, bytes.clone()).await {
+                    Ok(ack) => {
+                        pending.push((record, ack));
+                        None
+                    }
+                    // a record the bus can never take must not hold up the ones after it
+                    Err(err) if !err.is_transient() => Some(err.to_string()),
                     Err(err) => {
                         failure = Some(err);
                         break;
                     }
                 },
-                Err(err) => {
-                    let reason = format!("undecodable spool record {}: {err}", record.id);
-                    match bus
-                        .deadletter("shim", &record.id, &reason, Bytes::from(bytes))
-                        .await
-                    {
-                        Ok(_) => {
-                            let _ = fs::remove_file(&record.path);
-                            report.dead_lettered += 1;
-                        }
-                        Err(err) => {
-                            failure = Some(err);
-                            break;
-                        }
+                Err(problem) => Some(problem),
+            };
+            if let Some(problem) = problem {
+                let reason = format!("spool record {}: {problem}", record.id);
+                // the record itself when it fits, else its head: the reason says the rest
+                let head = bytes.slice(..bytes.len().min(DEADLETTER_HEAD));
+                match bus.deadletter("shim", &record.id, &reason, head).await {
+                    Ok(_) => {
+                        let _ = fs::remove_file(&record.path);
+                        report.dead_lettered += 1;
+                    }
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
                     }
                 }
             }

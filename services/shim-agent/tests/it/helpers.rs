@@ -101,6 +101,26 @@ impl Lab {
         output
     }
 
+    /// Runs `command` (stdin closed) and returns its output, failing the test if it takes over
+    /// 30 s (a hang must not hang the test run).
+    pub fn output_within(mut command: Command) -> Output {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the run did not finish within 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs directly and through the shim; asserts both behave the same; returns the shim's.
     pub fn same<S: AsRef<OsStr>>(&self, args: &[S], stdin: &[u8]) -> Output {
         let direct = self.run(false, args, stdin);

@@ -7,7 +7,7 @@ use std::{
 use learntrail_proto::Payload;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::Lab;
+use crate::helpers::{AGENT, Lab};
 
 #[test]
 fn output_and_exit_codes_are_those_of_ruby() {
@@ -66,6 +66,55 @@ fn a_script_read_from_stdin_is_left_to_ruby() {
         assert_eq!(run.script, "/dev/stdin");
         assert_eq!(run.script_sha256, "", "a pipe is not hashed");
     }
+}
+
+#[test]
+fn a_named_pipe_as_the_script_is_left_to_ruby() {
+    let lab = Lab::new();
+    let fifo = lab.work().join("piped.rb");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for shim in [false, true] {
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(&fifo, "puts 6 * 7\n"))
+        };
+        let output = Lab::output_within(lab.command(shim, &[fifo.as_os_str()]));
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "42\n",
+            "through the shim: {shim}"
+        );
+        writer.join().unwrap().unwrap();
+    }
+    assert_eq!(lab.only_run().1.script_sha256, "", "a pipe is not hashed");
+}
+
+#[test]
+fn a_second_installed_copy_of_the_agent_is_not_taken_for_ruby() {
+    let lab = Lab::new();
+    let other = lab.dir.path().join("other");
+    std::fs::create_dir_all(other.join("bin")).unwrap();
+    std::fs::copy(AGENT, other.join("shim-agent")).unwrap();
+    std::os::unix::fs::symlink(other.join("shim-agent"), other.join("bin/ruby")).unwrap();
+    let mut command = lab.command(true, &["-e", "puts 1; warn 2"]);
+    command.env(
+        "PATH",
+        format!(
+            "{}:{}:{}",
+            lab.bin().display(),
+            other.join("bin").display(),
+            lab.path_without_shim
+        ),
+    );
+    let output = Lab::output_within(command);
+    assert_eq!(output.stdout, b"1\n");
+    assert_eq!(output.stderr, b"2\n");
+    let (_, run) = lab.only_run();
+    assert!(
+        !run.interpreter.starts_with(other.to_str().unwrap()),
+        "{}",
+        run.interpreter
+    );
 }
 
 #[test]

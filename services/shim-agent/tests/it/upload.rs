@@ -1,6 +1,6 @@
 use std::{process::Stdio, time::Duration};
 
-use learntrail_proto::subject;
+use learntrail_proto::{Message, Payload, subject};
 use learntrail_runtime::bus::{Bus, NatsArgs, StreamArgs};
 use learntrail_testkit::{NatsServer, eventually, try_stream_events};
 
@@ -116,6 +116,7 @@ async fn broken_records_go_to_the_dead_letter_stream_and_temp_files_are_cleaned(
     let nats = NatsServer::start();
     let bus = bus(&nats).await;
     lab.run(true, &["-e", "exit 0"], b"");
+    let (mut big, _) = lab.only_run();
     std::fs::write(
         lab.spool().join("01JBQ0Z6W00000000000000BAD-9.pb"),
         b"\xff\xff not protobuf",
@@ -131,9 +132,24 @@ async fn broken_records_go_to_the_dead_letter_stream_and_temp_files_are_cleaned(
         .set_modified(old)
         .unwrap();
 
+    // an empty record (a power loss before the data reached the disk) and one over the bus's
+    // message limit, both older than the good run: neither may hold it up
+    std::fs::write(lab.spool().join("01JBQ0Z6W0000000000000EMPT-0.pb"), b"").unwrap();
+    big.id = "01JBQ0Z6W00000000000000B1G".into();
+    if let Some(Payload::RubyRun(run)) = big.payload.as_mut() {
+        run.stderr = "x".repeat(2 << 20);
+    }
+    let big = big.encode_to_vec();
+    std::fs::write(
+        lab.spool()
+            .join(format!("01JBQ0Z6W00000000000000B1G-{}.pb", big.len())),
+        &big,
+    )
+    .unwrap();
+
     let said = upload(&lab, &nats.url());
     assert!(
-        said.contains("1 sent") && said.contains("1 dead-lettered"),
+        said.contains("1 sent") && said.contains("3 dead-lettered"),
         "{said}"
     );
     assert!(lab.records().is_empty());
@@ -144,17 +160,26 @@ async fn broken_records_go_to_the_dead_letter_stream_and_temp_files_are_cleaned(
         .get_stream(subject::DEADLETTER_STREAM)
         .await
         .unwrap();
-    let message = dead
-        .get_last_raw_message_by_subject("deadletter.shim")
-        .await
-        .unwrap();
-    let reason = message
-        .headers
-        .get(subject::DEADLETTER_REASON_HEADER)
-        .unwrap()
-        .to_string();
-    assert!(reason.contains("undecodable"), "{reason}");
-    assert_eq!(&message.payload[..], b"\xff\xff not protobuf");
+    let mut letters = Vec::new();
+    for seq in 1..=3 {
+        let message = dead.get_raw_message(seq).await.unwrap();
+        let reason = message
+            .headers
+            .get(subject::DEADLETTER_REASON_HEADER)
+            .unwrap()
+            .to_string();
+        letters.push((reason, message.payload.len()));
+    }
+    letters.sort();
+    let find = |needle: &str| {
+        letters
+            .iter()
+            .find(|(reason, _)| reason.contains(needle))
+            .unwrap_or_else(|| panic!("no dead letter says {needle}: {letters:?}"))
+    };
+    assert_eq!(find("undecodable").1, b"\xff\xff not protobuf".len());
+    assert_eq!(find("not a valid event").1, 0);
+    assert_eq!(find("too large").1, 256 * 1024, "the head of the record");
 }
 
 #[tokio::test]
