@@ -99,7 +99,8 @@ impl Terminal {
 #[test]
 fn the_child_sees_a_terminal_on_stderr() {
     let lab = Lab::new();
-    let script = "$stderr.puts \"stderr tty: #{$stderr.tty?} #{$stderr.winsize.inspect rescue 'none'}\"; puts \"stdout tty: #{$stdout.tty?}\"";
+    // the open descriptors count too: the pty's own fds must not leak into the program
+    let script = "$stderr.puts \"stderr tty: #{$stderr.tty?} #{$stderr.winsize.inspect rescue 'none'}\"; puts \"stdout tty: #{$stdout.tty?}\"; puts \"open fds: #{Dir.children('/proc/self/fd').size}\"";
     let (direct_status, direct) =
         Terminal::start(&lab, false, &["-rio/console", "-e", script]).finish();
     let (status, shimmed) = Terminal::start(&lab, true, &["-rio/console", "-e", script]).finish();
