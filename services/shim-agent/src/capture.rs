@@ -74,6 +74,8 @@ fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
 pub struct Tee {
     captured: Arc<Mutex<Captured>>,
     done: mpsc::Receiver<()>,
+    /// The parent's end, for handing over to a forwarder when the stream outlives the program.
+    source_fd: std::os::fd::RawFd,
 }
 
 impl Tee {
@@ -81,6 +83,10 @@ impl Tee {
     pub fn start(source: Source, limit: usize) -> Self {
         let captured = Arc::new(Mutex::new(Captured::default()));
         let (tx, done) = mpsc::channel();
+        let source_fd = match &source {
+            Source::Pipe(pipe) => std::os::fd::AsRawFd::as_raw_fd(pipe),
+            Source::Pty(master) => std::os::fd::AsRawFd::as_raw_fd(master),
+        };
         let shared = Arc::clone(&captured);
         thread::spawn(move || {
             let mut reader: Box<dyn Read> = match source {
@@ -107,15 +113,21 @@ impl Tee {
             }
             let _ = tx.send(());
         });
-        Self { captured, done }
+        Self {
+            captured,
+            done,
+            source_fd,
+        }
     }
 
-    /// Waits up to `grace` for the copy to reach the end (a grandchild may still hold stderr
-    /// open), then returns what was captured.
-    pub fn finish(self, grace: Duration) -> Captured {
-        let _ = self.done.recv_timeout(grace);
+    /// Waits up to `grace` for the copy to reach the end, then returns what was captured and,
+    /// when the stream is still open (a background grandchild holds it), its fd: the caller
+    /// hands it to [`crate::sys::forward_in_background`] so nothing written later is lost.
+    pub fn finish(self, grace: Duration) -> (Captured, Option<std::os::fd::RawFd>) {
+        let open = self.done.recv_timeout(grace).is_err();
         crate::sys::clear_resize_target();
-        self.captured.lock().map(|c| c.clone()).unwrap_or_default()
+        let captured = self.captured.lock().map(|c| c.clone()).unwrap_or_default();
+        (captured, open.then_some(self.source_fd))
     }
 }
 

@@ -21,8 +21,9 @@ use crate::{
     sys,
 };
 
-/// How long to wait for stderr to reach its end after the child exited.
-const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// How long to wait for stderr to reach its end after the child exited; past it (a background
+/// grandchild still holds stderr) a forwarder process takes over and the run ends.
+const STDERR_GRACE: Duration = Duration::from_millis(50);
 /// How long the student's run may wait, after the child exited, for the metadata still being
 /// gathered.
 const GATHER_WAIT: Duration = Duration::from_secs(2);
@@ -90,11 +91,16 @@ pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
             Err(_) => std::process::exit(1),
         }
     };
+    let elapsed = clock.elapsed();
+    let (captured, still_open) = tee.finish(STDERR_GRACE);
+    if let Some(fd) = still_open {
+        sys::forward_in_background(fd);
+    }
     let run = Run {
         started,
-        elapsed: clock.elapsed(),
+        elapsed,
         status,
-        captured: tee.finish(STDERR_GRACE),
+        captured,
     };
     // Recording must never change the outcome of the student's run, nor hold it up for long (a
     // huge or network-mounted repository): past the wait the run is not recorded.

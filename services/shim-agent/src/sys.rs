@@ -124,3 +124,47 @@ pub fn die_by_signal(signal: i32) -> ! {
     }
     std::process::exit(128 + signal)
 }
+
+/// Keeps copying `fd` to our stderr in a forked process after we exit, until the last writer
+/// (a background grandchild of the program) closes it: what it writes later still shows, as it
+/// would without the shim. The fork only makes raw system calls (other threads may hold locks).
+pub fn forward_in_background(fd: libc::c_int) {
+    // SAFETY: after fork the child calls only async-signal-safe functions (read, write, _exit)
+    // on a stack buffer; the parent just continues.
+    unsafe {
+        if libc::fork() != 0 {
+            return; // parent (or fork failed: the late output is lost, as before)
+        }
+        for signal in FORWARDED {
+            libc::signal(signal, libc::SIG_DFL); // nothing to forward to any more
+        }
+        libc::close(libc::STDIN_FILENO);
+        libc::close(libc::STDOUT_FILENO);
+        let interrupted = || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let n = libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len());
+            if n < 0 && interrupted() {
+                continue;
+            }
+            if n <= 0 {
+                libc::_exit(0); // end of stream, or EIO from a pty whose last writer closed
+            }
+            let mut at = 0;
+            while at < n as usize {
+                let w = libc::write(
+                    libc::STDERR_FILENO,
+                    buffer[at..].as_ptr().cast(),
+                    n as usize - at,
+                );
+                if w < 0 && interrupted() {
+                    continue;
+                }
+                if w <= 0 {
+                    break; // our stderr is gone: keep draining so the writer never blocks
+                }
+                at += w as usize;
+            }
+        }
+    }
+}

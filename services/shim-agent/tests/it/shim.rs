@@ -118,6 +118,37 @@ fn a_second_installed_copy_of_the_agent_is_not_taken_for_ruby() {
 }
 
 #[test]
+fn a_background_grandchild_still_writes_to_stderr_after_the_program_exits() {
+    let lab = Lab::new();
+    let script = ["-e", "fork { sleep 1; warn 'late' }; warn 'early'"];
+    let output = lab.same(&script, b"");
+    assert_eq!(output.stderr, b"early\nlate\n");
+    assert_eq!(lab.only_run().1.stderr, "early\n");
+    // the run itself ends with the program, as it does directly, not with the grandchild
+    let started = std::time::Instant::now();
+    let mut child = lab
+        .command(true, &script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(stderr, "early\nlate\n");
+}
+
+#[test]
 fn an_interactive_script_gets_its_answers() {
     let lab = Lab::new();
     let script = lab.script("ask.rb", "print 'name? '\n$stdout.flush\nname = gets.chomp\nprint 'age? '\n$stdout.flush\nage = gets.to_i\nputs \"hello #{name}, next year #{age + 1}\"\n");
