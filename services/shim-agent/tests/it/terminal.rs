@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     os::{
-        fd::AsRawFd,
+        fd::{AsFd, AsRawFd},
         unix::process::{CommandExt, ExitStatusExt},
     },
     process::{Child, Stdio},
@@ -26,6 +26,14 @@ impl Terminal {
     /// Starts `ruby <args>` (through the shim or not) as the session leader of a new terminal.
     fn start(lab: &Lab, shim: bool, args: &[&str]) -> Self {
         let pty = nix::pty::openpty(None, None).unwrap();
+        // tests run in parallel: this pty must not leak into another test's program
+        for fd in [pty.master.as_fd(), pty.slave.as_fd()] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .unwrap();
+        }
         let slave = File::from(pty.slave);
         let mut command = lab.command(shim, args);
         command
@@ -99,14 +107,15 @@ impl Terminal {
 #[test]
 fn the_child_sees_a_terminal_on_stderr() {
     let lab = Lab::new();
-    // the open descriptors count too: the pty's own fds must not leak into the program
-    let script = "$stderr.puts \"stderr tty: #{$stderr.tty?} #{$stderr.winsize.inspect rescue 'none'}\"; puts \"stdout tty: #{$stdout.tty?}\"; puts \"open fds: #{Dir.children('/proc/self/fd').size}\"";
+    // no terminal fds beyond 0-2 in the program: the shim's pty must not leak into it
+    let script = "$stderr.puts \"stderr tty: #{$stderr.tty?} #{$stderr.winsize.inspect rescue 'none'}\"; puts \"stdout tty: #{$stdout.tty?}\"; puts \"extra pty fds: #{Dir.children('/proc/self/fd').map(&:to_i).select { |fd| fd > 2 }.count { |fd| (File.readlink(\"/proc/self/fd/#{fd}\") rescue '').start_with?('/dev/ptmx', '/dev/pts/') }}\"";
     let (direct_status, direct) =
         Terminal::start(&lab, false, &["-rio/console", "-e", script]).finish();
     let (status, shimmed) = Terminal::start(&lab, true, &["-rio/console", "-e", script]).finish();
     assert_eq!(status.code(), direct_status.code());
     assert!(shimmed.contains("stderr tty: true"), "{shimmed:?}");
     assert!(shimmed.contains("stdout tty: true"), "{shimmed:?}");
+    assert!(shimmed.contains("extra pty fds: 0"), "{shimmed:?}");
     // stderr takes one hop more than stdout, so lines written at the same instant to both may
     // swap places; each stream on its own is the same
     let lines = |text: &str| {
