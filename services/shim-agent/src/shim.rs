@@ -91,6 +91,7 @@ pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
             Err(_) => std::process::exit(1),
         }
     };
+    sys::clear_child();
     let elapsed = clock.elapsed();
     let (captured, still_open) = tee.finish(STDERR_GRACE);
     if let Some(fd) = still_open {

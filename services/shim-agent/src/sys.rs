@@ -9,8 +9,12 @@ use std::{
 
 use nix::pty::Winsize;
 
-/// The child's pid once spawned (0 before).
+/// The child's pid while it runs (0 before it is spawned and after it is reaped).
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// Signals sent to us before the child's pid was known (bit n = signal n), passed on then.
+static EARLY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Set once the child is reaped: later signals have no one to go to.
+static REAPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The pty master to resize on SIGWINCH (-1 when none).
 static RESIZE_TARGET: AtomicI32 = AtomicI32::new(-1);
 
@@ -58,9 +62,14 @@ pub fn install_forwarding() {
         // SAFETY: the action only reads atomics and calls kill(2), both async-signal-safe.
         let _ = unsafe {
             signal_hook_registry::register_sigaction(signal, move |info: &libc::siginfo_t| {
+                if !sent_by_a_process(info) {
+                    return;
+                }
                 let child = CHILD.load(Ordering::SeqCst);
-                if child > 0 && sent_by_a_process(info) {
+                if child > 0 {
                     libc::kill(child, signal);
+                } else if !REAPED.load(Ordering::SeqCst) {
+                    EARLY.fetch_or(1 << signal, Ordering::SeqCst);
                 }
             })
         };
@@ -79,8 +88,22 @@ pub fn install_forwarding() {
     };
 }
 
+/// Records the child's pid and passes on what was sent to us before it was known.
 pub fn set_child(pid: u32) {
     CHILD.store(pid as i32, Ordering::SeqCst);
+    let early = EARLY.swap(0, Ordering::SeqCst);
+    for signal in FORWARDED {
+        if early & (1 << signal) != 0 {
+            // SAFETY: kill(2) on our own child's pid, which it still holds (not yet reaped).
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+}
+
+/// The child is reaped: its pid may be reused, so nothing more is sent to it.
+pub fn clear_child() {
+    REAPED.store(true, Ordering::SeqCst);
+    CHILD.store(0, Ordering::SeqCst);
 }
 
 pub fn set_resize_target(master: BorrowedFd<'_>) {
