@@ -102,14 +102,7 @@ async fn events_land_once_in_the_objects_of_their_source_and_hour() {
     );
     assert!(metric(&rotator.ops, "learntrail_archive_objects_uploaded_total").await >= 3.0);
     rotator.stop().await;
-    let info = bus
-        .jetstream()
-        .get_stream(subject::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .consumer_info("s3-rotator")
-        .await
-        .unwrap();
+    let info = consumer_info(&bus).await.unwrap();
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0));
 }
 
@@ -144,14 +137,7 @@ async fn an_s3_outage_loses_and_doubles_nothing() {
         },
     )
     .await;
-    let info = bus
-        .jetstream()
-        .get_stream(subject::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .consumer_info("s3-rotator")
-        .await
-        .unwrap();
+    let info = consumer_info(&bus).await.unwrap();
     assert!(
         info.num_ack_pending >= 60,
         "nothing acknowledged while its object is not stored ({} pending)",
@@ -162,14 +148,7 @@ async fn an_s3_outage_loses_and_doubles_nothing() {
         Duration::from_secs(30),
         "pending events redelivered during the outage",
         || async {
-            let info = bus
-                .jetstream()
-                .get_stream(subject::EVENTS_STREAM)
-                .await
-                .ok()?
-                .consumer_info("s3-rotator")
-                .await
-                .ok()?;
+            let info = consumer_info(&bus).await?;
             (info.num_redelivered >= 60).then_some(())
         },
     )
@@ -182,14 +161,7 @@ async fn an_s3_outage_loses_and_doubles_nothing() {
         Duration::from_secs(30),
         "every event acknowledged",
         || async {
-            let info = bus
-                .jetstream()
-                .get_stream(subject::EVENTS_STREAM)
-                .await
-                .ok()?
-                .consumer_info("s3-rotator")
-                .await
-                .ok()?;
+            let info = consumer_info(&bus).await?;
             (info.num_ack_pending == 0).then_some(())
         },
     )
@@ -288,16 +260,14 @@ async fn a_killed_rotator_resumes_with_nothing_lost_or_doubled() {
 
 #[tokio::test]
 async fn messages_that_are_not_events_go_to_the_dead_letter_stream() {
-    let nats = NatsServer::start();
-    let dirs = tempfile::tempdir().unwrap();
-    let flags = flags(
-        &nats,
-        None,
-        &dirs.path().join("segments"),
-        &dirs.path().join("archive"),
-    );
-    let bus = bus(&nats).await;
-    let rotator = start(&flags).await;
+    // (the server and the directories live as long as their bindings)
+    let LocalRig {
+        nats: _nats,
+        dirs: _dirs,
+        flags,
+        bus,
+        rotator,
+    } = local_rig().await;
     let published = events(30);
     publish(&bus, &published[..15]).await;
     bus.jetstream()
@@ -359,16 +329,14 @@ async fn with_no_s3_settings_the_archive_is_a_local_directory() {
 
 #[tokio::test]
 async fn replay_of_an_archived_hour_gives_the_same_events() {
-    let nats = NatsServer::start();
-    let dirs = tempfile::tempdir().unwrap();
-    let flags = flags(
-        &nats,
-        None,
-        &dirs.path().join("segments"),
-        &dirs.path().join("archive"),
-    );
-    let bus = bus(&nats).await;
-    let rotator = start(&flags).await;
+    // (the server and the directories live as long as their bindings)
+    let LocalRig {
+        nats: _nats,
+        dirs: _dirs,
+        flags,
+        bus,
+        rotator,
+    } = local_rig().await;
     let published = events(120);
     publish(&bus, &published).await;
     let objects = wait_archived(&store(&flags), 120).await;

@@ -160,6 +160,46 @@ impl Rotator {
     }
 }
 
+/// A NATS server, a started rotator that archives to a local directory, and a bus.
+pub struct LocalRig {
+    pub nats: NatsServer,
+    pub dirs: tempfile::TempDir,
+    pub flags: Vec<String>,
+    pub bus: Bus,
+    pub rotator: Rotator,
+}
+
+pub async fn local_rig() -> LocalRig {
+    let nats = NatsServer::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let flags = flags(
+        &nats,
+        None,
+        &dirs.path().join("segments"),
+        &dirs.path().join("archive"),
+    );
+    let bus = bus(&nats).await;
+    let rotator = start(&flags).await;
+    LocalRig {
+        nats,
+        dirs,
+        flags,
+        bus,
+        rotator,
+    }
+}
+
+/// The archiver's consumer as JetStream sees it (None while it does not answer).
+pub async fn consumer_info(bus: &Bus) -> Option<async_nats::jetstream::consumer::Info> {
+    bus.jetstream()
+        .get_stream(learntrail_proto::subject::EVENTS_STREAM)
+        .await
+        .ok()?
+        .consumer_info("s3-rotator")
+        .await
+        .ok()
+}
+
 pub fn store(flags: &[String]) -> Store {
     Store::from_args(&Config::parse_from(flags).store).unwrap()
 }
