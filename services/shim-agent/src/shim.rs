@@ -181,7 +181,6 @@ struct Context {
 
 fn gather(settings: &Settings, program: &str, real: &Path, args: &[OsString]) -> Context {
     let spool = Spool::new(settings.spool_dir(), settings.spool_max_bytes());
-    let spool_ready = std::fs::create_dir_all(spool.dir()).is_ok();
     let cwd = std::env::current_dir().unwrap_or_default();
     let script = meta::script_from_argv(program, args).map(|s| meta::absolute(&cwd, &s));
     let key = settings
@@ -199,8 +198,8 @@ fn gather(settings: &Settings, program: &str, real: &Path, args: &[OsString]) ->
             .and_then(meta::sha256_file)
             .unwrap_or_default(),
         git: git::state(script.as_deref().unwrap_or(&cwd)),
+        // cached in the spool dir, which the first record creates
         ruby_version: ruby
-            .filter(|_| spool_ready)
             .map(|r| meta::ruby_version(&r, spool.dir()))
             .unwrap_or_default(),
         interpreter: real.to_path_buf(),

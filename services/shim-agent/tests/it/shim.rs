@@ -326,6 +326,15 @@ fn git(dir: &std::path::Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
+fn git_head(repo: &std::path::Path) -> String {
+    let output = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 #[test]
 fn git_state_comes_from_the_scripts_repository() {
     let lab = Lab::new();
@@ -343,22 +352,14 @@ fn git_state_comes_from_the_scripts_repository() {
             "https://student:ghp_secret@github.com/class/homework.git",
         ],
     );
-    let head = String::from_utf8(
-        Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(&repo)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let head = git_head(&repo);
 
     lab.run(true, &[script.as_os_str()], b"");
     let (_, run) = lab.only_run();
     let state = run.git.expect("git state");
     assert_eq!(state.root, repo.display().to_string());
     assert_eq!(state.branch, "homework-3");
-    assert_eq!(state.commit, head.trim());
+    assert_eq!(state.commit, head);
     assert_eq!(state.remote_url, "https://github.com/class/homework.git");
     assert!(!state.dirty);
 
@@ -376,16 +377,8 @@ fn git_state_comes_from_the_scripts_repository() {
     lab.run(true, &[script.as_os_str()], b"");
     let state = lab.only_run().1.git.unwrap();
     assert!(!state.dirty);
-    let head = String::from_utf8(
-        Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(&repo)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert_eq!(state.commit, head.trim(), "resolved through packed-refs");
+    let head = git_head(&repo);
+    assert_eq!(state.commit, head, "resolved through packed-refs");
 }
 
 #[test]
