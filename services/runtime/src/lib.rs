@@ -7,6 +7,7 @@
 //! - [`health`]: the `/healthz`, `/readyz` and Prometheus `/metrics` server;
 //! - [`http`]: JSON error bodies and request metrics for HTTP edges;
 //! - [`auth`]: HS256 bearer tokens with `sub` and `role`;
+//! - [`retry`]: the one backoff policy (exponential with jitter) every retry loop uses;
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token;
 //! - [`units`]: durations and byte sizes as operators write them (`5s`, `64KiB`).
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod bus;
 pub mod cli;
 pub mod health;
 pub mod http;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod units;
