@@ -5,6 +5,7 @@
 //! - [`telemetry`]: tracing, JSON in production and pretty on a terminal;
 //! - [`bus`]: NATS connect with retry, stream provisioning, publish-with-ack, dead letters;
 //! - [`health`]: the `/healthz`, `/readyz` and Prometheus `/metrics` server;
+//! - [`metrics`]: one-line Prometheus registration and shared buckets;
 //! - [`http`]: JSON error bodies and request metrics for HTTP edges;
 //! - [`auth`]: HS256 bearer tokens with `sub` and `role`;
 //! - [`retry`]: the one backoff policy (exponential with jitter) every retry loop uses;
@@ -17,6 +18,7 @@ pub mod bus;
 pub mod cli;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
