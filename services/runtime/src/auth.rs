@@ -1,15 +1,21 @@
 //! Bearer tokens: JWT signed with HS256 and a shared secret (a Kubernetes Secret in production,
-//! generated under `var/` by `make up`). Claims: `sub` (learner or client id), `role`
-//! (`student`, `instructor`, `service`), optional `exp`/`nbf` (seconds since the epoch).
-//! Only HS256 is accepted; `alg: none` and every other algorithm are refused.
+//! generated under `var/` by `make up`), checked with `jsonwebtoken`. Claims: `sub` (learner or
+//! client id), `role` (`student`, `instructor`, `service`), `exp` (required: every token
+//! expires), optional `nbf`/`iat` (seconds since the epoch). Only HS256 is accepted; `alg: none`
+//! and every other algorithm are refused. A student token may not live longer than
+//! `STUDENT_TOKEN_MAX_TTL` (default 30 days): one that expires later is refused, so a leaked
+//! student token is good for a bounded time. 30 s of clock skew is tolerated on `exp` and `nbf`.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use hmac::{Hmac, Mac};
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+
+use crate::units::parse_duration;
 
 /// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: i64 = 30;
+const LEEWAY_SECS: u64 = 30;
 
 /// What a token holder may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,28 +48,71 @@ pub enum AuthError {
     #[error("missing bearer token (send Authorization: Bearer <jwt>)")]
     Missing,
     #[error("malformed token: {0}")]
-    Malformed(&'static str),
-    #[error("unsupported token algorithm {0:?}: only HS256 is accepted")]
-    Algorithm(String),
+    Malformed(String),
+    #[error("unsupported token algorithm: only HS256 is accepted")]
+    Algorithm,
     #[error("token signature does not verify")]
     Signature,
+    #[error("token has no {0} claim: every token must carry it (exp: when it expires)")]
+    MissingClaim(String),
     #[error("token has expired")]
     Expired,
     #[error("token is not valid yet")]
     NotYetValid,
+    #[error(
+        "student token lives too long: it expires {ttl_days} days from now, the most allowed is {max_days} (STUDENT_TOKEN_MAX_TTL)"
+    )]
+    TooLong { ttl_days: i64, max_days: i64 },
     #[error("token claims are invalid: {0}")]
     Claims(String),
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
+/// Token settings shared by every edge that takes bearer tokens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// HS256 secret that signs bearer tokens (required; at least 32 bytes in production)
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: SecretString,
+    /// Longest lifetime a student token may have (from now to its exp); longer ones are refused
+    #[arg(long, env = "STUDENT_TOKEN_MAX_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub student_token_max_ttl: Duration,
+}
+
+impl AuthArgs {
+    /// Settings with `secret` and the default cap (tests, tools).
+    pub fn with_secret(secret: &str) -> Self {
+        Self {
+            jwt_secret: SecretString::from(secret),
+            student_token_max_ttl: Duration::from_secs(30 * 86_400),
+        }
+    }
+
+    /// The verifier these settings describe; warns about a short secret.
+    pub fn verifier(&self) -> Verifier {
+        let secret = self.jwt_secret.expose_secret();
+        if secret.len() < 32 {
+            tracing::warn!(
+                "JWT_SECRET is shorter than 32 bytes; use a long random secret in production"
+            );
+        }
+        Verifier::new(secret.as_bytes()).with_student_max_ttl(self.student_token_max_ttl)
+    }
+}
+
+/// A secret from a flag or the environment: refused when empty.
+pub fn parse_secret(text: &str) -> Result<SecretString, String> {
+    if text.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(SecretString::from(text))
 }
 
 /// Checks HS256 tokens against one secret.
 #[derive(Clone)]
 pub struct Verifier {
-    mac: Hmac<Sha256>,
+    key: DecodingKey,
+    validation: Validation,
+    student_max_ttl: i64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -74,9 +123,23 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        // exp is checked against the caller's `now` below, so tests and tools can pass a clock
+        validation.validate_exp = false;
         Self {
-            mac: Hmac::new_from_slice(secret).expect("HMAC takes a key of any length"),
+            key: DecodingKey::from_secret(secret),
+            validation,
+            student_max_ttl: 30 * 86_400,
         }
+    }
+
+    /// Caps how far in the future a student token may expire.
+    pub fn with_student_max_ttl(mut self, max: Duration) -> Self {
+        self.student_max_ttl = max.as_secs() as i64;
+        self
     }
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`).
@@ -91,55 +154,58 @@ impl Verifier {
 
     /// Verifies a compact JWT at time `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Malformed("expected three dot-separated parts"));
-        };
-        let header: Header = decode_json(header)?;
-        if header.alg != "HS256" {
-            return Err(AuthError::Algorithm(header.alg));
-        }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-        let mut mac = self.mac.clone();
-        mac.update(
-            &token.as_bytes()[..token.len() - token.rsplit('.').next().map_or(0, str::len) - 1],
-        );
-        mac.verify_slice(&signature)
-            .map_err(|_| AuthError::Signature)?;
-        let claims: Claims = decode_json(payload)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| refused(e.into_kind()))?
+            .claims;
         if claims.sub.trim().is_empty() {
             return Err(AuthError::Claims("sub is empty".into()));
         }
-        if claims.exp.is_some_and(|exp| now > exp + LEEWAY_SECS) {
+        let exp = claims
+            .exp
+            .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        let leeway = LEEWAY_SECS as i64;
+        if now > exp + leeway {
             return Err(AuthError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| now + LEEWAY_SECS < nbf) {
+        if claims.nbf.is_some_and(|nbf| now + leeway < nbf) {
             return Err(AuthError::NotYetValid);
+        }
+        if claims.role == Role::Student && exp - now > self.student_max_ttl + leeway {
+            return Err(AuthError::TooLong {
+                ttl_days: (exp - now) / 86_400,
+                max_days: self.student_max_ttl / 86_400,
+            });
         }
         Ok(claims)
     }
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| AuthError::Malformed("part is not base64url"))?;
-    serde_json::from_slice(&bytes).map_err(|e| AuthError::Claims(e.to_string()))
+fn refused(kind: ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::Signature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::Json(err) => AuthError::Claims(err.to_string()),
+        ErrorKind::InvalidToken => {
+            AuthError::Malformed("expected three dot-separated parts".into())
+        }
+        ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+            AuthError::Malformed("a part is not base64url JSON".into())
+        }
+        other => AuthError::Malformed(format!("{other:?}")),
+    }
 }
 
 /// Signs claims into a compact HS256 JWT (tokens for `make up`, tools and tests).
 pub fn sign(secret: &[u8], claims: &Claims) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
-    let signing_input = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
-    mac.update(signing_input.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 signing of plain claims cannot fail")
 }
 
 /// Seconds since the epoch, now.
@@ -151,6 +217,8 @@ pub fn now() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
     use super::*;
 
     const SECRET: &[u8] = b"a-test-secret-of-reasonable-length";
@@ -182,6 +250,8 @@ mod tests {
         let verifier = Verifier::new(SECRET);
         let token = sign(SECRET, &claims(Role::Service));
         assert_eq!(verifier.verify(&token, 9_999), Err(AuthError::Expired));
+        // within the 30 s leeway
+        assert!(verifier.verify(&token, 2_020).is_ok());
         assert_eq!(
             Verifier::new(b"other").verify(&token, 1_500),
             Err(AuthError::Signature)
@@ -198,28 +268,72 @@ mod tests {
         // alg "none" with the signature stripped
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let payload = token.split('.').nth(1).unwrap();
-        assert_eq!(
-            verifier.verify(&format!("{none_header}.{payload}."), 1_500),
-            Err(AuthError::Algorithm("none".into()))
+        assert!(
+            verifier
+                .verify(&format!("{none_header}.{payload}."), 1_500)
+                .is_err()
         );
+        // HS512 with the same secret
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims(Role::Service),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(verifier.verify(&hs512, 1_500), Err(AuthError::Algorithm));
         // tampered payload
-        let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin","role":"service"}"#);
+        let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin","role":"service","exp":2000}"#);
         let parts: Vec<_> = token.split('.').collect();
         let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
         assert_eq!(verifier.verify(&tampered, 1_500), Err(AuthError::Signature));
     }
 
     #[test]
+    fn every_token_must_expire() {
+        let forever = Claims {
+            exp: None,
+            ..claims(Role::Service)
+        };
+        let err = Verifier::new(SECRET)
+            .verify(&sign(SECRET, &forever), 1_500)
+            .unwrap_err();
+        assert_eq!(err, AuthError::MissingClaim("exp".into()));
+        assert!(err.to_string().contains("no exp claim"), "{err}");
+    }
+
+    #[test]
+    fn student_tokens_are_capped() {
+        let verifier = Verifier::new(SECRET).with_student_max_ttl(Duration::from_secs(86_400));
+        let now = 1_000_000;
+        let long = Claims {
+            exp: Some(now + 2 * 86_400),
+            ..claims(Role::Student)
+        };
+        assert!(matches!(
+            verifier.verify(&sign(SECRET, &long), now),
+            Err(AuthError::TooLong { .. })
+        ));
+        let short = Claims {
+            exp: Some(now + 3_600),
+            ..claims(Role::Student)
+        };
+        assert!(verifier.verify(&sign(SECRET, &short), now).is_ok());
+        // services are not capped: an LMS server's token may be long-lived
+        let service = Claims {
+            exp: Some(now + 365 * 86_400),
+            ..claims(Role::Service)
+        };
+        assert!(verifier.verify(&sign(SECRET, &service), now).is_ok());
+    }
+
+    #[test]
     fn refuses_unknown_roles() {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"x","role":"root"}"#);
-        let input = format!("{header}.{payload}");
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
-        mac.update(input.as_bytes());
-        let token = format!(
-            "{input}.{}",
-            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-        );
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "x", "role": "root", "exp": 2_000}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
         assert!(matches!(
             Verifier::new(SECRET).verify(&token, 0),
             Err(AuthError::Claims(_))

@@ -1,6 +1,11 @@
-//! The event bus: NATS connect with retry (credentials and TLS from flags or the environment),
-//! idempotent provisioning of the `EVENTS` and `DEADLETTER` streams, and publish-with-ack where
-//! the event id is the `Nats-Msg-Id`, so a retried publish is stored once.
+//! The event bus: NATS connect with retry (one or several servers, credentials and TLS from flags
+//! or the environment), stream provisioning, and publish-with-ack where the event id is the
+//! `Nats-Msg-Id`, so a retried publish is stored once.
+//!
+//! Streams have one owner: a service creates `EVENTS` or `DEADLETTER` when it is missing (with
+//! the configured defaults, so a fresh `make up` or test needs no extra step) but never changes
+//! one that exists; `learntrail-admin provision` ([`Bus::reconcile`]) applies changes and
+//! reports drift.
 
 use std::{
     path::PathBuf,
@@ -15,7 +20,8 @@ use async_nats::{
     Client, ConnectOptions, HeaderMap,
     connection::State,
     jetstream::{
-        self,
+        self, ErrorCode,
+        context::GetStreamErrorKind,
         context::{PublishAckFuture, PublishErrorKind},
         stream::{Config as StreamConfig, DiscardPolicy, StorageType},
     },
@@ -24,7 +30,13 @@ use bytes::Bytes;
 use learntrail_proto::{Event, Message, subject};
 use tokio_util::sync::CancellationToken;
 
-use crate::units::{parse_bytes, parse_duration};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{
+    auth::parse_secret,
+    retry::Delays,
+    units::{parse_bytes, parse_duration},
+};
 
 /// The header JetStream deduplicates on.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
@@ -46,11 +58,11 @@ pub struct NatsArgs {
     #[arg(long = "nats-user", env = "NATS_USER")]
     pub user: Option<String>,
     /// NATS password
-    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
+    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
+    pub password: Option<SecretString>,
     /// NATS token
-    #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub token: Option<SecretString>,
     /// Require TLS to NATS
     #[arg(long = "nats-tls", env = "NATS_TLS")]
     pub tls: bool,
@@ -104,6 +116,9 @@ pub struct StreamArgs {
     /// How long DEADLETTER keeps a record
     #[arg(long, env = "DEADLETTER_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
     pub deadletter_max_age: Duration,
+    /// Size cap of DEADLETTER; over it the oldest records go
+    #[arg(long, env = "DEADLETTER_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub deadletter_max_bytes: u64,
 }
 
 impl Default for StreamArgs {
@@ -114,6 +129,7 @@ impl Default for StreamArgs {
             events_duplicate_window: Duration::from_secs(3600),
             stream_replicas: 1,
             deadletter_max_age: Duration::from_secs(30 * 86_400),
+            deadletter_max_bytes: 1 << 30,
         }
     }
 }
@@ -203,10 +219,10 @@ impl Bus {
             options = options.credentials_file(creds).await?;
         }
         if let (Some(user), Some(password)) = (&args.user, &args.password) {
-            options = options.user_and_password(user.clone(), password.clone());
+            options = options.user_and_password(user.clone(), password.expose_secret().into());
         }
         if let Some(token) = &args.token {
-            options = options.token(token.clone());
+            options = options.token(token.expose_secret().into());
         }
         if args.tls || args.tls_ca.is_some() {
             options = options.require_tls(true);
@@ -218,7 +234,7 @@ impl Bus {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
         let client = options
-            .connect(args.url.as_str())
+            .connect(server_addrs(&args.url))
             .await
             .map_err(|e| BusError::Connect {
                 url: args.url.clone(),
@@ -253,40 +269,107 @@ impl Bus {
         self.is_connected() && self.provisioned.load(Ordering::Relaxed)
     }
 
-    /// Creates or updates `EVENTS` and `DEADLETTER` to match `args`. Idempotent.
+    /// Creates `EVENTS` and `DEADLETTER` where missing, with `args`; never changes a stream
+    /// that exists (that is `learntrail-admin provision`'s job). Idempotent.
     pub async fn provision(&self, args: &StreamArgs) -> Result<(), BusError> {
         for config in stream_configs(args) {
             let name = config.name.clone();
-            self.js
-                .create_or_update_stream(config)
-                .await
-                .map_err(|e| BusError::Provision {
-                    stream: name,
-                    message: e.to_string(),
-                })?;
+            let failed = |message: String| BusError::Provision {
+                stream: name.clone(),
+                message,
+            };
+            match self.js.get_stream(&name).await {
+                Ok(_) => continue,
+                Err(err) if stream_not_found(&err.kind()) => {}
+                Err(err) => return Err(failed(err.to_string())),
+            }
+            if let Err(err) = self.js.create_stream(config).await {
+                // another service may have created it in the meantime
+                if self.js.get_stream(&name).await.is_err() {
+                    return Err(failed(err.to_string()));
+                }
+            } else {
+                tracing::info!(stream = %name, "created stream");
+            }
         }
         self.provisioned.store(true, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Compares `EVENTS` and `DEADLETTER` with `args` and, with `apply`, creates or updates them
+    /// to match. One report per stream, naming each setting that differs.
+    pub async fn reconcile(
+        &self,
+        args: &StreamArgs,
+        apply: bool,
+    ) -> Result<Vec<StreamReport>, BusError> {
+        let mut reports = Vec::new();
+        for wanted in stream_configs(args) {
+            let name = wanted.name.clone();
+            let failed = |message: String| BusError::Provision {
+                stream: name.clone(),
+                message,
+            };
+            let current = match self.js.get_stream(&name).await {
+                Ok(mut stream) => Some(
+                    stream
+                        .info()
+                        .await
+                        .map_err(|e| failed(e.to_string()))?
+                        .config
+                        .clone(),
+                ),
+                Err(err) if stream_not_found(&err.kind()) => None,
+                Err(err) => return Err(failed(err.to_string())),
+            };
+            let (state, drift) = match &current {
+                None => (StreamState::Missing, Vec::new()),
+                Some(current) => {
+                    let drift = stream_drift(current, &wanted);
+                    let state = if drift.is_empty() {
+                        StreamState::Unchanged
+                    } else {
+                        StreamState::Drifted
+                    };
+                    (state, drift)
+                }
+            };
+            let state = match (apply, state) {
+                (true, StreamState::Missing) => {
+                    self.js
+                        .create_stream(wanted)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                    StreamState::Created
+                }
+                (true, StreamState::Drifted) => {
+                    self.js
+                        .update_stream(wanted)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                    StreamState::Updated
+                }
+                (_, state) => state,
+            };
+            reports.push(StreamReport { name, state, drift });
+        }
+        Ok(reports)
+    }
+
     /// Provisions, retrying with backoff until it succeeds or `token` is cancelled.
     pub async fn provision_with_retry(&self, args: &StreamArgs, token: &CancellationToken) {
-        let mut delay = Duration::from_millis(100);
+        let mut delays = Delays::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match self.provision(args).await {
                 Ok(()) => {
                     tracing::info!("streams EVENTS and DEADLETTER ready");
                     return;
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "stream provisioning failed")
-                }
+                Err(err) => tracing::warn!(error = %err, "stream provisioning failed, retrying"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = token.cancelled() => return,
+            if !delays.wait(token).await {
+                return;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -447,11 +530,90 @@ pub fn stream_configs(args: &StreamArgs) -> [StreamConfig; 2] {
         subjects: vec![subject::DEADLETTER_SUBJECTS.into()],
         storage: StorageType::File,
         max_age: args.deadletter_max_age,
+        max_bytes: args.deadletter_max_bytes as i64,
+        discard: DiscardPolicy::Old,
         duplicate_window: Duration::from_secs(120),
         num_replicas: args.stream_replicas,
         ..Default::default()
     };
     [events, deadletter]
+}
+
+fn stream_not_found(kind: &GetStreamErrorKind) -> bool {
+    matches!(kind, GetStreamErrorKind::JetStream(err) if err.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// The server URLs in a `NATS_URL` setting: comma-separated, blanks ignored.
+pub fn server_addrs(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// What [`Bus::reconcile`] found (and did) for one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReport {
+    pub name: String,
+    pub state: StreamState,
+    /// `setting: current -> wanted`, one per differing setting.
+    pub drift: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    Missing,
+    Created,
+    Unchanged,
+    Drifted,
+    Updated,
+}
+
+/// The settings this deployment manages that differ between `current` and `wanted`.
+pub fn stream_drift(current: &StreamConfig, wanted: &StreamConfig) -> Vec<String> {
+    let mut drift = Vec::new();
+    let mut check = |name: &str, current: String, wanted: String| {
+        if current != wanted {
+            drift.push(format!("{name}: {current} -> {wanted}"));
+        }
+    };
+    check(
+        "subjects",
+        format!("{:?}", current.subjects),
+        format!("{:?}", wanted.subjects),
+    );
+    check(
+        "max_age",
+        humantime::format_duration(current.max_age).to_string(),
+        humantime::format_duration(wanted.max_age).to_string(),
+    );
+    check(
+        "max_bytes",
+        current.max_bytes.to_string(),
+        wanted.max_bytes.to_string(),
+    );
+    check(
+        "duplicate_window",
+        humantime::format_duration(current.duplicate_window).to_string(),
+        humantime::format_duration(wanted.duplicate_window).to_string(),
+    );
+    check(
+        "replicas",
+        current.num_replicas.max(1).to_string(),
+        wanted.num_replicas.max(1).to_string(),
+    );
+    check(
+        "storage",
+        format!("{:?}", current.storage),
+        format!("{:?}", wanted.storage),
+    );
+    check(
+        "discard",
+        format!("{:?}", current.discard),
+        format!("{:?}", wanted.discard),
+    );
+    drift
 }
 
 #[cfg(test)]
@@ -470,7 +632,35 @@ mod tests {
         assert_eq!(events.duplicate_window, Duration::from_secs(3600));
         assert_eq!(events.storage, StorageType::File);
         assert_eq!(deadletter.subjects, ["deadletter.>"]);
-        let [unlimited, _] = stream_configs(&StreamArgs::default());
+        let [unlimited, capped] = stream_configs(&StreamArgs::default());
         assert_eq!(unlimited.max_bytes, -1);
+        assert_eq!(capped.max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn several_servers_in_one_url() {
+        assert_eq!(
+            server_addrs("nats://a:4222, nats://b:4222,,"),
+            ["nats://a:4222", "nats://b:4222"]
+        );
+        assert_eq!(
+            server_addrs("nats://127.0.0.1:4222"),
+            ["nats://127.0.0.1:4222"]
+        );
+    }
+
+    #[test]
+    fn drift_names_each_setting() {
+        let [current, _] = stream_configs(&StreamArgs::default());
+        let [wanted, _] = stream_configs(&StreamArgs {
+            stream_replicas: 3,
+            events_max_age: Duration::from_secs(7 * 86_400),
+            ..Default::default()
+        });
+        assert_eq!(
+            stream_drift(&current, &wanted),
+            ["max_age: 30days -> 7days", "replicas: 1 -> 3"]
+        );
+        assert!(stream_drift(&current, &current).is_empty());
     }
 }

@@ -1,12 +1,12 @@
 //! Shared pieces of every HTTP edge: a JSON error body that names each problem, request metrics
 //! labelled by route template (never by raw path), and serving with graceful shutdown.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::{
     Json, Router,
     extract::{MatchedPath, Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -19,6 +19,7 @@ use prometheus_client::{
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
 /// An error answer: HTTP status plus `{"error": code, "message": ..., "problems": [...]}`.
 #[derive(Debug, Clone)]
@@ -148,7 +149,7 @@ impl HttpMetrics {
             .extensions()
             .get::<MatchedPath>()
             .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-        let method = request.method().to_string();
+        let method = method_label(request.method());
         let response = next.run(request).await;
         metrics
             .duration
@@ -168,6 +169,36 @@ impl HttpMetrics {
     }
 }
 
+/// The method as a metric label: the standard methods by name, anything else `other`, so a
+/// client cannot grow the label set.
+fn method_label(method: &Method) -> String {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    if KNOWN.contains(method) {
+        method.as_str().to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+/// Bounds every request of `router` to `timeout`: a request still running then is answered
+/// 408 and its work dropped, so a slow client or a stuck dependency cannot hold a connection.
+pub fn with_timeout(router: Router, timeout: Duration) -> Router {
+    router.layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        timeout,
+    ))
+}
+
 /// Serves `router` on `listener` until `token` is cancelled, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
@@ -184,4 +215,16 @@ pub async fn bind(setting: &str, addr: std::net::SocketAddr) -> anyhow::Result<T
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {setting} {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        let odd = Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&odd), "other");
+    }
 }

@@ -3,13 +3,18 @@
 //! list of `name: register(registry, "name", "help", Counter::default())` fields.
 
 use prometheus_client::{
-    metrics::{histogram::Histogram, family::Family},
+    metrics::{family::Family, histogram::Histogram},
     registry::{Metric, Registry},
 };
 
 /// Registers `metric` under `name` (the registry adds the `learntrail_` prefix and, for counters,
 /// `_total`) and returns it.
-pub fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+pub fn register<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
     registry.register(name, help, metric.clone());
     metric
 }

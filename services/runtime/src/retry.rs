@@ -69,7 +69,10 @@ mod tests {
         let seen: Vec<Duration> = (0..20).map(|_| delays.next_delay()).collect();
         // jitter adds up to one more delay on top, never more than twice the cap
         assert!(seen.iter().all(|d| *d >= min && *d <= max * 2), "{seen:?}");
-        assert!(seen[10..].iter().any(|d| *d >= max), "reaches the cap: {seen:?}");
+        assert!(
+            seen[10..].iter().any(|d| *d >= max),
+            "reaches the cap: {seen:?}"
+        );
         delays.reset();
         assert!(delays.next_delay() < min * 2 + min);
     }
