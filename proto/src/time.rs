@@ -40,6 +40,17 @@ pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         .map(|t| timestamp(t.with_timezone(&Utc)))
 }
 
+/// Parses an RFC 3339 time, or a time with no offset, taken as UTC: `2026-11-24T16:30:18.123456`
+/// (the LMS server's own format; a space may stand for the `T`).
+pub fn parse_utc(text: &str) -> Option<Timestamp> {
+    parse_rfc3339(text).or_else(|| {
+        ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+            .iter()
+            .find_map(|format| chrono::NaiveDateTime::parse_from_str(text.trim(), format).ok())
+            .map(|naive| timestamp(naive.and_utc()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +64,17 @@ mod tests {
             "2023-02-24T08:40:00.123Z"
         );
         assert!(parse_rfc3339("yesterday").is_none());
+        let naive = parse_utc("2026-11-24T16:30:18.123456").unwrap();
+        assert_eq!((naive.seconds % 60, naive.nanos), (18, 123_456_000));
+        assert_eq!(rfc3339(&naive), "2026-11-24T16:30:18.123Z");
+        assert_eq!(
+            parse_utc("2026-11-24 16:30:18"),
+            parse_rfc3339("2026-11-24T16:30:18Z")
+        );
+        assert_eq!(
+            parse_utc("2026-11-24T17:30:18+01:00"),
+            parse_rfc3339("2026-11-24T16:30:18Z")
+        );
+        assert!(parse_utc("2026-11-24").is_none());
     }
 }

@@ -17,6 +17,8 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde_json::json;
+
+use crate::metrics::{latency_family, register};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
@@ -30,6 +32,8 @@ pub struct ApiError {
     pub message: String,
     /// Per-field problems (400s).
     pub problems: Vec<Problem>,
+    /// The id of the event concerned, when one is known, so a client can retry it safely.
+    pub id: Option<String>,
 }
 
 impl ApiError {
@@ -39,7 +43,14 @@ impl ApiError {
             code,
             message: message.into(),
             problems: Vec::new(),
+            id: None,
         }
+    }
+
+    /// Names the event this answer is about.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 
     pub fn invalid(problems: Vec<Problem>) -> Self {
@@ -78,6 +89,9 @@ impl ApiError {
         let mut body = json!({"error": self.code, "message": self.message});
         if !self.problems.is_empty() {
             body["problems"] = json!(self.problems);
+        }
+        if let Some(id) = &self.id {
+            body["id"] = json!(id);
         }
         body
     }
@@ -123,23 +137,20 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
-            ])
-        });
-        registry.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            duration.clone(),
-        );
-        Self { requests, duration }
+        Self {
+            requests: register(
+                registry,
+                "http_requests",
+                "HTTP requests by route and status",
+                Family::default(),
+            ),
+            duration: register(
+                registry,
+                "http_request_duration_seconds",
+                "HTTP request latency",
+                latency_family(),
+            ),
+        }
     }
 
     /// Middleware: `router.layer(axum::middleware::from_fn_with_state(metrics, HttpMetrics::track))`.

@@ -28,6 +28,16 @@ impl<'a, 'p> Fields<'a, 'p> {
         format!("{}{key}", self.prefix)
     }
 
+    /// A problem at a full path (a field of a nested object read before it).
+    pub fn problem_at(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem::new(path.to_string(), message));
+    }
+
+    /// True when `key` holds exactly the string `text`.
+    pub fn is(&self, key: &str, text: &str) -> bool {
+        self.map.get(key).and_then(Value::as_str) == Some(text)
+    }
+
     pub fn problem(&mut self, key: &str, message: impl Into<String>) {
         let path = self.path(key);
         self.problems.push(Problem::new(path, message));
@@ -46,11 +56,14 @@ impl<'a, 'p> Fields<'a, 'p> {
         }
     }
 
-    /// A non-empty string of at most `max_len` characters.
+    /// A non-empty string of at most `max_len` characters. An empty optional string counts as
+    /// absent (the LMS server sends `""` for ids it does not have).
     pub fn string(&mut self, key: &str, required: bool, max_len: usize) -> Option<String> {
         match self.get(key, required)? {
             Value::String(text) if text.trim().is_empty() => {
-                self.problem(key, "must not be empty");
+                if required {
+                    self.problem(key, "must not be empty");
+                }
                 None
             }
             Value::String(text) if text.chars().count() > max_len => {
@@ -62,6 +75,21 @@ impl<'a, 'p> Fields<'a, 'p> {
                 self.problem(key, "must be a string");
                 None
             }
+        }
+    }
+
+    /// An identifier sent as a string or as a whole number (LMS node and unit ids are often
+    /// numeric), as text.
+    pub fn id(&mut self, key: &str, required: bool, max_len: usize) -> Option<String> {
+        match self.map.get(key) {
+            Some(Value::Number(number)) if number.is_i64() || number.is_u64() => {
+                Some(number.to_string())
+            }
+            Some(Value::Number(_)) => {
+                self.problem(key, "must be a string or a whole number");
+                None
+            }
+            _ => self.string(key, required, max_len),
         }
     }
 
@@ -173,6 +201,9 @@ mod tests {
         assert_eq!(fields.number("n", true, 0.0, true), Some(2.5));
         assert_eq!(fields.count("c", true, 1), Some(3));
         assert_eq!(fields.boolean("b", true), Some(false));
-        assert!(problems.is_empty());
+        assert_eq!(fields.id("c", true, 10).as_deref(), Some("3"));
+        assert_eq!(fields.id("s", true, 10).as_deref(), Some("hi"));
+        assert_eq!(fields.id("n", true, 10), None);
+        assert_eq!(problems.len(), 1, "only the fractional id: {problems:?}");
     }
 }

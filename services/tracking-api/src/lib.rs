@@ -19,7 +19,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use learntrail_runtime::{
     CancellationToken,
-    auth::Verifier,
+    auth::AuthArgs,
     bus::{Bus, NatsArgs, StreamArgs},
     health, http,
     telemetry::LogArgs,
@@ -38,9 +38,8 @@ pub struct Config {
     /// Address of /healthz, /readyz and /metrics
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9181")]
     pub metrics_addr: SocketAddr,
-    /// HS256 secret that signs bearer tokens (required)
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Largest request body accepted; larger ones get 413
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_body_bytes: u64,
@@ -50,6 +49,9 @@ pub struct Config {
     /// Origins allowed to call the API from a browser, comma-separated ("*" for any; empty for none)
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', default_value = "")]
     pub cors_origins: Vec<String>,
+    /// Longest a request may take; a slower one is answered 408
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -75,24 +77,16 @@ pub async fn serve(
     ops: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !config.jwt_secret.trim().is_empty(),
-        "JWT_SECRET must not be empty"
-    );
-    if config.jwt_secret.len() < 32 {
-        tracing::warn!(
-            "JWT_SECRET is shorter than 32 bytes; use a long random secret in production"
-        );
-    }
     let (bus, provisioning) =
         Bus::start(&config.nats, &config.streams, "tracking-api", &token).await?;
     let mut registry = Registry::with_prefix("learntrail");
     let state = routes::AppState {
         bus: bus.clone(),
-        verifier: Verifier::new(config.jwt_secret.as_bytes()),
+        verifier: config.auth.verifier(),
         metrics: metrics::Metrics::register(&mut registry),
         max_batch_events: config.max_batch_events,
         max_body_bytes: config.max_body_bytes as usize,
+        request_timeout: config.request_timeout,
     };
     let http_metrics = http::HttpMetrics::register(&mut registry);
     let router = routes::router(state, &config.cors_origins, http_metrics)?;

@@ -5,8 +5,8 @@ use learntrail_runtime::{cli, shutdown, telemetry};
 use learntrail_tracking_api::{Config, run};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let config: Config = cli::parse();
     telemetry::init(&config.log);
-    run(config, shutdown::on_signal()).await
+    cli::exit(run(config, shutdown::on_signal()).await)
 }

@@ -1,5 +1,6 @@
 //! tracking-api's own metrics (HTTP request metrics come from the runtime).
 
+use learntrail_runtime::metrics::{latency_histogram, register};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -30,35 +31,32 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            accepted: Family::default(),
-            rejected: Family::default(),
-            duplicates: Counter::default(),
-            publish_seconds: Histogram::new([
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0,
-            ]),
-        };
-        registry.register(
-            "tracking_events_accepted",
-            "events stored on the bus",
-            metrics.accepted.clone(),
-        );
-        registry.register(
-            "tracking_events_rejected",
-            "events refused, by reason",
-            metrics.rejected.clone(),
-        );
-        registry.register(
-            "tracking_events_duplicate",
-            "retried events stored once",
-            metrics.duplicates.clone(),
-        );
-        registry.register(
-            "tracking_publish_seconds",
-            "publish-to-ack latency",
-            metrics.publish_seconds.clone(),
-        );
-        metrics
+        Self {
+            accepted: register(
+                registry,
+                "tracking_events_accepted",
+                "events stored on the bus",
+                Family::default(),
+            ),
+            rejected: register(
+                registry,
+                "tracking_events_rejected",
+                "events refused, by reason",
+                Family::default(),
+            ),
+            duplicates: register(
+                registry,
+                "tracking_events_duplicate",
+                "retried events stored once",
+                Counter::default(),
+            ),
+            publish_seconds: register(
+                registry,
+                "tracking_publish_seconds",
+                "publish-to-ack latency",
+                latency_histogram(),
+            ),
+        }
     }
 
     pub fn reject(&self, reason: &'static str) {

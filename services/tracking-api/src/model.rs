@@ -8,6 +8,15 @@
 //!   ["id"]}`; only a `service` token may speak for another learner.
 //!
 //! Each event type has its own `event_data`; every problem is reported with its field.
+//!
+//! The LMS's own video player posts one generic type, `"video"`, with the player's state in
+//! `event_data.video_event_type` (`play`, `pause`, `seek`/`seeked`, `ended`, `buffering`, `cued`,
+//! `unstarted`, any case, or a YouTube player state number); it is stored as the same
+//! `LmsEvent` as the split types (`video_play`, ...). `node_id` and the other ids may be numbers.
+//! `time` is RFC 3339, or the LMS server's `YYYY-MM-DDThh:mm:ss.ffffff` taken as UTC.
+//!
+//! Registration, enrollment and assessment events come from the LMS server: only a `service`
+//! token may send them. Students send video events.
 
 use chrono::{DateTime, Duration, Utc};
 use learntrail_proto::{
@@ -40,7 +49,7 @@ pub enum Rejection {
 }
 
 /// The event types, as clients name them.
-pub const EVENT_TYPES: [(&str, LmsEventType); 8] = [
+pub const EVENT_TYPES: [(&str, LmsEventType); 11] = [
     ("registration", LmsEventType::Registration),
     ("enrollment_activated", LmsEventType::EnrollmentActivated),
     (
@@ -52,6 +61,40 @@ pub const EVENT_TYPES: [(&str, LmsEventType); 8] = [
     ("video_pause", LmsEventType::VideoPause),
     ("video_seek", LmsEventType::VideoSeek),
     ("video_ended", LmsEventType::VideoEnded),
+    ("video_buffering", LmsEventType::VideoBuffering),
+    ("video_cued", LmsEventType::VideoCued),
+    ("video_unstarted", LmsEventType::VideoUnstarted),
+];
+
+/// The generic type whose player state is in `event_data.video_event_type`.
+pub const VIDEO: &str = "video";
+
+/// Player states in `video_event_type`, as names (any case) ...
+const VIDEO_STATES: [(&str, LmsEventType); 14] = [
+    ("play", LmsEventType::VideoPlay),
+    ("playing", LmsEventType::VideoPlay),
+    ("played", LmsEventType::VideoPlay),
+    ("pause", LmsEventType::VideoPause),
+    ("paused", LmsEventType::VideoPause),
+    ("seek", LmsEventType::VideoSeek),
+    ("seeked", LmsEventType::VideoSeek),
+    ("seeking", LmsEventType::VideoSeek),
+    ("ended", LmsEventType::VideoEnded),
+    ("end", LmsEventType::VideoEnded),
+    ("buffering", LmsEventType::VideoBuffering),
+    ("cued", LmsEventType::VideoCued),
+    ("unstarted", LmsEventType::VideoUnstarted),
+    ("complete", LmsEventType::VideoEnded),
+];
+
+/// ... or as a YouTube IFrame player state number.
+const YOUTUBE_STATES: [(i64, LmsEventType); 6] = [
+    (-1, LmsEventType::VideoUnstarted),
+    (0, LmsEventType::VideoEnded),
+    (1, LmsEventType::VideoPlay),
+    (2, LmsEventType::VideoPause),
+    (3, LmsEventType::VideoBuffering),
+    (5, LmsEventType::VideoCued),
 ];
 
 const CLIENT_FIELDS: [&str; 11] = [
@@ -121,7 +164,9 @@ pub fn parse_event(body: &Value, claims: &Claims, now: DateTime<Utc>) -> Result<
     } else {
         "event_type"
     };
-    let event_type = read_event_type(&mut fields, type_key);
+    let data = fields.object("event_data", true);
+    let event_type = read_event_type(&mut fields, type_key, data);
+    let generic_video = fields.is(type_key, VIDEO);
     let event_id = fields.string("id", false, MAX_ID);
     if event_id.as_deref().is_some_and(|i| !id::is_valid_id(i)) {
         fields.problem("id", "must be a ULID or a UUID");
@@ -133,7 +178,7 @@ pub fn parse_event(body: &Value, claims: &Claims, now: DateTime<Utc>) -> Result<
         fields.string("anon_username", true, MAX_ID)
     };
     let node_id = if client_shape {
-        fields.string("node_id", event_type.is_some_and(needs_course), MAX_ID)
+        fields.id("node_id", event_type.is_some_and(needs_course), MAX_ID)
     } else {
         None
     };
@@ -149,13 +194,9 @@ pub fn parse_event(body: &Value, claims: &Claims, now: DateTime<Utc>) -> Result<
         course_run: fields
             .string("course_run", false, MAX_ID)
             .unwrap_or_default(),
-        module_id: fields
-            .string("module_id", false, MAX_ID)
-            .unwrap_or_default(),
-        section_id: fields
-            .string("section_id", false, MAX_ID)
-            .unwrap_or_default(),
-        unit_id: fields.string("unit_id", false, MAX_ID).unwrap_or_default(),
+        module_id: fields.id("module_id", false, MAX_ID).unwrap_or_default(),
+        section_id: fields.id("section_id", false, MAX_ID).unwrap_or_default(),
+        unit_id: fields.id("unit_id", false, MAX_ID).unwrap_or_default(),
         page_url: fields
             .string("page_url", false, MAX_URL)
             .unwrap_or_default(),
@@ -165,9 +206,8 @@ pub fn parse_event(body: &Value, claims: &Claims, now: DateTime<Utc>) -> Result<
     if lms.unit_id.is_empty() {
         lms.unit_id = lms.node_id.clone();
     }
-    let data = fields.object("event_data", true);
     if let (Some(event_type), Some(data)) = (event_type, data) {
-        lms.event_data = read_event_data(event_type, data, &mut problems);
+        lms.event_data = read_event_data(event_type, generic_video, data, &mut problems);
     }
     if !problems.is_empty() {
         return Err(Rejection::Invalid(problems));
@@ -175,6 +215,12 @@ pub fn parse_event(body: &Value, claims: &Claims, now: DateTime<Utc>) -> Result<
     let (Some(event_type), Some(actor)) = (event_type, actor) else {
         unreachable!("a missing type or actor is reported as a problem")
     };
+    if claims.role != Role::Service && !is_video(event_type) {
+        return Err(Rejection::Forbidden(format!(
+            "only service tokens (the LMS server) may send {} events; students send video events",
+            type_name(event_type)
+        )));
+    }
     if !client_shape && claims.role != Role::Service && actor != claims.sub {
         return Err(Rejection::Forbidden(
             format!(
@@ -209,8 +255,17 @@ fn needs_course(event_type: LmsEventType) -> bool {
     event_type != LmsEventType::Registration
 }
 
-fn read_event_type(fields: &mut Fields<'_, '_>, key: &str) -> Option<LmsEventType> {
+fn read_event_type(
+    fields: &mut Fields<'_, '_>,
+    key: &str,
+    data: Option<&Map<String, Value>>,
+) -> Option<LmsEventType> {
     let name = fields.string(key, true, 64)?;
+    if name == VIDEO {
+        return video_state(data?.get("video_event_type"))
+            .map_err(|message| fields.problem_at("event_data.video_event_type", message))
+            .ok();
+    }
     let found = EVENT_TYPES
         .iter()
         .find(|(n, _)| *n == name)
@@ -219,10 +274,53 @@ fn read_event_type(fields: &mut Fields<'_, '_>, key: &str) -> Option<LmsEventTyp
         let known: Vec<_> = EVENT_TYPES.iter().map(|(n, _)| *n).collect();
         fields.problem(
             key,
-            format!("unknown event type {name:?} (known: {})", known.join(", ")),
+            format!(
+                "unknown event type {name:?} (known: {VIDEO}, {})",
+                known.join(", ")
+            ),
         );
     }
     found
+}
+
+/// The event type of a generic `video` event's `video_event_type`.
+fn video_state(value: Option<&Value>) -> Result<LmsEventType, String> {
+    let known = || {
+        let names: Vec<_> = VIDEO_STATES.iter().map(|(n, _)| *n).collect();
+        format!(
+            "known: {}, or a YouTube player state -1, 0, 1, 2, 3, 5",
+            names.join(", ")
+        )
+    };
+    match value {
+        None | Some(Value::Null) => Err(format!("is required with \"video\" ({})", known())),
+        Some(Value::String(name)) => {
+            let wanted = name.trim().to_ascii_lowercase();
+            VIDEO_STATES
+                .iter()
+                .find(|(n, _)| *n == wanted)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| format!("unknown video_event_type {name:?} ({})", known()))
+        }
+        Some(Value::Number(number)) => YOUTUBE_STATES
+            .iter()
+            .find(|(n, _)| Some(*n) == number.as_i64())
+            .map(|(_, t)| *t)
+            .ok_or_else(|| format!("unknown video_event_type {number} ({})", known())),
+        Some(_) => Err("must be a string such as \"play\" or a YouTube player state number".into()),
+    }
+}
+
+fn is_video(event_type: LmsEventType) -> bool {
+    kind_of(event_type) == kind::VIDEO
+}
+
+/// The client name of an event type.
+fn type_name(event_type: LmsEventType) -> &'static str {
+    EVENT_TYPES
+        .iter()
+        .find(|(_, t)| *t == event_type)
+        .map_or("unknown", |(n, _)| *n)
 }
 
 fn read_time(
@@ -231,10 +329,10 @@ fn read_time(
     now: DateTime<Utc>,
 ) -> Option<learntrail_proto::wkt::Timestamp> {
     let text = fields.string("time", required, 64)?;
-    let Some(ts) = time::parse_rfc3339(&text) else {
+    let Some(ts) = time::parse_utc(&text) else {
         fields.problem(
             "time",
-            "must be an RFC 3339 time such as 2026-11-24T16:30:18.123Z",
+            "must be an RFC 3339 time such as 2026-11-24T16:30:18.123Z, or 2026-11-24T16:30:18.123456 (UTC)",
         );
         return None;
     };
@@ -247,6 +345,7 @@ fn read_time(
 
 fn read_event_data(
     event_type: LmsEventType,
+    generic_video: bool,
     data: &Map<String, Value>,
     problems: &mut Vec<Problem>,
 ) -> Option<EventData> {
@@ -265,7 +364,11 @@ fn read_event_data(
             })
         }
         LmsEventType::AssessmentSubmitted => read_assessment(&mut fields)?,
-        _ => read_video(&mut fields, event_type == LmsEventType::VideoSeek)?,
+        _ => read_video(
+            &mut fields,
+            event_type == LmsEventType::VideoSeek,
+            generic_video,
+        )?,
     };
     Some(event_data)
 }
@@ -292,21 +395,30 @@ fn read_assessment(fields: &mut Fields<'_, '_>) -> Option<EventData> {
     }))
 }
 
-fn read_video(fields: &mut Fields<'_, '_>, seek: bool) -> Option<EventData> {
-    fields.deny_unknown(&[
+/// Video `event_data`. The split types need the position (`current_time`, or a seek's
+/// `old_time`/`new_time`); the player's generic `video` events send what they have.
+fn read_video(fields: &mut Fields<'_, '_>, seek: bool, generic: bool) -> Option<EventData> {
+    const VIDEO_FIELDS: [&str; 6] = [
         "video_id",
         "current_time",
         "duration",
         "old_time",
         "new_time",
         "speed",
-    ]);
-    let video_id = fields.string("video_id", true, MAX_ID);
-    let current_time = fields.number("current_time", !seek, 0.0, false);
+    ];
+    if generic {
+        let mut allowed = VIDEO_FIELDS.to_vec();
+        allowed.push("video_event_type");
+        fields.deny_unknown(&allowed);
+    } else {
+        fields.deny_unknown(&VIDEO_FIELDS);
+    }
+    let video_id = fields.id("video_id", true, MAX_ID);
+    let current_time = fields.number("current_time", !seek && !generic, 0.0, false);
     let duration = fields.number("duration", false, 0.0, true);
     let speed = fields.number("speed", false, 0.0, true);
-    let old_time = fields.number("old_time", seek, 0.0, false);
-    let new_time = fields.number("new_time", seek, 0.0, false);
+    let old_time = fields.number("old_time", seek && !generic, 0.0, false);
+    let new_time = fields.number("new_time", seek && !generic, 0.0, false);
     Some(EventData::Video(VideoData {
         video_id: video_id?,
         current_time: current_time.or(new_time).unwrap_or_default(),
@@ -437,7 +549,7 @@ mod tests {
             "time": "last tuesday",
             "course_slug": "",
             "colour": "red",
-            "event_data": {"video_id": 7, "old_time": -1}
+            "event_data": {"video_id": true, "old_time": -1}
         });
         let mut fields = problems(body, &service());
         fields.sort();
@@ -464,15 +576,15 @@ mod tests {
         );
         let over_max = json!({"tracking_event_type": "assessment_submitted", "node_id": "n",
             "event_data": {"assessment_id": "a", "score": 11, "max_score": 10}});
-        assert_eq!(problems(over_max, &student()), ["event_data.score"]);
+        assert_eq!(problems(over_max, &service()), ["event_data.score"]);
         let unknown_type =
             json!({"tracking_event_type": "video_rewind", "node_id": "n", "event_data": {}});
         assert_eq!(problems(unknown_type, &student()), ["tracking_event_type"]);
         let registration =
             json!({"tracking_event_type": "registration", "event_data": {"method": "sso"}});
-        assert!(parse_event(&registration, &student(), now()).is_ok());
+        assert!(parse_event(&registration, &service(), now()).is_ok());
         let enrollment_extra = json!({"tracking_event_type": "enrollment_activated", "node_id": "n", "event_data": {"mode": "audit", "price": 3}});
-        assert_eq!(problems(enrollment_extra, &student()), ["event_data.price"]);
+        assert_eq!(problems(enrollment_extra, &service()), ["event_data.price"]);
         let future = json!({"tracking_event_type": "registration", "time": "2026-11-26T16:30:00Z", "event_data": {}});
         assert_eq!(problems(future, &student()), ["time"]);
         let bad_id = json!({"tracking_event_type": "registration", "id": "123", "event_data": {}});
@@ -480,20 +592,113 @@ mod tests {
         assert_eq!(problems(json!([1]), &student()), ["body"]);
         assert_eq!(
             problems(json!({}), &student()),
-            ["event_type", "time", "anon_username", "event_data"]
+            ["event_data", "event_type", "time", "anon_username"]
         );
     }
 
     #[test]
     fn students_may_not_speak_for_others() {
-        let body = json!({"event_type": "registration", "anon_username": "someone-else",
-            "time": "2026-11-24T15:00:00Z", "event_data": {}});
+        let body = json!({"event_type": "video_pause", "anon_username": "someone-else",
+            "time": "2026-11-24T15:00:00Z", "course_slug": "c",
+            "event_data": {"video_id": "v", "current_time": 1}});
         assert!(matches!(
             parse_event(&body, &student(), now()),
             Err(Rejection::Forbidden(_))
         ));
-        let own = json!({"event_type": "registration", "anon_username": "learner-1",
-            "time": "2026-11-24T15:00:00Z", "event_data": {}});
+        let mut own = body.clone();
+        own["anon_username"] = json!("learner-1");
         assert!(parse_event(&own, &student(), now()).is_ok());
+    }
+
+    #[test]
+    fn only_services_send_registration_enrollment_and_assessment() {
+        for body in [
+            json!({"tracking_event_type": "registration", "event_data": {}}),
+            json!({"tracking_event_type": "enrollment_activated", "node_id": "n", "event_data": {}}),
+            json!({"tracking_event_type": "assessment_submitted", "node_id": "n",
+                "event_data": {"assessment_id": "a", "score": 10, "max_score": 10}}),
+        ] {
+            let Err(Rejection::Forbidden(message)) = parse_event(&body, &student(), now()) else {
+                panic!("a student token may not send {body}")
+            };
+            assert!(message.contains("only service tokens"), "{message}");
+            assert!(parse_event(&body, &service(), now()).is_ok());
+        }
+    }
+
+    fn video_of(body: &Value, claims: &Claims) -> (LmsEventType, LmsEvent) {
+        let event = parse_event(body, claims, now()).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+        let Some(Payload::LmsEvent(lms)) = event.payload else {
+            panic!()
+        };
+        (LmsEventType::try_from(lms.event_type).unwrap(), lms)
+    }
+
+    #[test]
+    fn the_players_generic_video_events_are_the_split_types() {
+        for (state, expected) in [
+            ("play", LmsEventType::VideoPlay),
+            ("PLAYING", LmsEventType::VideoPlay),
+            ("Pause", LmsEventType::VideoPause),
+            ("seeked", LmsEventType::VideoSeek),
+            ("seek", LmsEventType::VideoSeek),
+            ("ended", LmsEventType::VideoEnded),
+            ("buffering", LmsEventType::VideoBuffering),
+            ("cued", LmsEventType::VideoCued),
+            ("unstarted", LmsEventType::VideoUnstarted),
+        ] {
+            let body = json!({"tracking_event_type": "video", "node_id": 12,
+                "event_data": {"video_id": "intro", "video_event_type": state}});
+            let (event_type, lms) = video_of(&body, &student());
+            assert_eq!(event_type, expected, "{state}");
+            assert_eq!(lms.node_id, "12");
+        }
+        let youtube = json!({"tracking_event_type": "video", "node_id": "n",
+            "event_data": {"video_id": "v", "video_event_type": 2}});
+        assert_eq!(video_of(&youtube, &student()).0, LmsEventType::VideoPause);
+        // the same stored event as the split type
+        let generic = json!({"tracking_event_type": "video", "node_id": "n",
+            "event_data": {"video_id": "v", "video_event_type": "play", "current_time": 3}});
+        let split = json!({"tracking_event_type": "video_play", "node_id": "n",
+            "event_data": {"video_id": "v", "current_time": 3}});
+        assert_eq!(
+            video_of(&generic, &student()).1,
+            video_of(&split, &student()).1
+        );
+    }
+
+    #[test]
+    fn unknown_player_states_are_named() {
+        let body = json!({"tracking_event_type": "video", "node_id": "n",
+            "event_data": {"video_id": "v", "video_event_type": "rewinding"}});
+        let Err(Rejection::Invalid(problems)) = parse_event(&body, &student(), now()) else {
+            panic!()
+        };
+        assert_eq!(problems[0].field, "event_data.video_event_type");
+        assert!(
+            problems[0].message.contains("\"rewinding\""),
+            "{}",
+            problems[0].message
+        );
+        let missing = json!({"tracking_event_type": "video", "node_id": "n", "event_data": {"video_id": "v"}});
+        assert_eq!(problems_of(missing), ["event_data.video_event_type"]);
+    }
+
+    fn problems_of(body: Value) -> Vec<String> {
+        problems(body, &student())
+    }
+
+    #[test]
+    fn the_lms_servers_time_format_is_utc() {
+        let body = json!({"event_type": "registration", "anon_username": "anon-9",
+            "time": "2026-11-24T15:00:00.123456", "event_data": {}});
+        let event = parse_event(&body, &service(), now()).unwrap();
+        let occurred = event.occurred_at.unwrap();
+        assert_eq!(time::rfc3339(&occurred), "2026-11-24T15:00:00.123Z");
+        assert_eq!(occurred.nanos, 123_456_000);
+        let mut offset = body.clone();
+        offset["time"] = json!("2026-11-24T16:00:00.123456+01:00");
+        let same = parse_event(&offset, &service(), now()).unwrap();
+        assert_eq!(same.occurred_at, Some(occurred));
     }
 }

@@ -15,7 +15,7 @@ use learntrail_proto::{Event, validate::Problem};
 use learntrail_runtime::{
     auth::{self, Claims, Verifier},
     bus::{Ack, Bus, PublishError},
-    http::{ApiError, HttpMetrics, not_found},
+    http::{self, ApiError, HttpMetrics, not_found},
 };
 use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -33,6 +33,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub max_batch_events: usize,
     pub max_body_bytes: usize,
+    pub request_timeout: std::time::Duration,
 }
 
 /// The API router: tracking routes, JSON 404s, body limit, request metrics and CORS.
@@ -42,12 +43,14 @@ pub fn router(
     http_metrics: HttpMetrics,
 ) -> anyhow::Result<Router> {
     let body_limit = state.max_body_bytes;
-    Ok(Router::new()
+    let timeout = state.request_timeout;
+    let routes = Router::new()
         .route("/api/tracking", post(track))
         .route("/api/tracking/batch", post(track_batch))
         .fallback(not_found)
         .with_state(Arc::new(state))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+    Ok(http::with_timeout(routes, timeout)
         .layer(from_fn_with_state(http_metrics, HttpMetrics::track))
         .layer(cors(cors_origins)?))
 }
@@ -94,7 +97,7 @@ async fn track(
         .metrics
         .publish_seconds
         .observe(started.elapsed().as_secs_f64());
-    let ack = ack.map_err(|e| state.publish_failed(&e))?;
+    let ack = ack.map_err(|e| state.publish_failed(&e).with_id(&event.id))?;
     state.record_accepted(&event, &ack);
     Ok((
         StatusCode::ACCEPTED,
@@ -163,7 +166,7 @@ async fn track_batch(
                         state.record_accepted(event, &ack);
                         Ok(json!({"status": 202, "id": event.id, "duplicate": ack.duplicate}))
                     }
-                    Err(err) => Err(state.publish_failed(&err)),
+                    Err(err) => Err(state.publish_failed(&err).with_id(&event.id)),
                 },
             };
             match outcome {
@@ -262,11 +265,14 @@ impl AppState {
                 message.clone(),
             );
         }
-        tracing::warn!(error = %err, "event not stored");
+        tracing::warn!(error = %err, "event not acknowledged");
         self.metrics.reject("unavailable");
-        ApiError::unavailable(format!(
-            "{err}; the event was not stored, retry with the same id"
-        ))
+        ApiError::unavailable(match err {
+            PublishError::Timeout => format!(
+                "{err}: the event may or may not be stored; retrying with the same id is safe (it is stored once)"
+            ),
+            _ => format!("{err}: the event was not stored; retry with the same id"),
+        })
     }
 
     fn record_accepted(&self, event: &Event, ack: &Ack) {

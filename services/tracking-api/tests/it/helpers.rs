@@ -100,6 +100,11 @@ impl TestApp {
         (status, body)
     }
 
+    /// A bearer token of `learner-1` in `role`.
+    pub fn token(&self, role: Role) -> String {
+        token("learner-1", role)
+    }
+
     pub async fn post_json(
         &self,
         path: &str,

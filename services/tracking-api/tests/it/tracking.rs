@@ -287,7 +287,7 @@ async fn batches_answer_per_event() {
     let batch = json!({"events": [
         video_play("01JBQ0Z6W0000000000000VXD5"),
         {"tracking_event_type": "video_pause", "node_id": "n", "event_data": {"video_id": "v"}},
-        {"tracking_event_type": "enrollment_activated", "node_id": "n", "course_slug": "c", "event_data": {"mode": "audit"}},
+        {"tracking_event_type": "video_ended", "node_id": "n", "course_slug": "c", "event_data": {"video_id": "v", "current_time": 60}},
     ]});
     let (status, body) = app
         .post_json("/api/tracking/batch", Role::Student, &batch)
@@ -313,7 +313,7 @@ async fn batches_answer_per_event() {
     let stored = app.stored().await;
     assert_eq!(
         stored.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
-        ["video", "enrollment"]
+        ["video", "video"]
     );
     assert_eq!(stored[1].id, results[2]["id"].as_str().unwrap());
     app.stop().await;
@@ -328,11 +328,24 @@ async fn bus_down_gives_503_and_recovers() {
     let (status, body) = app.post_json("/api/tracking", Role::Student, &event).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "unavailable");
+    assert_eq!(
+        body["id"], "01JBQ0Z6W0000000000000VXD6",
+        "the id to retry with"
+    );
     let (status, body) = app
         .post_json("/api/tracking/batch", Role::Student, &json!([event]))
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["results"][0]["status"], 503);
+    assert_eq!(body["results"][0]["id"], "01JBQ0Z6W0000000000000VXD6");
+    // a client that sent no id learns the one the server assigned
+    let mut anonymous = event.clone();
+    anonymous.as_object_mut().unwrap().remove("id");
+    let (status, body) = app
+        .post_json("/api/tracking", Role::Student, &anonymous)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["id"].as_str().map(str::len), Some(26), "{body}");
 
     app.nats.restart();
     app.wait_ready(true).await;
@@ -408,4 +421,27 @@ async fn browsers_get_cors_and_unknown_routes_get_json() {
         "{metrics}"
     );
     app.stop().await;
+}
+
+#[test]
+fn configuration_errors_exit_64_naming_the_setting() {
+    for (secret, expect) in [("", "must not be empty"), ("   ", "must not be empty")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+            .env("JWT_SECRET", secret)
+            .env("LOG_FORMAT", "json")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("jwt-secret") && stderr.contains(expect),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(secret.trim()) || secret.trim().is_empty());
+    }
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_tracking-api"))
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(64));
 }
