@@ -3,16 +3,22 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help deps build up down test smoke lint bench fmt
+.PHONY: help deps test-deps build up down test smoke lint bench fmt
+
+# What `make up` runs (and the tools its banner names): one release build of these, nothing else.
+RUN_BINS := --bin tracking-api --bin s3-rotator --bin shim-agent --bin learntrail-token --bin learntrail-admin
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## Install what is missing (apt packages, Rust)
+deps: ## Install what `make up` needs and is missing (nats-server, redis-server, Rust)
 	@scripts/deps.sh
 
-build: deps ## Build every service (release)
-	$(CARGO) build --release --bins
+test-deps: ## Also install what only the tests need (ruby, Garage for S3)
+	@scripts/deps.sh --test
+
+build: deps ## Release build of what `make up` runs
+	$(CARGO) build --release $(RUN_BINS)
 
 up: build ## Start NATS, Redis and every service locally, print their URLs
 	@scripts/up.sh
@@ -20,11 +26,11 @@ up: build ## Start NATS, Redis and every service locally, print their URLs
 down: ## Stop what `make up` started
 	@scripts/down.sh
 
-test: deps ## Install what tests need and run every test, the `make up` smoke test and lint
+test: test-deps ## Install what tests need and run every test, the `make up` smoke test and lint
 	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
 	$(MAKE) --no-print-directory smoke lint
 
-smoke: deps ## Start the stack in a scratch folder, post the sample event, check it is stored and archived
+smoke: test-deps ## Start the stack in a scratch folder, post the sample event, check it is stored and archived
 	$(CARGO) build --bins
 	LEARNTRAIL_BIN=$(CURDIR)/target/debug scripts/smoke.sh
 
@@ -35,5 +41,6 @@ lint: ## fmt check + clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: build ## Benchmarks with real servers; prints figures against targets
+bench: test-deps ## Benchmarks with real servers; prints figures against targets
+	$(CARGO) build --release --bins
 	target/release/learntrail-bench all

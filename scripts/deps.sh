@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# Installs what Learntrail needs to build, run and test, skipping what is already there:
-# Debian/Ubuntu packages (nats-server, redis-server, ruby, protoc, ...) and the Rust toolchain.
+# Installs what Learntrail needs, skipping what is already there.
+#   scripts/deps.sh          what `make up` runs: nats-server, redis-server, a C compiler, curl,
+#                            openssl and the Rust toolchain
+#   scripts/deps.sh --test   also what only the tests use: ruby (the shim's real interpreter) and
+#                            Garage (an S3 server, built with cargo: 8-15 minutes cold, then cached
+#                            in ~/.cargo/bin; SKIP_GARAGE=1 skips it)
+# No protoc is needed: the protos are compiled by protox, in Rust.
 set -euo pipefail
+
+tests=0
+[ "${1:-}" = --test ] && tests=1
 
 sudo_cmd() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v ruby >/dev/null 2>&1 || need+=(ruby)
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ $tests = 1 ]; then
+  command -v ruby >/dev/null 2>&1 || need+=(ruby)
+  command -v make >/dev/null 2>&1 || need+=(make)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd apt-get update -qq
@@ -24,10 +34,8 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
 fi
 
-# Garage, a real S3-compatible server, for the archive tests (8-15 minutes to build cold, so only
-# when missing). Set SKIP_GARAGE=1 to skip it (the s3-rotator tests then fail with how to get it).
 export PATH="$HOME/.cargo/bin:$PATH"
-if [ "${SKIP_GARAGE:-0}" != 1 ] && ! command -v garage >/dev/null 2>&1; then
+if [ $tests = 1 ] && [ "${SKIP_GARAGE:-0}" != 1 ] && ! command -v garage >/dev/null 2>&1; then
   echo "building garage (S3 server for tests; cached in ~/.cargo/bin afterwards)"
   cargo install garage --locked --quiet
 fi
