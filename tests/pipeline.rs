@@ -137,7 +137,7 @@ async fn a_ruby_run_and_an_lms_event_reach_the_s3_archive() {
         &Claims {
             sub: "anon-7".into(),
             role: Role::Student,
-            exp: None,
+            exp: Some(auth::now() + 600),
             nbf: None,
             iat: None,
         },

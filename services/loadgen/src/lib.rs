@@ -4,11 +4,13 @@
 //! free ports (nats-server with JetStream, ...) and the service's release binary as its own
 //! process, drives it over loopback, and prints its figures next to the targets.
 //!
-//! - [`tracking`]: tracking-api single and batch paths vs the raw JetStream publish-with-ack rate;
+//! - [`tracking`]: tracking-api single and batch paths vs the raw JetStream publish-with-ack rate
+//!   and vs the HTTP ceiling ([`ceiling`]), with a CPU profile of tracking-api under load;
 //! - [`shim`]: the latency shim-agent adds to a Ruby run;
 //! - [`archive`]: s3-rotator's end-to-end archive rate to S3.
 
 pub mod archive;
+pub mod ceiling;
 pub mod report;
 pub mod shim;
 pub mod tracking;
@@ -41,6 +43,9 @@ pub enum Which {
     Archive(archive::Args),
     /// Every benchmark, one after the other
     All,
+    /// (internal) serve the HTTP ceiling endpoint on ADDR
+    #[command(hide = true)]
+    Ceiling { addr: String },
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -48,6 +53,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Which::Tracking(args) => tracking::run(&bench, args).await,
         Which::Shim(args) => shim::run(&bench, args),
         Which::Archive(args) => archive::run(&bench, args).await,
+        Which::Ceiling { addr } => ceiling::serve(addr).await,
         Which::All => {
             tracking::run(&bench, &tracking::Args::default()).await?;
             shim::run(&bench, &shim::Args::default())?;
