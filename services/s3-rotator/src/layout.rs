@@ -1,8 +1,12 @@
-//! Where events go: partitions by source and UTC hour of receipt, and object keys named from
-//! stream sequences, so a retried upload writes the same key and readers never see duplicates.
+//! Where events go: partitions by source and UTC hour of receipt, and object keys named from the
+//! stream sequences they hold (the first, the last, and a digest of them all), so a retried
+//! upload writes the same key with the same events, and two different sets of events never
+//! share a key.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use learntrail_proto::subject;
+
+use crate::seqs::SeqSet;
 
 /// One partition: a source and the UTC hour its events were received in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,11 +51,13 @@ impl Partition {
         )
     }
 
-    /// The object key for events with stream sequences `first..=last`.
-    pub fn object_key(&self, prefix: &str, first: u64, last: u64) -> String {
+    /// The object key for the events with stream sequences `seqs`.
+    pub fn object_key(&self, prefix: &str, seqs: &SeqSet) -> String {
+        let (first, last) = (seqs.first().unwrap_or(0), seqs.last().unwrap_or(0));
         format!(
-            "{}{first:020}-{last:020}.ndjson.gz",
-            self.key_prefix(prefix)
+            "{}{first:020}-{last:020}-{}.ndjson.gz",
+            self.key_prefix(prefix),
+            seqs.digest()
         )
     }
 
@@ -108,9 +114,20 @@ mod tests {
                 hour: "16".into()
             }
         );
+        let seqs: SeqSet = [7, 8, 1234].into_iter().collect();
+        let key = p.object_key("events", &seqs);
         assert_eq!(
-            p.object_key("events", 7, 1234),
-            "events/source=lms/dt=2026-11-24/hour=16/00000000000000000007-00000000000000001234.ndjson.gz"
+            key,
+            format!(
+                "events/source=lms/dt=2026-11-24/hour=16/00000000000000000007-00000000000000001234-{}.ndjson.gz",
+                seqs.digest()
+            )
+        );
+        let fewer: SeqSet = [7, 1234].into_iter().collect();
+        assert_ne!(
+            p.object_key("events", &fewer),
+            key,
+            "fewer events, another key"
         );
         assert_eq!(p.hour_end(), Some(at("2026-11-24T17:00:00Z")));
         assert_eq!(Partition::from_file_stem(&p.file_stem()), Some(p.clone()));

@@ -3,20 +3,27 @@
 //! Archives every event of the EVENTS stream: a durable pull consumer appends events to local
 //! segment files per partition (source and UTC hour of receipt), and each segment becomes one
 //! gzip NDJSON object (protobuf canonical JSON, one event per line) under
-//! `events/source={source}/dt={YYYY-MM-DD}/hour={HH}/{first_seq}-{last_seq}.ndjson.gz`, in S3 or,
-//! with no bucket configured, a local directory. Messages are acknowledged only after their
-//! object is stored. `s3-rotator replay` republishes archived events.
+//! `events/source={source}/dt={YYYY-MM-DD}/hour={HH}/{first_seq}-{last_seq}-{digest}.ndjson.gz`,
+//! in S3 or, with no bucket configured, a local directory. Messages are acknowledged only after
+//! their object is stored, and a segment is forgotten only once the server has confirmed every
+//! acknowledgement; an object is never replaced. Each event is archived exactly once, through
+//! lost acknowledgements, redeliveries, crashes and store outages. `s3-rotator replay`
+//! republishes archived events.
 //!
-//! Modules: [`layout`] (partitions, keys), [`segment`] (local files), [`store`] (S3 / directory),
-//! [`archiver`] (consume, rotate, upload, ack), [`replay`], [`metrics`].
+//! Modules: [`layout`] (partitions, keys), [`segment`] (local files), [`seqs`] (sequence sets),
+//! [`pending`] (what is held against redeliveries), [`store`] (S3 / directory), [`archiver`]
+//! (consume, rotate), [`uploader`] (upload, ack), [`replay`], [`metrics`].
 #![forbid(unsafe_code)]
 
 pub mod archiver;
 pub mod layout;
 pub mod metrics;
+pub mod pending;
 pub mod replay;
 pub mod segment;
+pub mod seqs;
 pub mod store;
+pub mod uploader;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -79,6 +86,31 @@ pub struct Config {
     pub streams: StreamArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Faults tests inject (never set from the command line).
+    #[doc(hidden)]
+    #[arg(skip)]
+    pub faults: Arc<archiver::Faults>,
+}
+
+/// A configuration mistake: the process exits 64 (EX_USAGE) with the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The process's exit status for `run`'s outcome: 0, 64 for a configuration error (printed),
+/// 1 for any other error (logged).
+pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if err.is::<ConfigError>() => {
+            eprintln!("s3-rotator: configuration error: {err}");
+            std::process::ExitCode::from(learntrail_runtime::cli::EX_USAGE as u8)
+        }
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "s3-rotator failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -118,13 +150,14 @@ impl Config {
                 self.rotate_interval.min(Duration::from_secs(3600)) + Duration::from_secs(900)
             }),
             max_pending: self.max_pending,
+            faults: self.faults.clone(),
         }
     }
 }
 
 /// Runs the archiver (or the replay command) until done or `token` is cancelled.
 pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
-    let store = store::Store::from_args(&config.store)?;
+    let store = store::Store::from_args(&config.store).map_err(|e| ConfigError(e.to_string()))?;
     if let Some(Command::Replay { from, to, sources }) = &config.command {
         let bus = Bus::connect(&config.nats, "s3-rotator-replay", true).await?;
         let report = replay::replay(&store, &bus, &config.key_prefix, *from, *to, sources).await?;
@@ -149,24 +182,36 @@ pub async fn serve(
         Bus::start(&config.nats, &config.streams, "s3-rotator", &token).await?;
     let mut registry = Registry::with_prefix("learntrail");
     let metrics = metrics::Metrics::register(&mut registry);
-    let ready_bus = bus.clone();
-    let ops_router = health::router(Arc::new(registry), Arc::new(move || ready_bus.is_ready()));
+    let ready = Arc::new(archiver::Readiness::default());
+    let ready_check = {
+        let (bus, ready) = (bus.clone(), ready.clone());
+        Arc::new(move || bus.is_ready() && ready.is_ready())
+    };
+    let ops_router = health::router(Arc::new(registry), ready_check);
     tracing::info!(store = %store.describe(), metrics_addr = %ops.local_addr()?, segments = %config.segment_dir.display(), "s3-rotator started");
-    let ops_server = tokio::spawn(http::serve(ops, ops_router, token.clone()));
+    // the ops endpoint outlives the drain: it answers not-ready while the service winds down
+    let ops_token = CancellationToken::new();
+    let ops_server = tokio::spawn(http::serve(ops, ops_router, ops_token.clone()));
     let archiving = archiver::run(
         bus.clone(),
         store,
         segments,
         config.settings(),
         metrics,
+        ready.clone(),
         token.clone(),
     );
     let outcome =
         learntrail_runtime::shutdown::drain_with_grace(&token, config.shutdown_grace, archiving)
             .await;
     provisioning.abort();
+    ops_token.cancel();
     let _ = ops_server.await;
     bus.close(Duration::from_secs(2)).await;
     tracing::info!("s3-rotator stopped");
-    outcome.unwrap_or(Ok(()))
+    match (outcome, ready.failure()) {
+        (Some(Err(err)), _) => Err(err),
+        (_, Some(failure)) => Err(anyhow::anyhow!(failure)),
+        _ => Ok(()),
+    }
 }

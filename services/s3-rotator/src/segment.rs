@@ -4,17 +4,19 @@
 //! messages acknowledged and the file deleted. After a crash, open segments keep their whole,
 //! well-formed lines and are sealed as they are; what was cut (a torn last line, blocks a power
 //! loss left zeroed) was never acked and comes again by redelivery. Nothing is lost or doubled.
+//! Segments are read line by line (scanning, compressing, acknowledging), never whole.
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write},
+    io::{self, BufRead, BufReader, BufWriter, Write},
     path::{Path, PathBuf},
     time::Instant,
 };
 
+use bytes::Bytes;
 use flate2::{Compression, write::GzEncoder};
 
-use crate::layout::Partition;
+use crate::{layout::Partition, seqs::SeqSet};
 
 const OPEN: &str = "open";
 const SEALED: &str = "sealed";
@@ -24,6 +26,8 @@ const DAMAGED: &str = "damaged";
 #[derive(Debug)]
 pub struct OpenSegment {
     pub partition: Partition,
+    /// The stream sequence of its first event, in its file name: the segment's id.
+    pub first_seq: u64,
     path: PathBuf,
     writer: BufWriter<File>,
     pub bytes: u64,
@@ -57,25 +61,6 @@ impl OpenSegment {
     }
 }
 
-/// A sealed segment read back for upload.
-#[derive(Debug, Default)]
-pub struct Sealed {
-    pub seqs: Vec<u64>,
-    pub ack_subjects: Vec<String>,
-    /// The NDJSON body: one event per line.
-    pub ndjson: Vec<u8>,
-}
-
-impl Sealed {
-    pub fn first(&self) -> u64 {
-        self.seqs.iter().copied().min().unwrap_or(0)
-    }
-
-    pub fn last(&self) -> u64 {
-        self.seqs.iter().copied().max().unwrap_or(0)
-    }
-}
-
 /// The directory of segments.
 #[derive(Debug, Clone)]
 pub struct SegmentDir {
@@ -97,6 +82,7 @@ impl SegmentDir {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(OpenSegment {
             partition,
+            first_seq,
             path,
             writer: BufWriter::with_capacity(256 * 1024, file),
             bytes: 0,
@@ -106,27 +92,42 @@ impl SegmentDir {
     }
 
     /// After a restart: keeps each open segment's well-formed lines (a torn last line or
-    /// zeroed blocks are dropped) and seals it. Returns how many were recovered.
+    /// zeroed blocks are dropped) and seals it. Returns how many were recovered. Reads line by
+    /// line: memory does not grow with the segment.
     pub fn recover(&self) -> io::Result<usize> {
         let mut recovered = 0;
         for path in self.files(OPEN)? {
-            let data = fs::read(&path)?;
-            let mut kept = Vec::with_capacity(data.len());
-            let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            for line in data[..whole].split(|&b| b == b'\n') {
-                if parse_line(line).is_some_and(|(_, _, json)| is_json_object(json)) {
-                    kept.extend_from_slice(line);
-                    kept.push(b'\n');
+            let kept_path = path.with_extension("recovering");
+            let (mut kept, mut dropped) = (0u64, false);
+            {
+                let mut reader = BufReader::new(File::open(&path)?);
+                let mut out = BufWriter::new(File::create(&kept_path)?);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line)? == 0 {
+                        break;
+                    }
+                    let whole = line.last() == Some(&b'\n');
+                    let body = line.strip_suffix(b"\n").unwrap_or(&line);
+                    if whole && parse_line(body).is_some_and(|(_, _, json)| is_json_object(json)) {
+                        out.write_all(&line)?;
+                        kept += 1;
+                    } else if !body.is_empty() || !whole {
+                        dropped = true;
+                    }
                 }
+                out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
             }
-            if kept.is_empty() {
+            if kept == 0 {
+                fs::remove_file(&kept_path)?;
                 fs::remove_file(&path)?;
                 continue;
             }
-            if kept.len() < data.len() {
-                let mut file = OpenOptions::new().write(true).truncate(true).open(&path)?;
-                file.write_all(&kept)?;
-                file.sync_data()?;
+            if dropped {
+                fs::rename(&kept_path, &path)?;
+            } else {
+                fs::remove_file(&kept_path)?;
             }
             fs::rename(&path, path.with_extension(SEALED))?;
             recovered += 1;
@@ -171,28 +172,100 @@ pub fn first_seq_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads a sealed segment.
-pub fn read_sealed(path: &Path) -> io::Result<Sealed> {
-    let data = fs::read(path)?;
-    let mut sealed = Sealed {
-        ndjson: Vec::with_capacity(data.len()),
-        ..Default::default()
-    };
-    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let (seq, ack, json) = parse_line(line).ok_or_else(|| {
+/// Reads a segment line by line: `each(seq, ack subject, event JSON)`. A line not of that shape
+/// is an `InvalidData` error (the segment is damaged); other errors are the disk's.
+pub fn for_each_line(
+    path: &Path,
+    mut each: impl FnMut(u64, &[u8], &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(256 * 1024, File::open(path)?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        if body.is_empty() {
+            continue;
+        }
+        let (seq, ack, json) = parse_line(body).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("bad line in {}", path.display()),
             )
         })?;
-        sealed.seqs.push(seq);
-        sealed
-            .ack_subjects
-            .push(String::from_utf8_lossy(ack).into_owned());
-        sealed.ndjson.extend_from_slice(json);
-        sealed.ndjson.push(b'\n');
+        each(seq, ack, json)?;
     }
-    Ok(sealed)
+}
+
+/// The sequences in a segment.
+pub fn scan(path: &Path) -> io::Result<SeqSet> {
+    let mut seqs = SeqSet::default();
+    for_each_line(path, |seq, _, _| {
+        seqs.insert(seq);
+        Ok(())
+    })?;
+    Ok(seqs)
+}
+
+/// Streams a segment's events as gzip NDJSON into `parts`, in pieces of at least `part_bytes`
+/// (the last may be smaller). Blocking: run it on a blocking thread. Memory stays near
+/// `part_bytes` whatever the segment's size.
+pub fn compress(
+    path: &Path,
+    level: u32,
+    part_bytes: usize,
+    parts: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+) -> io::Result<()> {
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(part_bytes + (64 << 10)),
+        Compression::new(level),
+    );
+    let send = |chunk: Vec<u8>| {
+        parts
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| io::Error::other("upload ended"))
+    };
+    for_each_line(path, |_, _, json| {
+        gz.write_all(json)?;
+        gz.write_all(b"\n")?;
+        if gz.get_ref().len() >= part_bytes {
+            let chunk =
+                std::mem::replace(gz.get_mut(), Vec::with_capacity(part_bytes + (64 << 10)));
+            send(chunk)?;
+        }
+        Ok(())
+    })?;
+    let rest = gz.finish()?;
+    if !rest.is_empty() {
+        send(rest)?;
+    }
+    Ok(())
+}
+
+/// Streams a segment's ack subjects into `acks`, `batch` at a time. Blocking.
+pub fn ack_subjects(
+    path: &Path,
+    batch: usize,
+    acks: &tokio::sync::mpsc::Sender<Vec<String>>,
+) -> io::Result<()> {
+    let mut current = Vec::with_capacity(batch);
+    let send = |subjects: Vec<String>| {
+        acks.blocking_send(subjects)
+            .map_err(|_| io::Error::other("acknowledging ended"))
+    };
+    for_each_line(path, |_, ack, _| {
+        current.push(String::from_utf8_lossy(ack).into_owned());
+        if current.len() >= batch {
+            send(std::mem::replace(&mut current, Vec::with_capacity(batch)))?;
+        }
+        Ok(())
+    })?;
+    if !current.is_empty() {
+        send(current)?;
+    }
+    Ok(())
 }
 
 /// `<seq>\t<ack subject>\t<json>`, split; `None` when the line is not of that shape.
@@ -207,16 +280,38 @@ fn is_json_object(json: &[u8]) -> bool {
     json.first() == Some(&b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok()
 }
 
-/// Gzips a body.
-pub fn gzip(body: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::new(level));
-    encoder.write_all(body)?;
-    encoder.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gzip NDJSON body `compress` streams, decompressed.
+    fn ndjson(path: &Path) -> Vec<u8> {
+        use std::io::Read;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        compress(path, 1, 5, &tx).unwrap();
+        drop(tx);
+        let mut gz = Vec::new();
+        let mut parts = 0;
+        while let Ok(part) = rx.try_recv() {
+            gz.extend_from_slice(&part.unwrap());
+            parts += 1;
+        }
+        assert!(parts >= 2, "small parts: the body comes in pieces");
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    fn acks(path: &Path) -> Vec<String> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        ack_subjects(path, 1, &tx).unwrap();
+        drop(tx);
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .flatten()
+            .collect()
+    }
 
     fn partition() -> Partition {
         Partition {
@@ -236,10 +331,10 @@ mod tests {
         let path = open.seal().unwrap();
         assert_eq!(segments.sealed().unwrap(), std::slice::from_ref(&path));
         assert_eq!(partition_of(&path), Some(partition()));
-        let sealed = read_sealed(&path).unwrap();
-        assert_eq!((sealed.first(), sealed.last()), (5, 9));
-        assert_eq!(sealed.ack_subjects, ["$JS.ACK.a", "$JS.ACK.b"]);
-        assert_eq!(sealed.ndjson, b"{\"id\":\"1\"}\n{\"id\":\"2\"}\n");
+        let seqs = scan(&path).unwrap();
+        assert_eq!((seqs.first(), seqs.last()), (Some(5), Some(9)));
+        assert_eq!(acks(&path), ["$JS.ACK.a", "$JS.ACK.b"]);
+        assert_eq!(ndjson(&path), b"{\"id\":\"1\"}\n{\"id\":\"2\"}\n");
     }
 
     #[test]
@@ -261,7 +356,7 @@ mod tests {
         assert_eq!(segments.recover().unwrap(), 1);
         let sealed = segments.sealed().unwrap();
         assert_eq!(sealed.len(), 1);
-        assert_eq!(read_sealed(&sealed[0]).unwrap().seqs, [3]);
+        assert_eq!(scan(&sealed[0]).unwrap().iter().collect::<Vec<_>>(), [3]);
         assert!(!empty.exists());
     }
 
@@ -278,9 +373,9 @@ mod tests {
         data.extend_from_slice(b"7\t$JS.ACK.d\t{\"id\":\"4\"}\n");
         fs::write(&path, data).unwrap();
         assert_eq!(segments.recover().unwrap(), 1);
-        let sealed = read_sealed(&segments.sealed().unwrap()[0]).unwrap();
-        assert_eq!(sealed.seqs, [3, 7]);
-        assert_eq!(sealed.ndjson, b"{\"id\":\"1\"}\n{\"id\":\"4\"}\n");
+        let sealed = &segments.sealed().unwrap()[0];
+        assert_eq!(scan(sealed).unwrap().iter().collect::<Vec<_>>(), [3, 7]);
+        assert_eq!(ndjson(sealed), b"{\"id\":\"1\"}\n{\"id\":\"4\"}\n");
     }
 
     #[test]
@@ -291,7 +386,11 @@ mod tests {
             .path()
             .join(format!("{}__{:020}.sealed", partition().file_stem(), 3));
         fs::write(&path, b"\0\0\0\n").unwrap();
-        assert!(read_sealed(&path).is_err());
+        assert_eq!(
+            scan(&path).unwrap_err().kind(),
+            io::ErrorKind::InvalidData,
+            "damage, not a disk error"
+        );
         segments.set_aside(&path).unwrap();
         assert!(segments.sealed().unwrap().is_empty());
         assert!(path.with_extension("damaged").exists());

@@ -1,17 +1,26 @@
 //! The archive store: S3 (AWS, MinIO, Garage; only standard calls, path-style addressing as an
-//! option, multipart for large objects) or, with no bucket configured, a local directory with the
-//! same key layout.
+//! option) or, with no bucket configured, a local directory with the same key layout.
+//!
+//! Objects are written once: a put never replaces an existing key (`If-None-Match: *` on S3,
+//! a hard link on the directory), and since keys name their events, finding the key taken means
+//! the object is already stored. Bodies arrive as a stream of parts and go up as a multipart
+//! upload when there is more than one, so memory does not grow with the object. Every S3 call
+//! has a time limit, and failures are told apart: [`StoreError::is_permanent`] (the request
+//! itself is refused, e.g. 403) or worth retrying (timeouts, 5xx, connection errors).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use aws_sdk_s3::{
     Client,
-    config::{BehaviorVersion, Credentials, Region},
+    config::{BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig},
+    error::{ProvideErrorMetadata, SdkError},
     primitives::ByteStream,
     types::{CompletedMultipartUpload, CompletedPart},
 };
 use bytes::Bytes;
-use learntrail_runtime::units::parse_bytes;
+use learntrail_runtime::units::{parse_bytes, parse_duration};
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::{io::AsyncWriteExt as _, sync::mpsc};
 
 /// Where archives go. With `S3_BUCKET` unset, the local directory `ARCHIVE_DIR`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,14 +41,23 @@ pub struct StoreArgs {
     #[arg(long, env = "AWS_ACCESS_KEY_ID")]
     pub aws_access_key_id: Option<String>,
     /// S3 secret access key
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub aws_secret_access_key: Option<String>,
-    /// Objects larger than this are sent as multipart uploads (at least 5MiB)
-    #[arg(long, env = "S3_MULTIPART_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub aws_secret_access_key: Option<SecretString>,
+    /// Part size of uploads (at least 5MiB): an object is compressed and sent a part at a time,
+    /// so memory stays near three parts whatever the segment size; a smaller object is one PUT
+    #[arg(long, env = "S3_MULTIPART_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
     pub s3_multipart_bytes: u64,
+    /// Time limit of one S3 request (each part of an upload is one); past it the request is
+    /// abandoned and retried later
+    #[arg(long, env = "S3_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub s3_timeout: Duration,
     /// Local archive directory when no S3 bucket is set
     #[arg(long, env = "ARCHIVE_DIR", default_value = "var/archive")]
     pub archive_dir: PathBuf,
+}
+
+fn parse_secret(text: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(text))
 }
 
 /// Why a store operation failed.
@@ -47,22 +65,66 @@ pub struct StoreArgs {
 pub enum StoreError {
     #[error("local archive: {0}")]
     Io(#[from] std::io::Error),
+    /// Reading the body failed (the segment being uploaded).
+    #[error("reading the object's body: {0}")]
+    Body(std::io::Error),
+    /// Worth retrying: a timeout, a connection error, a 5xx, throttling.
     #[error("s3: {0}")]
     S3(String),
-    #[error("S3 needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
+    /// The request is refused and will be again (403, 400, 404 bucket, ...).
+    #[error("s3 refused the request (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// The key is taken (a conditional put found an object there).
+    #[error("the key already exists")]
+    Exists,
+    #[error("S3 needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY with S3_BUCKET")]
     NoCredentials,
 }
 
-fn s3_error(err: impl std::error::Error) -> StoreError {
+impl StoreError {
+    /// True when retrying the same request cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Rejected { .. } | Self::NoCredentials)
+    }
+}
+
+/// Tells a refused request (permanent) from a failure worth retrying.
+fn s3_error<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_string);
     // the SDK's Display is terse; its source chain says what happened
     let mut message = err.to_string();
-    let mut source = err.source();
+    let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    StoreError::S3(message)
+    match status {
+        Some(412) => StoreError::Exists,
+        Some(status) if is_permanent(status, code.as_deref()) => {
+            StoreError::Rejected { status, message }
+        }
+        _ => StoreError::S3(message),
+    }
+}
+
+/// 4xx refusals are permanent, except timeouts, conflicts and throttling.
+fn is_permanent(status: u16, code: Option<&str>) -> bool {
+    let transient_code = matches!(
+        code,
+        Some(
+            "RequestTimeout"
+                | "SlowDown"
+                | "InternalError"
+                | "ServiceUnavailable"
+                | "OperationAborted"
+        )
+    );
+    (400..500).contains(&status) && !matches!(status, 408 | 409 | 429) && !transient_code
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +133,7 @@ pub enum Store {
     S3 {
         client: Client,
         bucket: String,
-        multipart_bytes: u64,
+        part_bytes: u64,
     },
 }
 
@@ -84,10 +146,24 @@ impl Store {
         else {
             return Err(StoreError::NoCredentials);
         };
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5).min(args.s3_timeout))
+            .read_timeout(args.s3_timeout)
+            .operation_attempt_timeout(args.s3_timeout)
+            .operation_timeout(args.s3_timeout * 3)
+            .build();
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(args.s3_region.clone()))
-            .credentials_provider(Credentials::new(key, secret, None, None, "learntrail"))
+            .credentials_provider(Credentials::new(
+                key,
+                secret.expose_secret(),
+                None,
+                None,
+                "learntrail",
+            ))
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(2))
             .force_path_style(args.s3_path_style);
         if let Some(endpoint) = &args.s3_endpoint {
             config = config.endpoint_url(endpoint);
@@ -95,7 +171,7 @@ impl Store {
         Ok(Self::S3 {
             client: Client::from_conf(config.build()),
             bucket: bucket.clone(),
-            multipart_bytes: args.s3_multipart_bytes.max(5 << 20),
+            part_bytes: args.s3_multipart_bytes.max(5 << 20),
         })
     }
 
@@ -107,58 +183,83 @@ impl Store {
         }
     }
 
-    /// Stores `body` under `key`, replacing any object there (a retried upload writes the same
-    /// bytes to the same key).
-    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+    /// The size of the parts a body should be streamed in.
+    pub fn part_bytes(&self) -> usize {
         match self {
-            Self::Local(dir) => {
-                let path = dir.join(key);
-                let parent = path.parent().expect("keys have a directory");
-                tokio::fs::create_dir_all(parent).await?;
-                let tmp = parent.join(format!(
-                    ".tmp-{}",
-                    path.file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("object")
-                ));
-                // durable before the caller acks: data, then the name, then the directory
-                let (tmp, path, parent) = (tmp, path.clone(), parent.to_path_buf());
-                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    let mut file = std::fs::File::create(&tmp)?;
-                    std::io::Write::write_all(&mut file, &body)?;
-                    file.sync_data()?;
-                    std::fs::rename(&tmp, &path)?;
-                    std::fs::File::open(&parent)?.sync_all()
-                })
-                .await
-                .map_err(std::io::Error::other)??;
-                Ok(())
-            }
-            Self::S3 {
-                client,
-                bucket,
-                multipart_bytes,
-            } if body.len() as u64 > *multipart_bytes => {
-                put_multipart(
-                    client,
-                    bucket,
-                    key,
-                    Bytes::from(body),
-                    *multipart_bytes as usize,
-                )
-                .await
-            }
+            Self::Local(_) => 1 << 20,
+            Self::S3 { part_bytes, .. } => *part_bytes as usize,
+        }
+    }
+
+    /// Whether the store answers (the bucket exists and the key may see it; the directory can
+    /// be created).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Local(dir) => Ok(tokio::fs::create_dir_all(dir).await?),
             Self::S3 { client, bucket, .. } => {
                 client
-                    .put_object()
+                    .head_bucket()
                     .bucket(bucket)
-                    .key(key)
-                    .content_type("application/gzip")
-                    .body(ByteStream::from(body))
                     .send()
                     .await
                     .map_err(s3_error)?;
                 Ok(())
+            }
+        }
+    }
+
+    /// Whether an object is stored under `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Local(dir) => Ok(tokio::fs::try_exists(dir.join(key)).await?),
+            Self::S3 { client, bucket, .. } => {
+                match client.head_object().bucket(bucket).key(key).send().await {
+                    Ok(_) => Ok(true),
+                    Err(err)
+                        if err
+                            .raw_response()
+                            .is_some_and(|r| r.status().as_u16() == 404) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(err) => Err(s3_error(err)),
+                }
+            }
+        }
+    }
+
+    /// Stores `body` under `key` unless the key is taken ([`StoreError::Exists`]).
+    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<u64, StoreError> {
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(Bytes::from(body)))
+            .await
+            .expect("the receiver is here");
+        drop(tx);
+        self.put_parts(key, rx).await
+    }
+
+    /// Stores the body arriving in `parts` under `key`, unless the key is taken
+    /// ([`StoreError::Exists`]). Every part but the last must be at least 5 MiB for S3. Returns
+    /// the object's size. Durable when it returns (the directory store syncs file and folder).
+    pub async fn put_parts(
+        &self,
+        key: &str,
+        mut parts: mpsc::Receiver<std::io::Result<Bytes>>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Self::Local(dir) => put_local(dir, key, parts).await,
+            Self::S3 { client, bucket, .. } => {
+                let Some(first) = parts.recv().await else {
+                    return put_single(client, bucket, key, Bytes::new()).await;
+                };
+                let first = first.map_err(StoreError::Body)?;
+                match parts.recv().await {
+                    None => put_single(client, bucket, key, first).await,
+                    Some(second) => {
+                        let second = second.map_err(StoreError::Body)?;
+                        put_multipart(client, bucket, key, [first, second], parts).await
+                    }
+                }
             }
         }
     }
@@ -174,7 +275,11 @@ impl Store {
                     .send()
                     .await
                     .map_err(s3_error)?;
-                let body = object.body.collect().await.map_err(s3_error)?;
+                let body = object
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError::S3(e.to_string()))?;
                 Ok(body.into_bytes().to_vec())
             }
         }
@@ -236,13 +341,76 @@ fn list_local(dir: &std::path::Path, prefix: &str) -> Result<Vec<String>, StoreE
     Ok(keys)
 }
 
-async fn put_multipart(
+async fn put_local(
+    dir: &std::path::Path,
+    key: &str,
+    mut parts: mpsc::Receiver<std::io::Result<Bytes>>,
+) -> Result<u64, StoreError> {
+    let path = dir.join(key);
+    let parent = path.parent().expect("keys have a directory").to_path_buf();
+    tokio::fs::create_dir_all(&parent).await?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    let tmp = parent.join(format!(".tmp-{}-{name}", std::process::id()));
+    let written: Result<u64, StoreError> = async {
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut size = 0;
+        while let Some(part) = parts.recv().await {
+            let part = part.map_err(StoreError::Body)?;
+            file.write_all(&part).await?;
+            size += part.len() as u64;
+        }
+        // durable before the caller acks: data, then the name, then the directory
+        file.sync_data().await?;
+        Ok(size)
+    }
+    .await;
+    let linked = match written {
+        // a link never replaces an existing name
+        Ok(size) => match tokio::fs::hard_link(&tmp, &path).await {
+            Ok(()) => Ok(size),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError::Exists),
+            Err(err) => Err(err.into()),
+        },
+        Err(err) => Err(err),
+    };
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let size = linked?;
+    tokio::task::spawn_blocking(move || std::fs::File::open(&parent)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(size)
+}
+
+async fn put_single(
     client: &Client,
     bucket: &str,
     key: &str,
     body: Bytes,
-    part_size: usize,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
+    let size = body.len() as u64;
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .if_none_match("*")
+        .content_type("application/gzip")
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(s3_error)?;
+    Ok(size)
+}
+
+async fn put_multipart(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    first: [Bytes; 2],
+    mut rest: mpsc::Receiver<std::io::Result<Bytes>>,
+) -> Result<u64, StoreError> {
     let upload = client
         .create_multipart_upload()
         .bucket(bucket)
@@ -255,32 +423,43 @@ async fn put_multipart(
         .upload_id()
         .ok_or_else(|| StoreError::S3("no upload id".into()))?
         .to_string();
-    let mut parts = Vec::new();
-    let result: Result<(), StoreError> = async {
-        for (index, chunk) in body.chunks(part_size).enumerate() {
-            let number = index as i32 + 1;
-            let part = client
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .body(ByteStream::from(body.slice_ref(chunk)))
-                .send()
-                .await
-                .map_err(s3_error)?;
-            parts.push(
-                CompletedPart::builder()
+    let result: Result<u64, StoreError> = async {
+        let mut parts = Vec::new();
+        let mut size = 0;
+        let [one, two] = first;
+        let mut next = vec![one, two];
+        loop {
+            for body in next.drain(..) {
+                let number = parts.len() as i32 + 1;
+                size += body.len() as u64;
+                let part = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
                     .part_number(number)
-                    .set_e_tag(part.e_tag().map(String::from))
-                    .build(),
-            );
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(s3_error)?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag().map(String::from))
+                        .build(),
+                );
+            }
+            match rest.recv().await {
+                Some(part) => next.push(part.map_err(StoreError::Body)?),
+                None => break,
+            }
         }
         client
             .complete_multipart_upload()
             .bucket(bucket)
             .key(key)
             .upload_id(&upload_id)
+            .if_none_match("*")
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -289,7 +468,7 @@ async fn put_multipart(
             .send()
             .await
             .map_err(s3_error)?;
-        Ok(())
+        Ok(size)
     }
     .await;
     if result.is_err() {
@@ -302,4 +481,47 @@ async fn put_multipart(
             .await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_permanent_and_outages_are_not() {
+        for status in [400, 403, 404, 405, 411, 413] {
+            assert!(is_permanent(status, None), "{status}");
+        }
+        for status in [408, 409, 429, 500, 502, 503] {
+            assert!(!is_permanent(status, None), "{status}");
+        }
+        assert!(!is_permanent(400, Some("RequestTimeout")));
+    }
+
+    #[tokio::test]
+    async fn the_directory_store_never_replaces_an_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Local(dir.path().to_path_buf());
+        let key = "events/source=lms/dt=2026-11-24/hour=16/a.ndjson.gz";
+        assert!(!store.exists(key).await.unwrap());
+        assert_eq!(store.put(key, b"all ten".to_vec()).await.unwrap(), 7);
+        assert!(matches!(
+            store.put(key, b"two".to_vec()).await,
+            Err(StoreError::Exists)
+        ));
+        assert_eq!(store.get(key).await.unwrap(), b"all ten");
+        assert_eq!(store.list("events/").await.unwrap(), [key]);
+    }
+
+    #[test]
+    fn the_secret_key_never_prints() {
+        use clap::Parser;
+        #[derive(Debug, clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            store: StoreArgs,
+        }
+        let args = Args::parse_from(["x", "--aws-secret-access-key", "hunter2-very-secret"]);
+        assert!(!format!("{args:?}").contains("hunter2"));
+    }
 }
