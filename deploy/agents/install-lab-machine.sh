@@ -2,6 +2,10 @@
 # Rolls shim-agent out to one lab machine (macOS or Linux), as root:
 #   NATS_URL=nats://learntrail.school.example:4222 PSEUDONYM_KEY=<deployment secret> \
 #     sh install-lab-machine.sh ./shim-agent
+# NATS_CREDS / NATS_USER + NATS_PASSWORD / NATS_TOKEN, when set, are kept with the key.
+# Secrets travel in the environment, never in a command line (`ps` shows those to every
+# account), and land in /etc/learntrail/uploader.env (0600, root); /etc/learntrail/shim.env
+# (0644) holds only what every student's shim needs.
 set -eu
 binary=${1:?usage: install-lab-machine.sh <path to the shim-agent binary for this machine>}
 : "${NATS_URL:?set NATS_URL to the school's NATS server}"
@@ -10,7 +14,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 install -d /usr/local/learntrail/bin
 install -m 0755 "$binary" /usr/local/learntrail/bin/shim-agent
-/usr/local/learntrail/bin/shim-agent install --system --nats-url "$NATS_URL" --pseudonym-key "$PSEUDONYM_KEY"
+export PSEUDONYM_KEY
+/usr/local/learntrail/bin/shim-agent install --system --nats-url "$NATS_URL"
+chown root /etc/learntrail/uploader.env
+chmod 0600 /etc/learntrail/uploader.env
 chmod 0644 /etc/learntrail/shim.env
 
 case $(uname -s) in

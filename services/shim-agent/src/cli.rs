@@ -1,7 +1,7 @@
 //! The agent's own commands (when run as `shim-agent`): upload, daemon, install, uninstall,
 //! status.
 
-use std::{path::PathBuf, time::Duration};
+use std::{io::Read as _, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use learntrail_runtime::{
@@ -29,7 +29,9 @@ use crate::{
 ///
 /// Settings come from the environment, else from ~/.config/learntrail/shim.env, else
 /// /etc/learntrail/shim.env (KEY=VALUE lines): REAL_RUBY, SPOOL_DIR, SPOOL_MAX_BYTES,
-/// STDERR_CAPTURE_BYTES, PSEUDONYM_KEY, SHIM_PROGRAMS, NATS_URL and the other NATS_* settings.
+/// STDERR_CAPTURE_BYTES, SHIM_PROGRAMS, NATS_URL. Secrets (PSEUDONYM_KEY, NATS_CREDS,
+/// NATS_USER, NATS_PASSWORD, NATS_TOKEN) go in /etc/learntrail/uploader.env, readable by root
+/// only (a per-user install keeps them in its own 0600 shim.env).
 #[derive(Debug, Parser)]
 #[command(name = "shim-agent", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -70,8 +72,13 @@ pub enum Command {
         /// NATS server(s) to write into the settings
         #[arg(long)]
         nats_url: Option<String>,
-        /// Deployment key for learner pseudonyms to write into the settings
-        #[arg(long)]
+        /// File holding the deployment's key for learner pseudonyms (`-`: standard input); else
+        /// PSEUDONYM_KEY from the environment. Written to the root-only secrets file, with any
+        /// NATS_CREDS, NATS_USER, NATS_PASSWORD, NATS_TOKEN of the environment
+        #[arg(long, value_name = "FILE")]
+        pseudonym_key_file: Option<PathBuf>,
+        /// Refused: a key in the command line is shown by `ps` to every account
+        #[arg(long, hide = true)]
         pseudonym_key: Option<String>,
     },
     /// Take the shim out of PATH (settings and spool stay)
@@ -145,7 +152,8 @@ async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     );
     match cli.command {
         Command::Upload { nats } => {
-            upload::upload_once(&spool, &nats).await?;
+            let key = settings.get(keys::PSEUDONYM_KEY);
+            upload::upload_once(&spool, &nats, key.as_deref()).await?;
         }
         Command::Daemon {
             interval,
@@ -154,31 +162,58 @@ async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         } => {
             telemetry::init(&log);
             tracing::info!(spool = %spool.dir().display(), nats_url = %nats.url, "shim-agent daemon started");
-            upload::daemon(&spool, &nats, interval, shutdown::on_signal()).await;
+            let key = settings.get(keys::PSEUDONYM_KEY);
+            if key.is_none() {
+                tracing::warn!("PSEUDONYM_KEY is not set: runs are uploaded as unkeyed");
+            }
+            upload::daemon(
+                &spool,
+                &nats,
+                key.as_deref(),
+                interval,
+                shutdown::on_signal(),
+            )
+            .await;
         }
         Command::Install {
             scope,
             programs,
             nats_url,
+            pseudonym_key_file,
             pseudonym_key,
         } => {
-            let exe = std::env::current_exe()?.canonicalize()?;
-            let mut extra = Vec::new();
-            extra.extend(nats_url.map(|v| ("NATS_URL".to_string(), v)));
-            extra.extend(pseudonym_key.map(|v| (keys::PSEUDONYM_KEY.to_string(), v)));
-            let layout = scope.layout()?;
-            for line in install::install(&layout, &exe, &programs, &extra)? {
-                println!("{line}");
+            if pseudonym_key.is_some() {
+                anyhow::bail!(
+                    "--pseudonym-key would show the key to every account in `ps`; set PSEUDONYM_KEY in the environment or use --pseudonym-key-file"
+                );
             }
-            println!(
+            let exe = std::env::current_exe()?.canonicalize()?;
+            let plain: Vec<(String, String)> = nats_url
+                .map(|v| ("NATS_URL".to_string(), v))
+                .into_iter()
+                .collect();
+            let mut secrets = Vec::new();
+            let key = match pseudonym_key_file {
+                Some(path) => Some(read_key(&path)?),
+                None => settings.get(keys::PSEUDONYM_KEY),
+            };
+            secrets.extend(key.map(|v| (keys::PSEUDONYM_KEY.to_string(), v)));
+            for name in keys::NATS_SECRETS {
+                secrets.extend(std::env::var(name).ok().map(|v| (name.to_string(), v)));
+            }
+            let layout = scope.layout()?;
+            for line in install::install(&layout, &exe, &programs, &plain, &secrets)? {
+                say(&line);
+            }
+            say(&format!(
                 "done: open a new terminal (or `export PATH=\"{}:$PATH\"`) and `ruby` runs are captured",
                 layout.bin_dir.display()
-            );
+            ));
         }
         Command::Uninstall { scope } => {
             let exe = std::env::current_exe()?.canonicalize()?;
             for line in install::uninstall(&scope.layout()?, &exe)? {
-                println!("{line}");
+                say(&line);
             }
         }
         Command::Status => status(&spool, &settings),
@@ -186,43 +221,67 @@ async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes one line to standard output; a closed pipe (`shim-agent status | head -1`) ends the
+/// process quietly with status 0, as Unix tools do, instead of a panic.
+pub fn say(line: &str) {
+    runtime_cli::print(&format!("{line}\n"));
+}
+
+/// The key in `path` (`-`: standard input), trimmed; an empty one is refused.
+fn read_key(path: &std::path::Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    }
+    let key = text.trim().to_string();
+    anyhow::ensure!(!key.is_empty(), "{} holds no key", path.display());
+    Ok(key)
+}
+
 fn status(spool: &Spool, settings: &Settings) {
-    let records = spool.records().unwrap_or_default();
-    let bytes: u64 = records.iter().map(|r| r.size).sum();
-    println!(
-        "spool:        {} ({} records, {} bytes)",
-        spool.dir().display(),
-        records.len(),
-        bytes
-    );
-    println!("dropped:      {} (over the spool quota)", spool.dropped());
-    println!(
+    let mut out = Vec::new();
+    match spool.records() {
+        Ok(records) => out.push(format!(
+            "spool:        {} ({} records, {} bytes)",
+            spool.dir().display(),
+            records.len(),
+            records.iter().map(|r| r.size).sum::<u64>()
+        )),
+        Err(err) => out.push(format!(
+            "spool:        {} (not listed: {err}; a shared spool is listed by root only)",
+            spool.dir().display()
+        )),
+    }
+    out.push(format!(
+        "dropped:      {} (over the spool quota)",
+        spool.dropped()
+    ));
+    out.push(format!(
         "last upload:  {}",
         spool.last_upload().unwrap_or_else(|| "never".into())
-    );
+    ));
     for program in settings.programs() {
-        match shim::resolve(&program, settings) {
-            Some(real) if program.starts_with("ruby") => {
-                println!(
-                    "real {program}:{}{} ({})",
-                    pad(&program),
-                    real.display(),
-                    meta::ruby_version(&real, spool.dir())
-                )
-            }
-            Some(real) => println!("real {program}:{}{}", pad(&program), real.display()),
-            None => println!(
+        out.push(match shim::resolve(&program, settings) {
+            Some(real) if program.starts_with("ruby") => format!(
+                "real {program}:{}{} ({})",
+                pad(&program),
+                real.display(),
+                meta::ruby_version(&real, &settings::cache_dir(spool))
+            ),
+            Some(real) => format!("real {program}:{}{}", pad(&program), real.display()),
+            None => format!(
                 "real {program}:{}not found (set REAL_{})",
                 pad(&program),
                 program.to_ascii_uppercase()
             ),
-        }
+        });
     }
-    if settings.get(keys::PSEUDONYM_KEY).is_none() {
-        println!("warning:      PSEUDONYM_KEY is not set; learner pseudonyms are unkeyed hashes");
-    }
+    out.extend(settings.warnings());
+    say(&out.join("\n"));
 }
-
 fn pad(program: &str) -> String {
     " ".repeat(8usize.saturating_sub(program.len()).max(1))
 }

@@ -1,6 +1,13 @@
 //! `install` and `uninstall`: links named `ruby`, `irb`, ... to this binary in a directory put
 //! ahead of the real interpreter in PATH, the agent's settings file, the spool directory, and the
 //! PATH change in the shells' start-up files (between markers, so it can be taken out again).
+//!
+//! The system install splits the settings: `/etc/learntrail/shim.env` (0644: every student's
+//! shim reads it) holds no secret; the pseudonym key and NATS credentials go to
+//! `/etc/learntrail/uploader.env` (0600, root: the uploader reads it). Its spool is `1733`
+//! (sticky, like `/tmp` but not listable): every student creates records there, none can read,
+//! list or delete another's. A per-user install keeps everything in its own `0600` shim.env and
+//! a `0700` spool.
 
 use std::{
     fs, io,
@@ -18,6 +25,8 @@ const END: &str = "# <<< learntrail shim <<<";
 pub struct Layout {
     pub bin_dir: PathBuf,
     pub config_file: PathBuf,
+    /// Where the secrets go (the config file itself for a per-user install).
+    pub secrets_file: PathBuf,
     pub spool_dir: PathBuf,
     /// Start-up files that get the PATH block.
     pub rc_files: Vec<PathBuf>,
@@ -33,6 +42,7 @@ impl Layout {
         Self {
             bin_dir: home.join(".learntrail/bin"),
             config_file: home.join(".config/learntrail/shim.env"),
+            secrets_file: home.join(".config/learntrail/shim.env"),
             spool_dir: home.join(".learntrail/spool"),
             rc_files: [".profile", ".bashrc", ".zshrc"]
                 .iter()
@@ -49,6 +59,7 @@ impl Layout {
         Self {
             bin_dir: PathBuf::from("/usr/local/learntrail/bin"),
             config_file: PathBuf::from(settings::SYSTEM_CONFIG),
+            secrets_file: PathBuf::from(settings::SYSTEM_SECRETS),
             spool_dir: PathBuf::from("/var/spool/learntrail"),
             rc_files: if macos {
                 vec!["/etc/zshrc".into(), "/etc/bashrc".into()]
@@ -61,13 +72,16 @@ impl Layout {
     }
 }
 
-/// Installs for `programs`, linking to `exe`. `extra` settings (NATS_URL, PSEUDONYM_KEY, ...)
-/// are written to the settings file; existing settings are kept. Returns what was done.
+/// Installs for `programs`, linking to `exe`. `extra` settings (NATS_URL, ...) are written to
+/// the settings file and `secrets` (PSEUDONYM_KEY, NATS credentials) to the secrets file;
+/// existing settings are kept (a secret found in a shared settings file moves to the secrets
+/// file). Returns what was done.
 pub fn install(
     layout: &Layout,
     exe: &Path,
     programs: &[String],
     extra: &[(String, String)],
+    secrets: &[(String, String)],
 ) -> io::Result<Vec<String>> {
     let mut done = Vec::new();
     fs::create_dir_all(&layout.bin_dir)?;
@@ -91,34 +105,62 @@ pub fn install(
         done.push(format!("linked {} -> {}", link.display(), exe.display()));
     }
 
-    let mut config: Vec<(String, String)> = fs::read_to_string(&layout.config_file)
-        .map(|t| settings::parse_env_file(&t))
-        .unwrap_or_default();
-    let mut set =
-        |key: &str, value: String, overwrite: bool| match config.iter_mut().find(|(k, _)| k == key)
-        {
-            Some(entry) if overwrite => entry.1 = value,
-            Some(_) => {}
-            None => config.push((key.to_string(), value)),
-        };
+    let mut config = read_settings(&layout.config_file);
+    let same_file = layout.secrets_file == layout.config_file;
+    let mut secret_config = Vec::new();
+    if !same_file {
+        // secrets never stay in a file every account reads
+        secret_config = read_settings(&layout.secrets_file);
+        for (key, value) in config.iter().filter(|(k, _)| keys::is_secret(k)) {
+            set(&mut secret_config, key, value.clone(), false);
+        }
+        config.retain(|(k, _)| !keys::is_secret(k));
+    }
     if let Some(real) = &real_ruby {
-        set(keys::REAL_RUBY, real.display().to_string(), false);
+        set(
+            &mut config,
+            keys::REAL_RUBY,
+            real.display().to_string(),
+            false,
+        );
     }
     set(
+        &mut config,
         keys::SPOOL_DIR,
         layout.spool_dir.display().to_string(),
         false,
     );
-    set(keys::SHIM_PROGRAMS, programs.join(","), true);
+    set(&mut config, keys::SHIM_PROGRAMS, programs.join(","), true);
     for (key, value) in extra {
-        set(key, value.clone(), true);
+        set(&mut config, key, value.clone(), true);
+    }
+    for (key, value) in secrets {
+        let target = if same_file {
+            &mut config
+        } else {
+            &mut secret_config
+        };
+        set(target, key, value.clone(), true);
     }
     if let Some(parent) = layout.config_file.parent() {
         fs::create_dir_all(parent)?;
     }
-    fs::write(&layout.config_file, settings::render_env_file(&config))?;
-    fs::set_permissions(&layout.config_file, fs::Permissions::from_mode(0o644))?;
-    done.push(format!("settings in {}", layout.config_file.display()));
+    if same_file {
+        // one account's own file: readable by that account alone
+        write_settings(&layout.config_file, &config, 0o600)?;
+        done.push(format!(
+            "settings in {} (mode 0600)",
+            layout.config_file.display()
+        ));
+    } else {
+        write_settings(&layout.config_file, &config, 0o644)?;
+        write_settings(&layout.secrets_file, &secret_config, 0o600)?;
+        done.push(format!("settings in {}", layout.config_file.display()));
+        done.push(format!(
+            "secrets in {} (mode 0600)",
+            layout.secrets_file.display()
+        ));
+    }
     match &real_ruby {
         Some(real) => done.push(format!("real ruby: {}", real.display())),
         None => {
@@ -127,10 +169,10 @@ pub fn install(
     }
 
     fs::create_dir_all(&layout.spool_dir)?;
-    if layout.shared_spool {
-        // every student writes their own records; only the owner may delete (sticky bit)
-        fs::set_permissions(&layout.spool_dir, fs::Permissions::from_mode(0o1777))?;
-    }
+    // shared: every student creates records (wx), none lists the spool (no r) or deletes
+    // another's (sticky bit); own: this account alone
+    let mode = if layout.shared_spool { 0o1733 } else { 0o700 };
+    fs::set_permissions(&layout.spool_dir, fs::Permissions::from_mode(mode))?;
     done.push(format!("spool in {}", layout.spool_dir.display()));
 
     let block = format!(
@@ -182,6 +224,28 @@ pub fn uninstall(layout: &Layout, exe: &Path) -> io::Result<Vec<String>> {
         layout.spool_dir.display()
     ));
     Ok(done)
+}
+
+fn read_settings(path: &Path) -> Vec<(String, String)> {
+    fs::read_to_string(path)
+        .map(|t| settings::parse_env_file(&t))
+        .unwrap_or_default()
+}
+
+fn set(config: &mut Vec<(String, String)>, key: &str, value: String, overwrite: bool) {
+    match config.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) if overwrite => entry.1 = value,
+        Some(_) => {}
+        None => config.push((key.to_string(), value)),
+    }
+}
+
+/// Writes a settings file with `mode` from its first byte (a temp file and a rename: a secret
+/// is never in a file with a wider mode, not even for a moment).
+fn write_settings(path: &Path, pairs: &[(String, String)], mode: u32) -> io::Result<()> {
+    crate::spool::write_replacing(path, settings::render_env_file(pairs).as_bytes(), mode)?;
+    // the mode given at creation is narrowed by the umask; make it exact
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -108,29 +108,20 @@ pub fn sha256_file(path: &Path) -> Option<String> {
 }
 
 /// HMAC-SHA256 of the local account name with the deployment's key: the same learner gets the
-/// same pseudonym on every lab machine, and the name itself never leaves the machine.
+/// same pseudonym on every lab machine, and the name itself never leaves the machine. Computed
+/// by the uploader from the record file's owner ([`crate::record`]), never from the record.
 pub fn pseudonym(key: &str, user: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
     mac.update(user.as_bytes());
     hex::encode(&mac.finalize().into_bytes()[..16])
 }
 
-/// The local account name.
-pub fn username() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
-        .unwrap_or_else(|| format!("uid-{}", nix::unistd::getuid()))
-}
+/// The actor of a run uploaded without a `PSEUDONYM_KEY`: an unkeyed hash of an account name is
+/// reversed by trying names, so without a key there is no pseudonym at all, only this mark.
+pub const UNKEYED_ACTOR: &str = "unkeyed";
 
-pub fn machine(pseudonym_key: &str) -> Machine {
+/// The machine, without the learner: the uploader fills `user` in (see [`pseudonym`]).
+pub fn machine() -> Machine {
     Machine {
         host: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -139,7 +130,7 @@ pub fn machine(pseudonym_key: &str) -> Machine {
             "macos" => "macos".into(),
             other => other.into(),
         },
-        user: pseudonym(pseudonym_key, &username()),
+        user: String::new(),
         arch: std::env::consts::ARCH.into(),
     }
 }
@@ -157,7 +148,7 @@ pub fn ruby_version(interpreter: &Path, cache_dir: &Path) -> String {
         .map_or(0, |d| d.as_secs());
     let key = format!("{}\t{}\t{}", interpreter.display(), meta.len(), stamp);
     let cache = cache_dir.join(VERSION_CACHE);
-    let cached = fs::read_to_string(&cache).unwrap_or_default();
+    let cached = read_cache(&cache);
     if let Some(version) = cached
         .lines()
         .find_map(|l| l.strip_prefix(&key)?.strip_prefix('\t'))
@@ -182,12 +173,29 @@ pub fn ruby_version(interpreter: &Path, cache_dir: &Path) -> String {
             .filter(|l| !l.starts_with(&format!("{}\t", interpreter.display())))
             .map(|l| format!("{l}\n"))
             .collect();
-        let tmp = cache_dir.join(format!(".tmp-versions-{}", std::process::id()));
-        if fs::write(&tmp, format!("{kept}{key}\t{version}\n")).is_ok() {
-            let _ = fs::rename(&tmp, &cache);
-        }
+        let _ = crate::spool::write_replacing(
+            &cache,
+            format!("{kept}{key}\t{version}\n").as_bytes(),
+            0o644,
+        );
     }
     version
+}
+
+/// The version cache, if it is a regular file of this account's (never through a link).
+fn read_cache(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = crate::spool::open_nofollow(path) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    if file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.uid() == nix::unistd::geteuid().as_raw())
+    {
+        let _ = file.take(1 << 20).read_to_string(&mut text);
+    }
+    text
 }
 
 pub fn timestamp(time: SystemTime) -> Timestamp {
@@ -208,7 +216,7 @@ pub fn absolute(cwd: &Path, script: &str) -> PathBuf {
     }
 }
 
-/// Wraps a run into the envelope.
+/// Wraps a run into the envelope. The actor is left to the uploader.
 pub fn event(run: RubyRun, machine: Machine, started: SystemTime) -> Event {
     Event {
         id: id::new_id(),
@@ -216,7 +224,7 @@ pub fn event(run: RubyRun, machine: Machine, started: SystemTime) -> Event {
         received_at: None,
         source: source::SHIM.into(),
         kind: kind::RUBY_RUN.into(),
-        actor: machine.user.clone(),
+        actor: String::new(),
         context: Some(Context {
             machine: Some(machine),
             ..Default::default()

@@ -1,8 +1,14 @@
 //! Settings: environment variables first, then the agent's config files (`KEY=VALUE` lines, the
 //! format systemd's EnvironmentFile reads): `$LEARNTRAIL_SHIM_CONFIG` if set, else
-//! `~/.config/learntrail/shim.env` over `/etc/learntrail/shim.env`.
+//! `~/.config/learntrail/shim.env` over `/etc/learntrail/uploader.env` (the secrets, root only)
+//! over `/etc/learntrail/shim.env`.
 
-use std::{collections::HashMap, ffi::OsString, path::PathBuf};
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
 
 /// Names the shim reads.
 pub mod keys {
@@ -15,9 +21,19 @@ pub mod keys {
     pub const SHIM_PROGRAMS: &str = "SHIM_PROGRAMS";
     /// Set in the child's environment: a nested shim (rake running ruby) runs straight through.
     pub const ACTIVE: &str = "LEARNTRAIL_SHIM_ACTIVE";
+    /// NATS credentials: secrets, like the pseudonym key.
+    pub const NATS_SECRETS: [&str; 4] = ["NATS_CREDS", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN"];
+
+    /// True for a setting that belongs in a file only its owner can read.
+    pub fn is_secret(key: &str) -> bool {
+        key == PSEUDONYM_KEY || NATS_SECRETS.contains(&key)
+    }
 }
 
+/// Settings every account reads (the shim needs them): no secrets.
 pub const SYSTEM_CONFIG: &str = "/etc/learntrail/shim.env";
+/// The uploader's secrets (pseudonym key, NATS credentials): root only, mode 0600.
+pub const SYSTEM_SECRETS: &str = "/etc/learntrail/uploader.env";
 pub const DEFAULT_CAPTURE_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 100 * 1024 * 1024;
 pub const DEFAULT_PROGRAMS: &str = "ruby,irb,rake";
@@ -25,6 +41,10 @@ pub const DEFAULT_PROGRAMS: &str = "ruby,irb,rake";
 #[derive(Debug, Default, Clone)]
 pub struct Settings {
     file: HashMap<String, String>,
+    /// Files that hold secrets other accounts can read: (file, its secret keys).
+    exposed: Vec<(PathBuf, Vec<String>)>,
+    /// A secrets file that exists but this account may not read (a student on a system install).
+    unreadable_secrets: Option<PathBuf>,
 }
 
 impl Settings {
@@ -33,18 +53,59 @@ impl Settings {
         let paths: Vec<PathBuf> = match std::env::var_os(keys::CONFIG) {
             Some(path) => vec![PathBuf::from(path)],
             None => {
-                let mut paths = vec![PathBuf::from(SYSTEM_CONFIG)];
+                let mut paths = vec![PathBuf::from(SYSTEM_CONFIG), PathBuf::from(SYSTEM_SECRETS)];
                 paths.extend(home().map(|h| h.join(".config/learntrail/shim.env")));
                 paths
             }
         };
-        let mut file = HashMap::new();
+        let mut settings = Self::default();
         for path in paths {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                file.extend(parse_env_file(&text));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => settings.add_file(&path, &text),
+                Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                    settings.unreadable_secrets = Some(path)
+                }
+                Err(_) => {}
             }
         }
-        Self { file }
+        settings
+    }
+
+    fn add_file(&mut self, path: &Path, text: &str) {
+        let pairs = parse_env_file(text);
+        let secrets: Vec<String> = pairs
+            .iter()
+            .filter(|(k, v)| keys::is_secret(k) && !v.trim().is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let shared = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+        if shared && !secrets.is_empty() {
+            self.exposed.push((path.to_path_buf(), secrets));
+        }
+        self.file.extend(pairs);
+    }
+
+    /// What `status` should warn about: no pseudonym key, secrets other accounts can read.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        match (self.get(keys::PSEUDONYM_KEY), &self.unreadable_secrets) {
+            (Some(_), _) => {}
+            (None, Some(path)) => warnings.push(format!(
+                "pseudonym key: in {} (readable by root only; check it with sudo)",
+                path.display()
+            )),
+            (None, None) => warnings.push(
+                "warning:      PSEUDONYM_KEY is not set: runs are uploaded unkeyed (actor \"unkeyed\"), tied to no learner".into(),
+            ),
+        }
+        for (path, secrets) in &self.exposed {
+            warnings.push(format!(
+                "warning:      {} holds {} and other accounts can read it: chmod 600 {0}",
+                path.display(),
+                secrets.join(", ")
+            ));
+        }
+        warnings
     }
 
     /// The value of `key`: the environment wins over the files.
@@ -118,6 +179,19 @@ pub fn default_spool_dir() -> PathBuf {
         })
 }
 
+/// Where the Ruby version cache lives: the spool when it is this account's own, else (a shared
+/// spool, where another student could plant it) `~/.cache/learntrail`.
+pub fn cache_dir(spool: &crate::spool::Spool) -> PathBuf {
+    if spool.is_own() || !spool.dir().exists() {
+        return spool.dir().to_path_buf();
+    }
+    let Some(dir) = home().map(|h| h.join(".cache/learntrail")) else {
+        return spool.dir().to_path_buf();
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
 /// `KEY=VALUE` lines; `#` comments, blank lines, an optional `export ` and quotes are allowed.
 pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
     text.lines()
@@ -177,6 +251,26 @@ mod tests {
             parse_env_file(&rendered),
             [("A".to_string(), "1".to_string())]
         );
+    }
+
+    #[test]
+    fn secrets_other_accounts_can_read_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shim.env");
+        std::fs::write(&path, "PSEUDONYM_KEY=k\nNATS_URL=nats://x\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut settings = Settings::default();
+        settings.add_file(&path, &std::fs::read_to_string(&path).unwrap());
+        let warnings = settings.warnings().join("\n");
+        assert!(
+            warnings.contains("holds PSEUDONYM_KEY and other accounts can read it"),
+            "{warnings}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut settings = Settings::default();
+        settings.add_file(&path, "PSEUDONYM_KEY=k\n");
+        assert!(!settings.warnings().join("").contains("other accounts"));
     }
 
     #[test]

@@ -15,8 +15,10 @@ use learntrail_proto::{Message, v1::RubyRun};
 
 use crate::{
     capture::{self, Captured, Tee},
-    git, meta, rubyerr,
-    settings::{Settings, keys},
+    git, meta,
+    redact::Homes,
+    rubyerr,
+    settings::{self, Settings, keys},
     spool::Spool,
     sys,
 };
@@ -27,8 +29,6 @@ const STDERR_GRACE: Duration = Duration::from_millis(50);
 /// How long the student's run may wait, after the child exited, for the metadata still being
 /// gathered.
 const GATHER_WAIT: Duration = Duration::from_secs(2);
-/// Placeholder key when a deployment set none (pseudonyms are then unkeyed hashes).
-const UNSET_PSEUDONYM_KEY: &str = "learntrail-unset-key";
 
 /// Runs as the shim for `argv0`; never returns.
 pub fn run(argv0: OsString, args: Vec<OsString>) -> ! {
@@ -177,15 +177,13 @@ struct Context {
     ruby_version: String,
     git: Option<learntrail_proto::v1::GitState>,
     machine: learntrail_proto::v1::Machine,
+    homes: Homes,
 }
 
 fn gather(settings: &Settings, program: &str, real: &Path, args: &[OsString]) -> Context {
     let spool = Spool::new(settings.spool_dir(), settings.spool_max_bytes());
     let cwd = std::env::current_dir().unwrap_or_default();
     let script = meta::script_from_argv(program, args).map(|s| meta::absolute(&cwd, &s));
-    let key = settings
-        .get(keys::PSEUDONYM_KEY)
-        .unwrap_or_else(|| UNSET_PSEUDONYM_KEY.into());
     let ruby = if program.starts_with("ruby") {
         Some(real.to_path_buf())
     } else {
@@ -198,12 +196,13 @@ fn gather(settings: &Settings, program: &str, real: &Path, args: &[OsString]) ->
             .and_then(meta::sha256_file)
             .unwrap_or_default(),
         git: git::state(script.as_deref().unwrap_or(&cwd)),
-        // cached in the spool dir, which the first record creates
+        // cached in our own spool dir, which the first record creates
         ruby_version: ruby
-            .map(|r| meta::ruby_version(&r, spool.dir()))
+            .map(|r| meta::ruby_version(&r, &settings::cache_dir(&spool)))
             .unwrap_or_default(),
         interpreter: real.to_path_buf(),
-        machine: meta::machine(&key),
+        machine: meta::machine(),
+        homes: Homes::of_current_user(),
         spool,
         cwd,
         script,
@@ -222,7 +221,7 @@ fn build_event(context: Context, run: Run) -> learntrail_proto::Event {
         .then(|| rubyerr::parse(&stderr))
         .flatten();
     let signal = run.status.signal();
-    let rubyrun = RubyRun {
+    let mut rubyrun = RubyRun {
         argv: context.argv,
         cwd: context.cwd.display().to_string(),
         script: context
@@ -245,6 +244,8 @@ fn build_event(context: Context, run: Run) -> learntrail_proto::Event {
         error,
         git: context.git,
     };
+    // the learner's name must not ride along in their paths; the uploader adds the pseudonym
+    context.homes.run(&mut rubyrun);
     meta::event(rubyrun, context.machine, run.started)
 }
 

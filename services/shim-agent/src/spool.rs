@@ -1,6 +1,14 @@
-//! The on-disk spool: one file per run, written atomically (temp file + rename), named
+//! The on-disk spool: one file per run, written atomically and durably (temp file, fsync,
+//! rename: a power loss leaves either the whole record or none, never an empty one), named
 //! `<event id>-<size>.pb` so the records sort oldest first and the spool's size is known from
 //! the names alone. Over the quota the oldest records go first, counted in `dropped`.
+//!
+//! Records are `0600`: only their owner (and the root uploader) may read them. A spool the
+//! current account does not own is *shared* (the system install's `/var/spool/learntrail`, mode
+//! `1733` like `/tmp`): each student creates records there but cannot list, read or delete
+//! anyone else's, so the shim leaves the quota and the bookkeeping files to the root uploader.
+//! Every file is created with `O_EXCL|O_NOFOLLOW` and bookkeeping is read only from regular
+//! files owned by the spool's owner: a link planted in the spool is never written through.
 //!
 //! Listing a large spool on every run would cost a student a millisecond per `ruby`, so each
 //! write adds its size to a running total in `usage`, and the spool is listed only when that
@@ -10,7 +18,8 @@
 
 use std::{
     fs,
-    io::{self, Write},
+    io::{self, Read, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -50,16 +59,23 @@ impl Spool {
         &self.dir
     }
 
-    /// Writes one record atomically, then enforces the quota.
+    /// Writes one record (`0600`) atomically and durably, then, in a spool of our own, enforces
+    /// the quota.
     pub fn write(&self, id: &str, bytes: &[u8]) -> io::Result<PathBuf> {
-        fs::create_dir_all(&self.dir)?;
+        let own = self.prepare()?;
         let tmp = self.dir.join(format!("{TMP_PREFIX}{id}"));
         let path = self.dir.join(format!("{id}-{}{RECORD_EXT}", bytes.len()));
-        let mut file = fs::File::create(&tmp)?;
-        let written = file.write_all(bytes).and_then(|()| fs::rename(&tmp, &path));
+        // the data reaches the disk before the name does: a power loss after the rename cannot
+        // leave an empty record behind (which the uploader could only dead-letter)
+        let written = create_private(&tmp)
+            .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_data()))
+            .and_then(|()| fs::rename(&tmp, &path));
         if let Err(err) = written {
             let _ = fs::remove_file(&tmp);
             return Err(err);
+        }
+        if !own {
+            return Ok(path); // shared: the uploader keeps the quota (we may not list the spool)
         }
         let usage = self.usage() + bytes.len() as u64;
         if usage > self.max_bytes {
@@ -71,12 +87,51 @@ impl Spool {
         Ok(path)
     }
 
-    /// The running total of record bytes (0 when unknown).
-    fn usage(&self) -> u64 {
-        fs::read_to_string(self.dir.join(USAGE_FILE))
-            .ok()
+    /// Creates the spool (`0700`, for this account alone) when it is missing; true when the
+    /// spool is this account's own, false when it is shared.
+    fn prepare(&self) -> io::Result<bool> {
+        let meta = match fs::metadata(&self.dir) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.dir)?;
+                fs::metadata(&self.dir)?
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(meta.uid() == nix::unistd::geteuid().as_raw())
+    }
+
+    /// True when the spool exists and belongs to this account (not a shared spool).
+    pub fn is_own(&self) -> bool {
+        fs::metadata(&self.dir).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
+    }
+
+    /// A bookkeeping file's number (0 when missing, unreadable or not the spool owner's).
+    fn read_number(&self, name: &str) -> u64 {
+        self.read_small(name)
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// A small bookkeeping file: a regular file of the spool's owner, never through a link.
+    fn read_small(&self, name: &str) -> Option<String> {
+        let owner = fs::metadata(&self.dir).ok()?.uid();
+        let file = open_nofollow(&self.dir.join(name)).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.uid() != owner {
+            return None;
+        }
+        let mut text = String::new();
+        file.take(4096).read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+
+    /// The running total of record bytes (0 when unknown).
+    fn usage(&self) -> u64 {
+        self.read_number(USAGE_FILE)
     }
 
     /// Records, oldest first.
@@ -130,16 +185,15 @@ impl Spool {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(self.dir.join(USAGE_FILE))?;
         file.write_all(format!("{usage:020}\n").as_bytes())
     }
 
     /// Records dropped over the quota, ever.
     pub fn dropped(&self) -> u64 {
-        fs::read_to_string(self.dir.join(DROPPED_FILE))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0)
+        self.read_number(DROPPED_FILE)
     }
 
     fn add_dropped(&self, more: u64) -> io::Result<()> {
@@ -174,16 +228,57 @@ impl Spool {
     }
 
     pub fn last_upload(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join(LAST_UPLOAD_FILE))
-            .ok()
+        self.read_small(LAST_UPLOAD_FILE)
             .map(|t| t.trim().to_string())
     }
 
+    /// Replaces a bookkeeping file (readable by all: `status` shows it to every account).
     fn write_small(&self, name: &str, text: &str) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{name}"));
-        fs::write(&tmp, text)?;
-        fs::rename(tmp, self.dir.join(name))
+        write_replacing(&self.dir.join(name), text.as_bytes(), 0o644)
     }
+}
+
+/// Creates a new `0600` file for writing; fails if anything (a planted link) has the name.
+pub(crate) fn create_private(path: &Path) -> io::Result<fs::File> {
+    create_new(path, 0o600)
+}
+
+fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens for reading without following a final symlink and without blocking on a named pipe.
+pub(crate) fn open_nofollow(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Replaces `path` with `bytes` (mode `mode`) through a fresh temp file and a rename: never
+/// writes through a link, never shows a half-written file or a wider mode.
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        "{TMP_PREFIX}{name}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos()
+    ));
+    let written = create_new(&tmp, mode)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// `<id>-<size>.pb` → (id, size).

@@ -1,18 +1,24 @@
 //! Draining the spool to NATS: each record is published with its event id as `Nats-Msg-Id` and
 //! deleted only after JetStream acknowledged it, so a crash between publish and delete republishes
 //! the same id, which the stream stores once. A record that does not decode goes to
-//! `deadletter.shim` with the reason, then leaves the spool.
+//! `deadletter.shim` with the reason, then leaves the spool. What a record may say, and who it is
+//! taken to be from, is [`crate::record`]'s to decide: the uploader publishes Ruby runs only, as
+//! their file's owner.
 
 use std::{fs, time::Duration};
 
 use bytes::Bytes;
-use learntrail_proto::{Event, Message};
+use learntrail_proto::Message;
 use learntrail_runtime::{
     CancellationToken,
     bus::{Bus, NatsArgs, PendingAck, PublishError},
 };
 
-use crate::spool::{Record, Spool};
+use crate::{
+    cli::say,
+    record::{self, Reader, Refused},
+    spool::{Record, Spool},
+};
 
 /// Publishes in flight at once.
 const WINDOW: usize = 256;
@@ -44,36 +50,43 @@ impl std::fmt::Display for Report {
 /// How much of a record that cannot be sent goes to the dead-letter stream.
 const DEADLETTER_HEAD: usize = 256 * 1024;
 
-/// The event in a spool record, or why it cannot be sent (undecodable, or not a valid event:
-/// an empty file left by a power loss decodes as an empty event).
-fn checked(bytes: &[u8]) -> Result<Event, String> {
-    let event = Event::decode(bytes).map_err(|err| format!("undecodable: {err}"))?;
-    learntrail_proto::validate::validate_event(&event).map_err(|problems| {
-        let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        format!("not a valid event: {}", problems.join("; "))
-    })?;
-    Ok(event)
-}
-
-/// Uploads every record, oldest first. Stops at the first publish failure (the bus went away),
-/// keeping that record and the rest.
-pub async fn upload(spool: &Spool, bus: &Bus) -> Result<Report, (Report, PublishError)> {
+/// Uploads every record, oldest first, as its file's owner with the deployment's pseudonym
+/// `key`. Stops at the first publish failure (the bus went away), keeping that record and the
+/// rest.
+pub async fn upload(
+    spool: &Spool,
+    bus: &Bus,
+    key: Option<&str>,
+) -> Result<Report, (Report, PublishError)> {
     spool.clean_stale_tmp(std::time::SystemTime::now());
     let records = spool
         .records()
         .map_err(|e| (Report::default(), PublishError::Other(e.to_string())))?;
     let total = records.len();
     let mut report = Report::default();
+    let mut reader = Reader::current();
     for chunk in records.chunks(WINDOW) {
         let mut pending: Vec<(&Record, PendingAck)> = Vec::with_capacity(chunk.len());
         let mut failure = None;
         for record in chunk {
-            let Ok(bytes) = fs::read(&record.path) else {
-                continue;
-            }; // gone meanwhile
-            let bytes = Bytes::from(bytes);
-            let problem = match checked(&bytes) {
-                Ok(event) => match bus.send(event.subject(), &event.id, bytes.clone()).await {
+            let (bytes, accepted) = match reader.read(&record.path) {
+                Ok(opened) => {
+                    let accepted = record::accept(&opened.bytes, &opened.owner, key);
+                    (Bytes::from(opened.bytes), accepted)
+                }
+                Err(Refused::Gone) => continue,
+                // never the content of what is not a record its owner wrote
+                Err(Refused::Forged(reason)) => (Bytes::new(), Err(reason)),
+            };
+            let problem = match accepted {
+                Ok(event) => match bus
+                    .send(
+                        event.subject(),
+                        &event.id,
+                        Bytes::from(event.encode_to_vec()),
+                    )
+                    .await
+                {
                     Ok(ack) => {
                         pending.push((record, ack));
                         None
@@ -129,27 +142,32 @@ pub async fn upload(spool: &Spool, bus: &Bus) -> Result<Report, (Report, Publish
 }
 
 /// One upload run for the CLI: connects (offline is not an error: the spool stays as it is).
-pub async fn upload_once(spool: &Spool, nats: &NatsArgs) -> anyhow::Result<Report> {
+pub async fn upload_once(
+    spool: &Spool,
+    nats: &NatsArgs,
+    key: Option<&str>,
+) -> anyhow::Result<Report> {
     let pending = spool.records()?.len();
     let bus = match Bus::connect(nats, "shim-agent", true).await {
         Ok(bus) => bus,
         Err(err) => {
-            println!(
+            let _ = spool.enforce_quota(); // a shared spool has no other keeper
+            say(&format!(
                 "offline ({err}); {pending} record(s) kept in {}",
                 spool.dir().display()
-            );
+            ));
             return Ok(Report {
                 left: pending,
                 ..Default::default()
             });
         }
     };
-    let outcome = upload(spool, &bus).await;
+    let outcome = upload(spool, &bus, key).await;
     bus.close(Duration::from_secs(2)).await;
     let report = match outcome {
         Ok(report) => report,
         Err((report, err)) => {
-            println!("upload stopped: {err}; {report}");
+            say(&format!("upload stopped: {err}; {report}"));
             return Ok(report);
         }
     };
@@ -158,13 +176,19 @@ pub async fn upload_once(spool: &Spool, nats: &NatsArgs) -> anyhow::Result<Repor
         learntrail_proto::time::rfc3339(&learntrail_proto::time::now()),
         report
     ));
-    println!("{report}");
+    say(&report.to_string());
     Ok(report)
 }
 
 /// Uploads every `interval` until `token` is cancelled; after a failure waits longer each time
 /// (up to 10 minutes), and goes back to `interval` after a success.
-pub async fn daemon(spool: &Spool, nats: &NatsArgs, interval: Duration, token: CancellationToken) {
+pub async fn daemon(
+    spool: &Spool,
+    nats: &NatsArgs,
+    key: Option<&str>,
+    interval: Duration,
+    token: CancellationToken,
+) {
     let bus = match Bus::connect(nats, "shim-agent", false).await {
         Ok(bus) => bus,
         Err(err) => {
@@ -178,7 +202,7 @@ pub async fn daemon(spool: &Spool, nats: &NatsArgs, interval: Duration, token: C
             failures += 1;
             backoff(interval, failures)
         } else {
-            match upload(spool, &bus).await {
+            match upload(spool, &bus, key).await {
                 Ok(report) => {
                     failures = 0;
                     if report.sent + report.duplicates + report.dead_lettered > 0 {

@@ -9,6 +9,8 @@ use learntrail_proto::{Event, Message, Payload, v1::RubyRun};
 use tempfile::TempDir;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_shim-agent");
+/// Another account for the tests (root can run as it and give it files).
+pub const NOBODY: u32 = 65534;
 
 /// A lab machine in a temp dir: `bin/ruby` (and irb) linked to the agent, a spool, a home.
 pub struct Lab {
@@ -153,6 +155,36 @@ impl Lab {
             panic!("not a ruby run")
         };
         (event, run)
+    }
+
+    /// Makes the spool a shared one, as the system install does: owned by root, mode `1733`, in a
+    /// lab other accounts can reach.
+    pub fn share_spool(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let open = std::fs::Permissions::from_mode;
+        std::fs::set_permissions(self.dir.path(), open(0o755)).unwrap();
+        std::fs::set_permissions(self.work(), open(0o777)).unwrap();
+        std::fs::create_dir_all(self.spool()).unwrap();
+        std::fs::set_permissions(self.spool(), open(0o1733)).unwrap();
+    }
+
+    /// `ruby <args>` through the shim, run by the account `uid` (root in the tests can do that).
+    pub fn command_as<S: AsRef<OsStr>>(&self, uid: u32, args: &[S]) -> Command {
+        let shim = self.command(true, args);
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "--".into(),
+                "ruby".into(),
+            ])
+            .args(args)
+            .current_dir(self.work())
+            .env_clear()
+            .envs(shim.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        command
     }
 
     pub fn clear_spool(&self) {

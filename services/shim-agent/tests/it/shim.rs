@@ -7,7 +7,7 @@ use std::{
 use learntrail_proto::Payload;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{AGENT, Lab};
+use crate::helpers::{AGENT, Lab, NOBODY};
 
 #[test]
 fn output_and_exit_codes_are_those_of_ruby() {
@@ -302,12 +302,11 @@ fn metadata_describes_the_run() {
     let machine = event.context.unwrap().machine.unwrap();
     assert_eq!(machine.os, std::env::consts::OS);
     assert!(!machine.host.is_empty());
-    assert_eq!(machine.user.len(), 32);
-    assert!(
-        !machine.user.contains("student7"),
-        "the account name never leaves the machine"
+    assert_eq!(
+        (event.actor.as_str(), machine.user.as_str()),
+        ("", ""),
+        "the record names no learner: the uploader takes the file's owner"
     );
-    assert_eq!(event.actor, machine.user);
     assert!(run.git.is_none(), "not in a repository");
 }
 
@@ -447,4 +446,168 @@ fn the_spool_quota_drops_the_oldest_runs() {
         })
         .collect();
     assert_eq!(codes.last(), Some(&5));
+}
+
+#[test]
+fn records_are_private_to_their_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let lab = Lab::new();
+    lab.run(true, &["-e", "warn 'secret stderr'"], b"");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode(&lab.spool()) & 0o7777, 0o700, "a spool of one's own");
+    let record = only_record_file(&lab);
+    assert_eq!(mode(&record) & 0o777, 0o600);
+
+    // a shared spool (the system install's): each student writes, none reads, lists or
+    // deletes another's records
+    let lab = Lab::new();
+    lab.share_spool();
+    let output = lab
+        .command_as(NOBODY, &["-e", "warn 'nobody s stderr'"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let record = only_record_file(&lab);
+    let meta = std::fs::metadata(&record).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (NOBODY, 0o600)
+    );
+    let other = NOBODY - 1;
+    let as_other = |program: &str, arg: &std::path::Path| {
+        Command::new("setpriv")
+            .args([
+                format!("--reuid={other}"),
+                format!("--regid={other}"),
+                "--clear-groups".into(),
+                program.into(),
+            ])
+            .arg(arg)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!as_other("cat", &record), "another student cannot read it");
+    assert!(!as_other("ls", &lab.spool()), "nor list the spool");
+    let rm = Command::new("setpriv")
+        .args([
+            format!("--reuid={other}"),
+            format!("--regid={other}"),
+            "--clear-groups".into(),
+            "rm".into(),
+            "-f".into(),
+        ])
+        .arg(&record)
+        .output()
+        .unwrap();
+    assert!(!rm.status.success() && record.exists(), "nor delete it");
+    // and a second student's run lands beside it
+    let output = lab
+        .command_as(other, &["-e", "warn 'other'"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(lab.records().len(), 2);
+}
+
+fn only_record_file(lab: &Lab) -> std::path::PathBuf {
+    let records: Vec<_> = std::fs::read_dir(lab.spool())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pb"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    records.into_iter().next().unwrap()
+}
+
+#[test]
+fn no_recorded_path_or_text_names_the_home() {
+    let lab = Lab::new();
+    let home = lab.home().join("student7");
+    let hw = home.join("hw");
+    std::fs::create_dir_all(&hw).unwrap();
+    git(&home, &["init", "-q", "-b", "main"]);
+    let script = hw.join("boom.rb");
+    std::fs::write(
+        &script,
+        "warn __FILE__\nwarn Dir.pwd\nFile.read(File.join(Dir.pwd, 'missing'))\n",
+    )
+    .unwrap();
+    let output = lab
+        .command(true, &[script.as_os_str(), home.join("arg").as_os_str()])
+        .current_dir(&hw)
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("student7"),
+        "the student still sees their paths"
+    );
+    let (event, run) = lab.only_run();
+    let recorded = format!("{event:?}");
+    assert!(!recorded.contains("student7"), "{recorded}");
+    assert_eq!(run.cwd, "~/hw");
+    assert_eq!(run.script, "~/hw/boom.rb");
+    assert_eq!(run.argv[1..], ["~/hw/boom.rb", "~/arg"]);
+    assert!(
+        run.stderr.starts_with("~/hw/boom.rb\n~/hw\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.error.unwrap().file, "~/hw/boom.rb");
+    assert_eq!(run.git.unwrap().root, "~");
+}
+
+#[test]
+fn a_record_reaches_the_disk_before_its_name() {
+    let lab = Lab::new();
+    let trace = lab.dir.path().join("trace");
+    let shim = lab.command(true, &["-e", "warn 1"]);
+    let output = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg("--")
+        .arg("ruby")
+        .args(["-e", "warn 1"])
+        .current_dir(lab.work())
+        .env_clear()
+        .envs(shim.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .expect("strace, to watch the shim's system calls (apt-get install strace)");
+    assert!(output.status.success(), "{output:?}");
+    let trace = std::fs::read_to_string(trace).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let opened = lines
+        .iter()
+        .position(|l| {
+            l.contains("openat(")
+                && l.contains("/.tmp-")
+                && l.contains("O_CREAT")
+                && l.contains(", 0600)")
+        })
+        .unwrap_or_else(|| panic!("the record's temp file is created: {trace}"));
+    let fd = lines[opened].rsplit("= ").next().unwrap().trim();
+    let pid = lines[opened].split_whitespace().next().unwrap();
+    let renamed = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("/.tmp-") && l.contains(".pb\""))
+        .unwrap_or_else(|| panic!("the record is renamed into place: {trace}"));
+    let synced = lines[opened..renamed].iter().any(|l| {
+        l.starts_with(pid)
+            && (l.contains(&format!("fdatasync({fd})")) || l.contains(&format!("fsync({fd})")))
+    });
+    assert!(
+        synced,
+        "fsync before the rename:\n{}",
+        lines[opened..=renamed].join("\n")
+    );
 }

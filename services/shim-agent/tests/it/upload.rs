@@ -4,7 +4,7 @@ use learntrail_proto::{Message, Payload, subject};
 use learntrail_runtime::bus::{Bus, NatsArgs, StreamArgs};
 use learntrail_testkit::{NatsServer, eventually, try_stream_events};
 
-use crate::helpers::Lab;
+use crate::helpers::{Lab, NOBODY};
 
 async fn bus(nats: &NatsServer) -> Bus {
     let bus = Bus::connect(&NatsArgs::with_url(nats.url()), "test", true)
@@ -29,6 +29,7 @@ fn upload(lab: &Lab, nats_url: &str) -> String {
     let output = lab
         .agent(&["upload"])
         .env("NATS_URL", nats_url)
+        .env("PSEUDONYM_KEY", "lab-key")
         .output()
         .unwrap();
     assert!(
@@ -232,4 +233,186 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A valid event of another source, as a student could write one into the spool.
+fn forged_lms_event() -> learntrail_proto::Event {
+    learntrail_proto::Event {
+        id: learntrail_proto::id::new_id(),
+        occurred_at: Some(learntrail_proto::time::now()),
+        source: "lms".into(),
+        kind: "assessment_submitted".into(),
+        actor: "victim".into(),
+        payload: Some(Payload::LmsEvent(Default::default())),
+        ..Default::default()
+    }
+}
+
+/// Writes `bytes` into the spool as a record of `uid`'s.
+fn plant(lab: &Lab, bytes: &[u8], uid: u32) -> std::path::PathBuf {
+    let id = learntrail_proto::id::new_id();
+    let path = lab.spool().join(format!("{id}-{}.pb", bytes.len()));
+    std::fs::write(&path, bytes).unwrap();
+    std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_forged_record_is_never_published_as_such() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let lab = Lab::new();
+    lab.share_spool();
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    // a student's real run, with $USER claiming to be someone else
+    let output = lab
+        .command_as(NOBODY, &["-e", "warn 'mine'"])
+        .env("USER", "root")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let (genuine, _) = lab.only_run();
+    let record = std::fs::read_dir(lab.spool())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".pb"))
+        .unwrap()
+        .metadata()
+        .unwrap();
+    assert_eq!(
+        (record.uid(), record.permissions().mode() & 0o777),
+        (NOBODY, 0o600)
+    );
+
+    // the same student forges: an LMS event for a victim, a run claiming root's actor, a link
+    // to root's record, a hard link to it, and a named pipe
+    plant(&lab, &forged_lms_event().encode_to_vec(), NOBODY);
+    let mut claimed = genuine.clone();
+    claimed.id = learntrail_proto::id::new_id();
+    claimed.actor = learntrail_shim_agent::meta::pseudonym("lab-key", "root");
+    plant(&lab, &claimed.encode_to_vec(), NOBODY);
+    let roots = lab.dir.path().join("roots-record.pb");
+    let mut root_run = genuine.clone();
+    root_run.id = learntrail_proto::id::new_id();
+    std::fs::write(&roots, root_run.encode_to_vec()).unwrap();
+    std::os::unix::fs::symlink(
+        &roots,
+        lab.spool()
+            .join(format!("{}-9.pb", learntrail_proto::id::new_id())),
+    )
+    .unwrap();
+    std::fs::hard_link(
+        &roots,
+        lab.spool()
+            .join(format!("{}-8.pb", learntrail_proto::id::new_id())),
+    )
+    .unwrap();
+    nix::unistd::mkfifo(
+        &lab.spool()
+            .join(format!("{}-7.pb", learntrail_proto::id::new_id())),
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    )
+    .unwrap();
+
+    let said = upload(&lab, &nats.url());
+    assert!(
+        said.contains("2 sent") && said.contains("4 dead-lettered"),
+        "{said}"
+    );
+    let events = try_stream_events(bus.jetstream(), subject::EVENTS_STREAM, "events.>")
+        .await
+        .unwrap();
+    let students = learntrail_shim_agent::meta::pseudonym("lab-key", "nobody");
+    assert_eq!(events.len(), 2, "no LMS event, no root run: {events:?}");
+    for (_, event) in &events {
+        assert_eq!(event.subject(), "events.shim.ruby_run");
+        assert_eq!(event.actor, students, "the learner is the file's owner");
+        assert_eq!(
+            event
+                .context
+                .as_ref()
+                .unwrap()
+                .machine
+                .as_ref()
+                .unwrap()
+                .user,
+            students
+        );
+    }
+    let dead = bus
+        .jetstream()
+        .get_stream(subject::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    for seq in 1..=4 {
+        let message = dead.get_raw_message(seq).await.unwrap();
+        let reason = message
+            .headers
+            .get(subject::DEADLETTER_REASON_HEADER)
+            .unwrap()
+            .to_string();
+        letters.push((reason, message.payload.len()));
+    }
+    for (needle, content) in [
+        ("not a Ruby run", true),
+        ("symbolic link", false),
+        ("hard links", false),
+        ("named pipe", false),
+    ] {
+        let (reason, len) = letters
+            .iter()
+            .find(|(reason, _)| reason.contains(needle))
+            .unwrap_or_else(|| panic!("no dead letter says {needle}: {letters:?}"));
+        assert_eq!(*len > 0, content, "{reason}");
+    }
+    assert!(lab.records().is_empty(), "every record left the spool");
+    assert!(roots.exists(), "a link's target is never touched");
+}
+
+#[tokio::test]
+async fn an_uploader_that_is_not_root_takes_only_its_own_accounts_records() {
+    let lab = Lab::new();
+    lab.share_spool();
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    lab.run(true, &["-e", "warn 'roots run'"], b"");
+    std::os::unix::fs::chown(lab.spool(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut settings = lab.agent(&["upload"]);
+    settings
+        .env("NATS_URL", nats.url())
+        .env("PSEUDONYM_KEY", "lab-key");
+    let mut as_nobody = std::process::Command::new("setpriv");
+    as_nobody
+        .args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".into(),
+            "--".into(),
+            crate::helpers::AGENT.into(),
+            "upload".into(),
+        ])
+        .env_clear()
+        .envs(settings.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let output = as_nobody.output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains("0 sent") && said.contains("1 dead-lettered"),
+        "{said} {output:?}"
+    );
+    let dead = bus
+        .jetstream()
+        .get_stream(subject::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    let message = dead.get_raw_message(1).await.unwrap();
+    let reason = message
+        .headers
+        .get(subject::DEADLETTER_REASON_HEADER)
+        .unwrap();
+    assert!(
+        reason.to_string().contains("not by the account uploading"),
+        "{reason}"
+    );
 }
