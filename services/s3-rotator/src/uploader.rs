@@ -171,9 +171,10 @@ impl Uploader {
                     return true;
                 }
                 Err(err @ UploadError::Ack(_)) => {
+                    // the object is stored; the others may still be stored meanwhile
+                    failed = true;
                     self.metrics.ack_failures.inc();
                     tracing::warn!(error = %err, segment = %path.display(), "stored, not yet acknowledged; will retry");
-                    return true;
                 }
             }
         }

@@ -6,9 +6,11 @@
 //! Dropping a server stops it and removes its data. A missing binary panics with the command that
 //! installs it (`make test` installs them all).
 //!
-//! Also [`eventually`], which waits for a condition instead of sleeping, and [`stream_events`],
-//! which reads back what a stream stored.
+//! Also [`eventually`], which waits for a condition instead of sleeping, [`stream_events`],
+//! which reads back what a stream stored, and [`FaultProxy`], an HTTP proxy in front of a real
+//! server that makes chosen requests hang or fail.
 
+pub mod fault;
 pub mod garage;
 mod nats;
 mod process;
@@ -16,6 +18,7 @@ mod redis;
 
 use std::time::Duration;
 
+pub use fault::{Fault, FaultProxy};
 pub use garage::GarageServer;
 pub use nats::{NatsServer, stream_events, try_stream_events};
 pub use redis::RedisServer;

@@ -140,7 +140,11 @@ pub struct Rotator {
 }
 
 pub async fn start(flags: &[String]) -> Rotator {
-    let config = Config::parse_from(flags);
+    start_config(Config::parse_from(flags)).await
+}
+
+/// Starts a rotator with a configuration the test has adjusted (faults, say).
+pub async fn start_config(config: Config) -> Rotator {
     let store = Store::from_args(&config.store).unwrap();
     let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops_url = format!("http://{}", ops.local_addr().unwrap());
@@ -267,4 +271,44 @@ pub async fn metric(ops: &str, name: &str) -> f64 {
                 .and_then(|rest| rest.trim().parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// The HTTP status of `/readyz`.
+pub async fn readyz(ops: &str) -> u16 {
+    reqwest::get(format!("{ops}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Waits until nothing more can reach the archive: the consumer has no message pending or
+/// unacknowledged, the rotator has handled every delivery the server made (redeliveries
+/// included; `earlier` counts deliveries to an earlier run), and no event waits in a segment.
+/// A duplicate the rotator would write is in the archive by then.
+pub async fn settled(bus: &Bus, ops: &str, earlier: u64) {
+    learntrail_testkit::eventually(
+        Duration::from_secs(60),
+        "every delivery handled and every event archived and acknowledged",
+        || async {
+            let info = consumer_info(bus).await?;
+            let handled = metric(ops, "learntrail_archive_deliveries_total").await as u64;
+            let waiting = metric(ops, "learntrail_archive_events_pending").await;
+            (info.num_ack_pending == 0
+                && info.num_pending == 0
+                && handled + earlier == info.delivered.consumer_sequence
+                && waiting == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Objects seen earlier are still there with the same events (none replaced).
+pub fn assert_none_replaced(
+    before: &HashMap<String, Vec<Event>>,
+    after: &HashMap<String, Vec<Event>>,
+) {
+    for (key, events) in before {
+        assert_eq!(after.get(key), Some(events), "{key} was replaced");
+    }
 }
