@@ -220,25 +220,8 @@ impl Uploader {
         Ok(())
     }
 
-    /// Compresses the segment into the store a part at a time.
     async fn put(&self, path: &Path, key: &str) -> Result<u64, UploadError> {
-        let (tx, rx) = mpsc::channel(1);
-        let (path, level, part) = (
-            path.to_path_buf(),
-            self.settings.gzip_level,
-            self.store.part_bytes(),
-        );
-        let producer = tokio::task::spawn_blocking(move || {
-            if let Err(err) = compress(&path, level, part, &tx) {
-                // the store sees the error in place of the rest of the body
-                let _ = tx.blocking_send(Err(err));
-            }
-        });
-        let stored = self.store.put_parts(key, rx).await;
-        producer
-            .await
-            .map_err(|e| UploadError::Local(std::io::Error::other(e)))?;
-        Ok(stored?)
+        Ok(store_segment(&self.store, path, key, self.settings.gzip_level).await?)
     }
 
     /// Acknowledges every message of the segment and waits for the server to confirm each.
@@ -282,6 +265,29 @@ impl Uploader {
             .map(drop)
             .map_err(|e| e.to_string())
     }
+}
+
+/// Compresses a sealed segment into the store under `key`, a part at a time: memory stays near
+/// three parts ([`Store::part_bytes`]) whatever the segment's size. Returns the object's size.
+pub async fn store_segment(
+    store: &Store,
+    path: &Path,
+    key: &str,
+    level: u32,
+) -> Result<u64, StoreError> {
+    let (tx, rx) = mpsc::channel(1);
+    let (path, part) = (path.to_path_buf(), store.part_bytes());
+    let producer = tokio::task::spawn_blocking(move || {
+        if let Err(err) = compress(&path, level, part, &tx) {
+            // the store sees the error in place of the rest of the body
+            let _ = tx.blocking_send(Err(err));
+        }
+    });
+    let stored = store.put_parts(key, rx).await;
+    producer
+        .await
+        .map_err(|e| StoreError::Body(std::io::Error::other(e)))?;
+    stored
 }
 
 async fn blocking<T: Send + 'static>(

@@ -136,13 +136,14 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
     flags.extend(["--shutdown-grace".into(), "3s".into()]);
     let ops = format!("http://127.0.0.1:{ops_port}");
     let bus = bus(&nats).await;
-    let child = Command::new(env!("CARGO_BIN_EXE_s3-rotator"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_s3-rotator"))
         .args(&flags[1..])
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
     let published = events(3);
     publish(&bus, &published[..1]).await;
     wait_archived(&store(&flags), 1).await;
@@ -175,19 +176,13 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
         child.lock().unwrap().try_wait().unwrap()
     })
     .await;
-    let mut child = child.into_inner().unwrap();
     assert_eq!(
         status.code(),
         Some(1),
         "non-zero: the orchestrator restarts it"
     );
     let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    stderr.read_to_string(&mut log).unwrap();
     assert!(
         log.contains("cannot write segments") && log.contains("\"level\":\"ERROR\""),
         "{log}"
