@@ -1,8 +1,9 @@
 //! `s3-rotator replay`: reads archived objects back and republishes their events with their own
-//! ids, so the stream's duplicate window and every consumer's idempotency hold. For backfilling a
+//! ids, so the stream's duplicate window and every consumer's idempotency hold; an event found
+//! in two objects of its hour is published once. For backfilling a
 //! new consumer or rebuilding a projection.
 
-use std::io::Read;
+use std::{collections::HashSet, io::Read};
 
 use chrono::{DateTime, Utc};
 use flate2::read::GzDecoder;
@@ -20,14 +21,16 @@ pub struct Report {
     pub duplicates: usize,
     /// Lines that were not events (reported, skipped).
     pub unreadable: usize,
+    /// Events found in more than one object of their hour (published once).
+    pub repeated: usize,
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} objects, {} events published, {} already on the stream, {} unreadable lines",
-            self.objects, self.published, self.duplicates, self.unreadable
+            "{} objects, {} events published, {} already on the stream, {} unreadable lines, {} repeated in the archive",
+            self.objects, self.published, self.duplicates, self.unreadable, self.repeated
         )
     }
 }
@@ -58,6 +61,9 @@ pub async fn replay(
     for source in &sources {
         let hour = chrono::Duration::hours(1);
         for partition in hours_between(source, from - hour, to + hour) {
+            // an event is in one partition; within it, objects should not overlap, and if they
+            // ever do, each event is published once
+            let mut seen = HashSet::new();
             for key in store.list(&partition.key_prefix(prefix)).await? {
                 let body = store.get(&key).await?;
                 let mut text = String::new();
@@ -66,6 +72,7 @@ pub async fn replay(
                 let mut events = Vec::new();
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
                     match Event::from_json(line) {
+                        Ok(event) if !seen.insert(event.id.clone()) => report.repeated += 1,
                         Ok(event) if in_range(&event, from, to) => events.push(event),
                         Ok(_) => {}
                         Err(err) => {

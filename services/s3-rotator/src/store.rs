@@ -1,9 +1,10 @@
 //! The archive store: S3 (AWS, MinIO, Garage; only standard calls, path-style addressing as an
 //! option) or, with no bucket configured, a local directory with the same key layout.
 //!
-//! Objects are written once: a put never replaces an existing key (`If-None-Match: *` on S3,
-//! a hard link on the directory), and since keys name their events, finding the key taken means
-//! the object is already stored. Bodies arrive as a stream of parts and go up as a multipart
+//! Objects are written once: a put never replaces an existing key (on S3 a HEAD first, then a
+//! conditional `If-None-Match: *` put where the server honours it, as AWS and MinIO do; a hard
+//! link on the directory), and since keys name their events, finding the key taken means the
+//! object is already stored. Bodies arrive as a stream of parts and go up as a multipart
 //! upload when there is more than one, so memory does not grow with the object. Every S3 call
 //! has a time limit, and failures are told apart: [`StoreError::is_permanent`] (the request
 //! itself is refused, e.g. 403) or worth retrying (timeouts, 5xx, connection errors).
@@ -249,6 +250,11 @@ impl Store {
         match self {
             Self::Local(dir) => put_local(dir, key, parts).await,
             Self::S3 { client, bucket, .. } => {
+                // Some servers (Garage) ignore If-None-Match: look first. The race left (two
+                // writers of one key at once) writes the same events: keys name them.
+                if self.exists(key).await? {
+                    return Err(StoreError::Exists);
+                }
                 let Some(first) = parts.recv().await else {
                     return put_single(client, bucket, key, Bytes::new()).await;
                 };

@@ -196,14 +196,12 @@ impl Uploader {
             }
         };
         let key = partition.object_key(&self.settings.key_prefix, &seqs);
-        let size = if self.store.exists(&key).await? {
-            tracing::info!(key, "object already stored; acknowledging");
-            0
-        } else {
-            match self.put(path, &key).await {
-                Err(UploadError::Store(StoreError::Exists)) => 0,
-                other => other?,
+        let size = match self.put(path, &key).await {
+            Err(UploadError::Store(StoreError::Exists)) => {
+                tracing::info!(key, "object already stored; acknowledging");
+                0
             }
+            other => other?,
         };
         self.acknowledge(path).await?;
         std::fs::remove_file(path).map_err(UploadError::Local)?;

@@ -321,3 +321,25 @@ fn a_configuration_error_exits_64_with_the_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("AWS_ACCESS_KEY_ID"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_object_is_never_replaced_by_other_content() {
+    let garage = garage();
+    let dirs = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    for flags in [
+        flags(&nats, Some(&garage), dirs.path(), &dirs.path().join("a")),
+        flags(&nats, None, dirs.path(), &dirs.path().join("b")),
+    ] {
+        let store = store(&flags);
+        let key = "events/source=lms/dt=2026-11-24/hour=16/1-10.ndjson.gz";
+        store.put(key, b"ten events".to_vec()).await.unwrap();
+        let again = store.put(key, b"two".to_vec()).await;
+        assert!(
+            matches!(again, Err(learntrail_s3_rotator::store::StoreError::Exists)),
+            "{} answers a taken key: {again:?}",
+            store.describe()
+        );
+        assert_eq!(store.get(key).await.unwrap(), b"ten events");
+    }
+}
