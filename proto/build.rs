@@ -7,11 +7,14 @@ use std::{env, path::PathBuf};
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["learntrail/v1/event.proto"];
+    let protos = [
+        "learntrail/v1/event.proto",
+        "learntrail/v1/analytics.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    let descriptors = protox::compile(&protos, ["."])?;
+    let descriptors = protox::compile(protos, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let encoded = descriptors.encode_to_vec();
     std::fs::write(out.join("learntrail_descriptors.bin"), &encoded)?;

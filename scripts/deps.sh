@@ -2,7 +2,8 @@
 # Installs what Learntrail needs, skipping what is already there.
 #   scripts/deps.sh          what `make up` runs: nats-server, redis-server, a C compiler, curl,
 #                            openssl and the Rust toolchain
-#   scripts/deps.sh --test   also what only the tests use: ruby (the shim's real interpreter) and
+#   scripts/deps.sh --test   also what only the tests use: ruby (the shim's real interpreter), strace
+#                            (the shim's write-fsync-rename order is checked with it) and
 #                            Garage (an S3 server, built with cargo: 8-15 minutes cold, then cached
 #                            in ~/.cargo/bin; SKIP_GARAGE=1 skips it)
 # No protoc is needed: the protos are compiled by protox, in Rust.
@@ -22,6 +23,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ $tests = 1 ]; then
   command -v ruby >/dev/null 2>&1 || need+=(ruby)
   command -v make >/dev/null 2>&1 || need+=(make)
+  command -v strace >/dev/null 2>&1 || need+=(strace)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
