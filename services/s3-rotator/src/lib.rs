@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use learntrail_runtime::{
     CancellationToken,
     bus::{Bus, NatsArgs, StreamArgs},
+    cli::ConfigError,
     health, http,
     telemetry::LogArgs,
     units::{parse_bytes, parse_duration},
@@ -92,27 +93,6 @@ pub struct Config {
     pub faults: Arc<archiver::Faults>,
 }
 
-/// A configuration mistake: the process exits 64 (EX_USAGE) with the message.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
-
-/// The process's exit status for `run`'s outcome: 0, 64 for a configuration error (printed),
-/// 1 for any other error (logged).
-pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) if err.is::<ConfigError>() => {
-            eprintln!("s3-rotator: configuration error: {err}");
-            std::process::ExitCode::from(learntrail_runtime::cli::EX_USAGE as u8)
-        }
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "s3-rotator failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Republish archived events received in [--from, --to) (RFC 3339 times)
@@ -157,7 +137,8 @@ impl Config {
 
 /// Runs the archiver (or the replay command) until done or `token` is cancelled.
 pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
-    let store = store::Store::from_args(&config.store).map_err(|e| ConfigError(e.to_string()))?;
+    let store =
+        store::Store::from_args(&config.store).map_err(|e| ConfigError::new(e.to_string()))?;
     if let Some(Command::Replay { from, to, sources }) = &config.command {
         let bus = Bus::connect(&config.nats, "s3-rotator-replay", true).await?;
         let report = replay::replay(&store, &bus, &config.key_prefix, *from, *to, sources).await?;

@@ -2,11 +2,11 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use learntrail_runtime::{cli, shutdown, telemetry};
-use learntrail_s3_rotator::{Config, exit_code, run};
+use learntrail_s3_rotator::{Config, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config: Config = cli::parse();
     telemetry::init(&config.log);
-    exit_code(run(config, shutdown::on_signal()).await)
+    cli::exit(run(config, shutdown::on_signal()).await)
 }
