@@ -181,6 +181,37 @@ async fn http_ceiling(token: &str, connections: usize, duration: Duration) -> an
     Ok(phase)
 }
 
+/// Which part of the service a profiled symbol belongs to.
+fn profile_bucket(dso: &str, symbol: &str) -> &'static str {
+    const PARTS: [(&str, &str); 12] = [
+        ("mi_", "allocator"),
+        ("serde_json", "JSON"),
+        ("serde", "JSON"),
+        ("jsonwebtoken", "JWT"),
+        ("ring::", "JWT"),
+        ("sha2", "JWT"),
+        ("base64", "JWT"),
+        ("prost", "protobuf"),
+        ("async_nats", "NATS client"),
+        ("hyper", "HTTP"),
+        ("axum", "HTTP"),
+        ("tokio", "tokio"),
+    ];
+    if dso.contains("kernel") {
+        return "kernel";
+    }
+    if let Some((_, part)) = PARTS.iter().find(|(needle, _)| symbol.contains(needle)) {
+        return part;
+    }
+    if symbol.contains("learntrail") {
+        return "learntrail";
+    }
+    if dso.starts_with("libc") {
+        return "libc (memcpy, ...)";
+    }
+    "other"
+}
+
 /// `perf record` of one process while a phase runs; its report's top entries afterwards.
 struct Profile {
     perf: Option<Child>,
@@ -215,13 +246,39 @@ impl Profile {
             .arg(&self.data)
             .stderr(Stdio::null())
             .output();
-        let text = report.map(|r| String::from_utf8_lossy(&r.stdout).into_owned()).unwrap_or_default();
-        let top: Vec<&str> = text
+        let text = report
+            .map(|r| String::from_utf8_lossy(&r.stdout).into_owned())
+            .unwrap_or_default();
+        let entries: Vec<(f64, String, String)> = text
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .take(25)
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let share = words.next()?.strip_suffix('%')?.parse().ok()?;
+                let dso = words.next()?.to_string();
+                let symbol: Vec<&str> = words.skip(1).take_while(|w| *w != "-").collect();
+                Some((share, dso, symbol.join(" ")))
+            })
             .collect();
-        format!("profile of tracking-api during the single phase (perf, self time):\n{}", top.join("\n"))
+        let mut buckets: Vec<(&str, f64)> = Vec::new();
+        for (share, dso, symbol) in &entries {
+            let bucket = profile_bucket(dso, symbol);
+            match buckets.iter_mut().find(|(name, _)| *name == bucket) {
+                Some((_, total)) => *total += share,
+                None => buckets.push((bucket, *share)),
+            }
+        }
+        buckets.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut out = String::from(
+            "profile of tracking-api during the single phase (perf record, self time)\n  by part:",
+        );
+        for (name, share) in &buckets {
+            out.push_str(&format!(" {name} {share:.1}%;"));
+        }
+        out.push_str("\n  top symbols:\n");
+        for (share, dso, symbol) in entries.iter().take(15) {
+            out.push_str(&format!("  {share:5.2}%  {dso:<18} {symbol}\n"));
+        }
+        out
     }
 }
 
