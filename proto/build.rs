@@ -7,14 +7,18 @@ use std::{env, path::PathBuf};
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = [
-        "learntrail/v1/event.proto",
-        "learntrail/v1/analytics.proto",
-    ];
-    for proto in protos {
+    // every learntrail/v1/*.proto, in a stable order
+    let mut protos: Vec<String> = std::fs::read_dir("learntrail/v1")?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".proto"))
+        .map(|name| format!("learntrail/v1/{name}"))
+        .collect();
+    protos.sort();
+    println!("cargo:rerun-if-changed=learntrail/v1");
+    for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    let descriptors = protox::compile(protos, ["."])?;
+    let descriptors = protox::compile(&protos, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let encoded = descriptors.encode_to_vec();
     std::fs::write(out.join("learntrail_descriptors.bin"), &encoded)?;
