@@ -9,7 +9,10 @@ use std::{
 };
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
 }
 
 /// A directory with an executable `name` that appends its arguments to `log` and exits `status`.
@@ -55,16 +58,25 @@ fn make_with_stub_cargo(target: &str) -> String {
 #[test]
 fn make_up_builds_only_what_it_runs_and_never_garage() {
     let calls = make_with_stub_cargo("build");
-    assert!(!calls.contains("install garage"), "make up built Garage: {calls}");
+    assert!(
+        !calls.contains("install garage"),
+        "make up built Garage: {calls}"
+    );
     let builds: Vec<&str> = calls.lines().filter(|l| l.starts_with("build")).collect();
     assert_eq!(builds.len(), 1, "one release build: {calls}");
-    assert!(builds[0].starts_with("build --release --bin tracking-api"), "{calls}");
+    assert!(
+        builds[0].starts_with("build --release --bin tracking-api"),
+        "{calls}"
+    );
     for test_only in ["learntrail-bench", "--bins", "--workspace"] {
         assert!(!builds[0].contains(test_only), "{test_only} in {calls}");
     }
 
     let calls = make_with_stub_cargo("test-deps");
-    assert!(calls.contains("install garage --locked"), "make test brings Garage: {calls}");
+    assert!(
+        calls.contains("install garage --locked"),
+        "make test brings Garage: {calls}"
+    );
 }
 
 #[test]

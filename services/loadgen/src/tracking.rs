@@ -163,7 +163,11 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
 }
 
 /// The same single-event load on the bare endpoint of the same HTTP stack, in its own process.
-async fn http_ceiling(token: &str, connections: usize, duration: Duration) -> anyhow::Result<Phase> {
+async fn http_ceiling(
+    token: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Phase> {
     let addr = free_addr();
     let _server = Service(
         Command::new(std::env::current_exe()?)
@@ -239,10 +243,19 @@ impl Profile {
         let Some(perf) = self.perf.as_mut() else {
             return "profile: perf not found (apt-get install linux-perf)".into();
         };
-        let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
         let _ = perf.wait();
         let report = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "--sort", "dso,symbol", "-i"])
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "dso,symbol",
+                "-i",
+            ])
             .arg(&self.data)
             .stderr(Stdio::null())
             .output();
