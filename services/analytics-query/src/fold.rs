@@ -1,0 +1,537 @@
+//! The projection as a plain function: one event → the Redis writes it makes, grouped by hash
+//! slot ([`Write`]). Every write commutes with every other (counters, minimum/maximum, "latest
+//! by occurred_at" registers, capped sorted sets, set members), so events may be folded in any
+//! order and by several replicas; each group is applied with its seen-mark in one atomic step by
+//! [`crate::store`], so an event is counted once per group however often it comes.
+
+use learntrail_proto::{
+    Event, Message as _, Payload, keen,
+    time::to_datetime,
+    v1::{LmsEventType, lms_event::EventData},
+};
+use serde_json::json;
+
+use crate::{
+    index::Index,
+    keys::{self, SEP, field},
+};
+
+/// Recent Ruby errors kept per learner.
+pub const RECENT_ERRORS: u32 = 20;
+/// Video play/stop markers kept per learner (for seconds watched).
+pub const VIDEO_MARKERS: u32 = 5_000;
+/// Longest stderr kept in a timeline entry.
+pub const TIMELINE_STDERR_CHARS: usize = 500;
+
+/// One commutative write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// HINCRBY.
+    Incr { key: String, field: String, by: i64 },
+    /// HINCRBYFLOAT.
+    IncrF { key: String, field: String, by: f64 },
+    /// Keep the larger number.
+    Max {
+        key: String,
+        field: String,
+        value: f64,
+    },
+    /// Keep the smaller number.
+    Min {
+        key: String,
+        field: String,
+        value: f64,
+    },
+    /// Keep the value with the greater version (`<occurred ms, 15 digits>:<event id>`).
+    Lww {
+        key: String,
+        field: String,
+        version: String,
+        value: String,
+    },
+    /// ZADD, then keep only the `keep` highest scores (0 = all).
+    ZAdd {
+        key: String,
+        score: f64,
+        member: Vec<u8>,
+        keep: u32,
+    },
+    /// SADD.
+    SAdd { key: String, member: String },
+}
+
+/// The writes of one event to one hash slot (`tag`). `marked` groups are applied only once per
+/// event id (a seen-mark); unmarked ones are set additions, idempotent by themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub tag: String,
+    pub marked: bool,
+    pub ops: Vec<Op>,
+}
+
+/// Projection settings.
+#[derive(Debug, Clone)]
+pub struct FoldSettings {
+    pub index: Index,
+    /// Timeline entries kept per learner.
+    pub timeline_len: u32,
+}
+
+/// The course an event belongs to, from wherever its source puts it.
+pub fn course_of(event: &Event) -> Option<&str> {
+    let context = event.context.as_ref().map(|c| c.course.as_str());
+    let payload = match &event.payload {
+        Some(Payload::NotebookSnapshot(nb)) => Some(nb.course.as_str()),
+        Some(Payload::LmsEvent(lms)) => Some(lms.course_slug.as_str()),
+        _ => None,
+    };
+    [context, payload]
+        .into_iter()
+        .flatten()
+        .find(|c| !c.is_empty())
+}
+
+/// Milliseconds since the epoch of the event's `occurred_at` (0 when unset).
+pub fn occurred_ms(event: &Event) -> i64 {
+    event
+        .occurred_at
+        .as_ref()
+        .and_then(to_datetime)
+        .map_or(0, |t| t.timestamp_millis())
+}
+
+/// All the writes of `event`. An event without an actor only feeds the analysis cells.
+pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
+    let ms = occurred_ms(event);
+    let hour = keys::hour_of(ms);
+    let collection = keen::collection(event);
+    let keen_event = keen::to_keen(&stripped(event)).unwrap_or_default();
+    let tuple = settings.index.tuple(&keen_event);
+    let measures = settings.index.measures_of(&keen_event);
+    let minute = format!("{:02}", ms.rem_euclid(3_600_000) / 60_000);
+
+    let agg = keys::aggregate(&collection, hour);
+    let mut agg_ops = Vec::new();
+    cells(&mut agg_ops, &format!("{agg}:h"), "", &tuple, &measures);
+    cells(
+        &mut agg_ops,
+        &format!("{agg}:m"),
+        &minute,
+        &tuple,
+        &measures,
+    );
+    let mut writes = Vec::new();
+    if !event.actor.is_empty() {
+        agg_ops.push(Op::SAdd {
+            key: format!("{agg}:u"),
+            member: event.actor.clone(),
+        });
+        let mut learner = Learner::new(event, ms, settings);
+        let cells_key = keys::learner_cells(&event.actor, &collection, hour);
+        let minute_key = keys::learner_minute_cells(&event.actor, &collection, hour);
+        cells(&mut learner.ops, &cells_key, "", &tuple, &measures);
+        cells(&mut learner.ops, &minute_key, &minute, &tuple, &measures);
+        learner.fold();
+        writes.push(Write {
+            tag: keys::learner(&event.actor),
+            marked: true,
+            ops: learner.ops,
+        });
+        if let Some(course) = course_of(event) {
+            writes.push(course_write(event, course));
+        }
+    }
+    writes.push(Write {
+        tag: agg,
+        marked: true,
+        ops: agg_ops,
+    });
+    writes
+}
+
+/// The event without its large fields: they are neither indexed nor shown in a timeline.
+fn stripped(event: &Event) -> Event {
+    let mut event = event.clone();
+    if let Some(Payload::RubyRun(run)) = &mut event.payload
+        && run.stderr.chars().count() > TIMELINE_STDERR_CHARS
+    {
+        run.stderr = run.stderr.chars().take(TIMELINE_STDERR_CHARS).collect();
+        run.stderr_truncated = true;
+    }
+    event
+}
+
+/// Count, and per measure sum, count, minimum and maximum, of one analysis cell.
+fn cells(ops: &mut Vec<Op>, key: &str, prefix: &str, tuple: &str, measures: &[(&str, f64)]) {
+    let name = |stat: &str, measure: Option<&str>| match measure {
+        None => format!("{prefix}|{stat}|{tuple}"),
+        Some(m) => format!("{prefix}|{stat}|{m}|{tuple}"),
+    };
+    ops.push(Op::Incr {
+        key: key.into(),
+        field: name("c", None),
+        by: 1,
+    });
+    for &(measure, value) in measures {
+        let m = Some(measure);
+        ops.push(Op::IncrF {
+            key: key.into(),
+            field: name("s", m),
+            by: value,
+        });
+        ops.push(Op::Incr {
+            key: key.into(),
+            field: name("n", m),
+            by: 1,
+        });
+        ops.push(Op::Min {
+            key: key.into(),
+            field: name("lo", m),
+            value,
+        });
+        ops.push(Op::Max {
+            key: key.into(),
+            field: name("hi", m),
+            value,
+        });
+    }
+}
+
+fn course_write(event: &Event, course: &str) -> Write {
+    let tag = keys::course(course);
+    let mut ops = vec![Op::SAdd {
+        key: format!("{tag}:l"),
+        member: event.actor.clone(),
+    }];
+    if let Some(Payload::NotebookSnapshot(nb)) = &event.payload {
+        for grade_id in nb.problems.keys() {
+            ops.push(Op::SAdd {
+                key: format!("{tag}:p"),
+                member: field(&[&nb.assignment, grade_id]),
+            });
+        }
+    }
+    Write {
+        tag,
+        marked: false,
+        ops,
+    }
+}
+
+/// Builds the writes to one learner's slot.
+struct Learner<'a> {
+    event: &'a Event,
+    ms: i64,
+    tag: String,
+    version: String,
+    course: Option<&'a str>,
+    settings: &'a FoldSettings,
+    ops: Vec<Op>,
+}
+
+impl<'a> Learner<'a> {
+    fn new(event: &'a Event, ms: i64, settings: &'a FoldSettings) -> Self {
+        Self {
+            event,
+            ms,
+            tag: keys::learner(&event.actor),
+            version: format!("{:015}:{}", ms.max(0), event.id),
+            course: course_of(event),
+            settings,
+            ops: Vec::new(),
+        }
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.tag)
+    }
+
+    fn incr(&mut self, suffix: &str, field: impl Into<String>, by: i64) {
+        let key = self.key(suffix);
+        self.ops.push(Op::Incr {
+            key,
+            field: field.into(),
+            by,
+        });
+    }
+
+    fn max(&mut self, suffix: &str, field: impl Into<String>, value: f64) {
+        let key = self.key(suffix);
+        self.ops.push(Op::Max {
+            key,
+            field: field.into(),
+            value,
+        });
+    }
+
+    fn min(&mut self, suffix: &str, field: impl Into<String>, value: f64) {
+        let key = self.key(suffix);
+        self.ops.push(Op::Min {
+            key,
+            field: field.into(),
+            value,
+        });
+    }
+
+    fn lww(&mut self, suffix: &str, field: impl Into<String>, value: String) {
+        let key = self.key(suffix);
+        let version = self.version.clone();
+        self.ops.push(Op::Lww {
+            key,
+            field: field.into(),
+            version,
+            value,
+        });
+    }
+
+    fn zadd(&mut self, suffix: &str, member: Vec<u8>, keep: u32) {
+        let key = self.key(suffix);
+        self.ops.push(Op::ZAdd {
+            key,
+            score: self.ms as f64,
+            member,
+            keep,
+        });
+    }
+
+    /// Counts for this learner's course (for cohort comparisons).
+    fn course_incr(&mut self, metric: &str) {
+        if let Some(course) = self.course {
+            self.incr("bc", field(&[course, metric]), 1);
+        }
+    }
+
+    fn fold(&mut self) {
+        let ms = self.ms as f64;
+        self.incr("n", "events", 1);
+        self.min("n", "first", ms);
+        self.max("n", "last", ms);
+        self.course_incr("events");
+        if let Some(course) = self.course {
+            let key = self.key("crs");
+            self.ops.push(Op::SAdd {
+                key,
+                member: course.to_string(),
+            });
+        }
+        let entry = stripped(self.event).encode_to_vec();
+        self.zadd("tl", entry, self.settings.timeline_len);
+        match &self.event.payload {
+            Some(Payload::RubyRun(_)) => self.ruby(),
+            Some(Payload::NotebookSnapshot(_)) => self.notebook(),
+            Some(Payload::LabLog(_)) => self.lab(),
+            Some(Payload::LmsEvent(_)) => self.lms(),
+            Some(Payload::EnergyReading(_)) => self.energy(),
+            None => {}
+        }
+    }
+
+    fn ruby(&mut self) {
+        let Some(Payload::RubyRun(run)) = &self.event.payload else {
+            return;
+        };
+        let ms = self.ms as f64;
+        self.incr("n", "ruby_runs", 1);
+        self.min("n", "ruby_first", ms);
+        self.max("n", "ruby_last", ms);
+        self.course_incr("ruby_runs");
+        let failed = run.exit_code.is_some_and(|c| c != 0) || run.signal.is_some();
+        if failed {
+            self.incr("n", "ruby_failed", 1);
+            self.course_incr("ruby_failed_runs");
+        }
+        let Some(error) = run.error.as_ref().filter(|e| !e.class_name.is_empty()) else {
+            return;
+        };
+        self.incr("rcls", error.class_name.clone(), 1);
+        let sample = json!({
+            "class_name": error.class_name, "message": error.message, "file": error.file,
+            "line": error.line, "ms": self.ms, "id": self.event.id,
+        });
+        self.zadd("rerr", sample.to_string().into_bytes(), RECENT_ERRORS);
+    }
+
+    fn notebook(&mut self) {
+        let Some(Payload::NotebookSnapshot(nb)) = &self.event.payload else {
+            return;
+        };
+        let course = self.course.unwrap_or_default().to_string();
+        let latest = json!({
+            "course": course, "assignment": nb.assignment, "ms": self.ms,
+            "code_ok": nb.code_ok, "display_outputs": nb.display_outputs,
+            "stream_outputs": nb.stream_outputs, "error_outputs": nb.error_outputs,
+            "empty_cells": nb.empty_cells,
+        });
+        self.lww("nb", nb.path.clone(), latest.to_string());
+        for (grade_id, result) in &nb.problems {
+            let value = format!(
+                "{}|{}|{}|{}",
+                result.status, result.points, result.max_points, self.ms
+            );
+            self.lww("prob", field(&[&course, &nb.assignment, grade_id]), value);
+        }
+    }
+
+    fn lab(&mut self) {
+        let Some(Payload::LabLog(log)) = &self.event.payload else {
+            return;
+        };
+        self.incr("lab", field(&[&log.experiment, &log.log_kind]), 1);
+        self.incr("n", "lab_actions", 1);
+        self.max("n", "lab_last", self.ms as f64);
+        self.course_incr("lab_actions");
+    }
+
+    fn lms(&mut self) {
+        let Some(Payload::LmsEvent(lms)) = &self.event.payload else {
+            return;
+        };
+        let course = self.course.unwrap_or_default().to_string();
+        let kind = LmsEventType::try_from(lms.event_type).unwrap_or(LmsEventType::Unspecified);
+        match (&lms.event_data, kind) {
+            (Some(EventData::Video(video)), kind) => {
+                let (marker, position) = match kind {
+                    LmsEventType::VideoPlay => ("play", video.current_time),
+                    LmsEventType::VideoPause => ("pause", video.current_time),
+                    LmsEventType::VideoEnded => ("ended", video.current_time),
+                    LmsEventType::VideoSeek => ("seek", video.old_time),
+                    _ => return,
+                };
+                if marker != "seek" {
+                    self.incr("n", format!("video_{marker}"), 1);
+                }
+                if marker == "play" {
+                    self.course_incr("videos_played");
+                }
+                let member = format!(
+                    "{}{SEP}{marker}{SEP}{position}{SEP}{}",
+                    video.video_id, self.event.id
+                );
+                self.zadd("vid", member.into_bytes(), VIDEO_MARKERS);
+            }
+            (Some(EventData::Assessment(a)), _) => {
+                let name = field(&[&course, &a.assessment_id]);
+                self.max("as", format!("{name}|best"), a.score);
+                self.max("as", format!("{name}|max"), a.max_score);
+                self.incr("as", format!("{name}|n"), 1);
+            }
+            (Some(EventData::Enrollment(e)), kind) => {
+                let active = kind != LmsEventType::EnrollmentDeactivated;
+                self.lww("enr", course, format!("{}|{}", u8::from(active), e.mode));
+            }
+            (Some(EventData::Registration(_)), _) | (None, LmsEventType::Registration) => {
+                self.incr("n", "registrations", 1);
+            }
+            _ => {}
+        }
+    }
+
+    fn energy(&mut self) {
+        let Some(Payload::EnergyReading(reading)) = &self.event.payload else {
+            return;
+        };
+        let cloud = reading.cloud_id.clone();
+        self.lww("en", format!("{cloud}|kw"), reading.demand_kw.to_string());
+        let day = chrono::DateTime::from_timestamp_millis(self.ms)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let total = reading.summation_delivered_kwh;
+        self.min("en", format!("{cloud}|{day}|lo"), total);
+        self.max("en", format!("{cloud}|{day}|hi"), total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use learntrail_proto::{
+        time,
+        v1::{Context, RubyError, RubyRun},
+    };
+
+    use super::*;
+
+    pub(crate) fn settings() -> FoldSettings {
+        FoldSettings {
+            index: Index::default(),
+            timeline_len: 100,
+        }
+    }
+
+    fn run(id: &str, actor: &str, class: &str) -> Event {
+        Event {
+            id: id.into(),
+            occurred_at: time::parse_rfc3339("2026-11-24T16:30:18Z"),
+            source: "shim".into(),
+            kind: "ruby_run".into(),
+            actor: actor.into(),
+            context: Some(Context {
+                course: "ruby-101".into(),
+                ..Default::default()
+            }),
+            payload: Some(Payload::RubyRun(RubyRun {
+                exit_code: Some(1),
+                duration_ms: 40,
+                error: Some(RubyError {
+                    class_name: class.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_run_writes_to_its_learner_its_course_and_its_hour() {
+        let writes = fold(&run("e1", "a1", "NoMethodError"), &settings());
+        let tags: Vec<_> = writes.iter().map(|w| w.tag.as_str()).collect();
+        let hour = keys::hour_of(occurred_ms(&run("e1", "a1", "x")));
+        assert_eq!(
+            tags,
+            [
+                "{l:a1}".to_string(),
+                "{c:ruby-101}".into(),
+                format!("{{a:shim.ruby_run:{hour}}}")
+            ]
+        );
+        for write in &writes {
+            assert!(
+                write
+                    .ops
+                    .iter()
+                    .all(|op| op_key(op).starts_with(&write.tag)),
+                "every key of a group is in its slot"
+            );
+        }
+        let learner = &writes[0].ops;
+        assert!(learner.contains(&Op::Incr {
+            key: "{l:a1}:rcls".into(),
+            field: "NoMethodError".into(),
+            by: 1
+        }));
+        assert!(learner.contains(&Op::Incr {
+            key: "{l:a1}:n".into(),
+            field: "ruby_failed".into(),
+            by: 1
+        }));
+        let agg = &writes[2].ops;
+        let tuple = r#"{"context.course":"ruby-101","kind":"ruby_run","rubyRun.error.className":"NoMethodError","rubyRun.exitCode":1,"source":"shim"}"#;
+        assert!(agg.contains(&Op::IncrF {
+            key: format!("{{a:shim.ruby_run:{hour}}}:h"),
+            field: format!("|s|rubyRun.durationMs|{tuple}"),
+            by: 40.0
+        }));
+    }
+
+    fn op_key(op: &Op) -> &str {
+        match op {
+            Op::Incr { key, .. }
+            | Op::IncrF { key, .. }
+            | Op::Max { key, .. }
+            | Op::Min { key, .. }
+            | Op::Lww { key, .. }
+            | Op::ZAdd { key, .. }
+            | Op::SAdd { key, .. } => key,
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Redis key layout. Every key starts with a hash tag, so each atomic step touches one hash
+//! slot and the projection runs unchanged on Redis Cluster:
+//!
+//! | tag | keys | what |
+//! |---|---|---|
+//! | `{l:<actor>}` | `:seen` `:n` `:rcls` `:rerr` `:tl` `:nb` `:prob` `:lab` `:vid` `:enr` `:as` `:en` `:crs` `:bc` `:k:<coll>:<hour>` `:km:<coll>:<hour>` | one learner: seen event ids, counters, summaries, timeline, the learner's own analysis cells |
+//! | `{a:<coll>:<hour>}` | `:seen` `:h` `:m` `:u` | one collection-hour: seen ids, hourly and per-minute analysis cells, actors |
+//! | `{c:<course>}` | `:l` `:p` | one course: its learners, its known problems (`assignment\x1fgrade_id`) |
+//!
+//! `<hour>` is whole hours since the Unix epoch of the event's `occurred_at`.
+
+/// Separates the parts of a composite hash field.
+pub const SEP: char = '\u{1f}';
+
+/// The hash tag of a learner.
+pub fn learner(actor: &str) -> String {
+    format!("{{l:{actor}}}")
+}
+
+/// The hash tag of a collection-hour.
+pub fn aggregate(collection: &str, hour: i64) -> String {
+    format!("{{a:{collection}:{hour}}}")
+}
+
+/// The hash tag of a course.
+pub fn course(course: &str) -> String {
+    format!("{{c:{course}}}")
+}
+
+/// The seen-mark set of a tag.
+pub fn seen(tag: &str) -> String {
+    format!("{tag}:seen")
+}
+
+/// A learner's hourly analysis cells of one collection.
+pub fn learner_cells(actor: &str, collection: &str, hour: i64) -> String {
+    format!("{}:k:{collection}:{hour}", learner(actor))
+}
+
+/// A learner's per-minute analysis cells of one collection-hour.
+pub fn learner_minute_cells(actor: &str, collection: &str, hour: i64) -> String {
+    format!("{}:km:{collection}:{hour}", learner(actor))
+}
+
+/// Whole hours since the epoch of a time in milliseconds.
+pub fn hour_of(ms: i64) -> i64 {
+    ms.div_euclid(3_600_000)
+}
+
+/// A composite hash field.
+pub fn field(parts: &[&str]) -> String {
+    parts.join(&SEP.to_string())
+}

@@ -1,0 +1,242 @@
+//! # analytics-query
+//!
+//! The read side of Learntrail. A durable pull consumer on EVENTS folds every event into Redis
+//! ([`projector`], [`fold`], [`store`]; key layout in [`keys`]), acknowledging each pull batch
+//! only after its one-round-trip write; the same event applied twice changes nothing. Dashboards
+//! ask over gRPC ([`grpc`]: `learntrail.v1.AnalyticsQuery`, health, reflection), HTTP/JSON and a
+//! Keen-compatible analysis API ([`routes`], [`keen`]); every call is authorised by [`access`]
+//! and answered by [`api`] from [`summary`] and [`cohort`].
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod api;
+pub mod cohort;
+pub mod fold;
+pub mod grpc;
+pub mod index;
+pub mod keen;
+pub mod keys;
+pub mod metrics;
+pub mod projector;
+pub mod routes;
+pub mod store;
+pub mod summary;
+
+/// The generated gRPC server and client of `learntrail.v1.AnalyticsQuery` (messages live in
+/// `learntrail_proto::v1`).
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/learntrail.v1.rs"));
+}
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use learntrail_runtime::{
+    CancellationToken,
+    auth::{AuthArgs, parse_secret},
+    bus::{Bus, NatsArgs, StreamArgs},
+    health, http,
+    retry::Delays,
+    telemetry::LogArgs,
+    units::parse_duration,
+};
+use prometheus_client::registry::Registry;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+/// analytics-query: Redis projections of every event; gRPC, HTTP/JSON and Keen-style queries.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "analytics-query", version, about, long_about = None)]
+pub struct Config {
+    /// Address of the HTTP/JSON and Keen API
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8083")]
+    pub http_addr: SocketAddr,
+    /// Address of the gRPC API
+    #[arg(long, env = "GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9183")]
+    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Redis URL(s), comma-separated (several: nodes of a cluster)
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: Vec<String>,
+    /// Talk to Redis Cluster (on by itself when REDIS_URL names several nodes)
+    #[arg(long, env = "REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Project id of the Keen-compatible API (/3.0/projects/{id}/queries/...)
+    #[arg(long, env = "ANALYSIS_PROJECT_ID", default_value = "learntrail")]
+    pub analysis_project_id: String,
+    /// HMAC key of learner pseudonyms (to match roster uids to actors)
+    #[arg(long, env = "PSEUDONYM_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub pseudonym_key: Option<SecretString>,
+    /// Origins allowed to call the API from a browser, comma-separated ("*" for any; empty for none)
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', default_value = "")]
+    pub cors_origins: Vec<String>,
+    /// Durable consumer name of the projection (a fresh name rebuilds from the stream)
+    #[arg(long, env = "ANALYTICS_CONSUMER", default_value = "analytics-query")]
+    pub consumer: String,
+    /// Most events pulled and written in one round trip
+    #[arg(long, env = "PROJECTION_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// JetStream redelivery timeout of an unacknowledged event
+    #[arg(long, env = "ANALYTICS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// Timeline entries kept per learner
+    #[arg(long, env = "TIMELINE_LEN", default_value_t = 1000)]
+    pub timeline_len: u32,
+    /// Extra indexed dimensions (group_by, filters, count_unique), comma-separated Keen properties
+    #[arg(
+        long,
+        env = "INDEX_DIMENSIONS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub index_dimensions: Vec<String>,
+    /// Extra indexed measures (sum, average, minimum, maximum), comma-separated Keen properties
+    #[arg(
+        long,
+        env = "INDEX_MEASURES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub index_measures: Vec<String>,
+    /// Longest a request may take; a slower one is answered 408
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// How long in-flight work may take to finish after SIGTERM
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The three listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+    pub ops: TcpListener,
+}
+
+/// Binds the listeners, then serves until `token` is cancelled.
+pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        http: http::bind("HTTP_ADDR", config.http_addr).await?,
+        grpc: http::bind("GRPC_ADDR", config.grpc_addr).await?,
+        ops: http::bind("METRICS_ADDR", config.metrics_addr).await?,
+    };
+    serve(config, listeners, token).await
+}
+
+/// Connects to Redis, retrying until it answers or `token` is cancelled.
+async fn connect_store(config: &Config, token: &CancellationToken) -> Option<store::Store> {
+    let cluster = config.redis_cluster || config.redis_url.len() > 1;
+    let mut delays = Delays::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match store::Store::connect(&config.redis_url, cluster).await {
+            Ok(store) => return Some(store),
+            Err(err) => tracing::warn!(error = %err, "cannot reach redis yet"),
+        }
+        if !delays.wait(token).await {
+            return None;
+        }
+    }
+}
+
+/// Serves on already-bound listeners (tests pass port-0 listeners).
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    if config.batch == 0 {
+        return Err(learntrail_runtime::cli::ConfigError::new(
+            "PROJECTION_BATCH must be at least 1",
+        )
+        .into());
+    }
+    if config.pseudonym_key.is_none() {
+        tracing::warn!("PSEUDONYM_KEY is not set: roster uids cannot be matched to learners");
+    }
+    let (bus, provisioning) =
+        Bus::start(&config.nats, &config.streams, "analytics-query", &token).await?;
+    let Some(store) = connect_store(&config, &token).await else {
+        provisioning.abort();
+        return Ok(());
+    };
+    let mut registry = Registry::with_prefix("learntrail");
+    let metrics = metrics::Metrics::register(&mut registry);
+    let index = index::Index::with_extra(&config.index_dimensions, &config.index_measures);
+    let api = api::Api {
+        store: store.clone(),
+        verifier: config.auth.verifier(),
+        index: index.clone(),
+        metrics: metrics.clone(),
+        project_id: config.analysis_project_id.clone(),
+    };
+    let http_metrics = http::HttpMetrics::register(&mut registry);
+    let router = routes::router(
+        api.clone(),
+        &config.cors_origins,
+        http_metrics,
+        config.request_timeout,
+    )?;
+    let ready_bus = bus.clone();
+    let ops_router = health::router(Arc::new(registry), Arc::new(move || ready_bus.is_ready()));
+    tracing::info!(
+        http_addr = %listeners.http.local_addr()?,
+        grpc_addr = %listeners.grpc.local_addr()?,
+        metrics_addr = %listeners.ops.local_addr()?,
+        nats_url = %config.nats.url,
+        consumer = %config.consumer,
+        "analytics-query listening"
+    );
+    let settings = projector::Settings {
+        consumer: config.consumer.clone(),
+        batch: config.batch,
+        ack_wait: config.ack_wait,
+        fold: fold::FoldSettings {
+            index,
+            timeline_len: config.timeline_len,
+        },
+    };
+    let projection = tokio::spawn(projector::run(
+        bus.clone(),
+        store,
+        settings,
+        metrics,
+        token.clone(),
+    ));
+    let api_server = http::serve(listeners.http, router, token.clone());
+    let ops_server = http::serve(listeners.ops, ops_router, token.clone());
+    let grpc_server = grpc::serve(api, listeners.grpc, token.clone());
+    let served =
+        learntrail_runtime::shutdown::drain_with_grace(&token, config.shutdown_grace, async {
+            tokio::try_join!(
+                async { api_server.await.context("HTTP server failed") },
+                async { ops_server.await.context("ops server failed") },
+                grpc_server,
+            )
+        })
+        .await;
+    provisioning.abort();
+    if let Some(result) = served {
+        result?;
+    }
+    projection.await.context("projection task panicked")??;
+    bus.close(Duration::from_secs(2)).await;
+    tracing::info!("analytics-query stopped");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! analytics-query's own metrics (HTTP request metrics come from the runtime).
+
+use learntrail_runtime::metrics::{latency_family, register};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    /// The query: summary, timeline, count, compare, cohort (a fixed set).
+    pub call: &'static str,
+    /// grpc, http or keen.
+    pub api: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Events folded into Redis (a redelivered or replayed event counts again; Redis does not).
+    pub projected: Counter,
+    /// Messages on EVENTS that are not events, dead-lettered.
+    pub deadlettered: Counter,
+    /// Messages the consumer has yet to receive (JetStream's pending count).
+    pub pending: Gauge,
+    /// Age in seconds of the oldest event received and not yet projected (0 when caught up).
+    pub oldest_unprojected_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Failed Redis writes (retried).
+    pub write_failures: Counter,
+    /// Query latency per call.
+    pub query_seconds: Family<CallLabel, Histogram>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        Self {
+            projected: register(
+                registry,
+                "analytics_events_projected",
+                "events folded into the Redis projection",
+                Counter::default(),
+            ),
+            deadlettered: register(
+                registry,
+                "analytics_deadlettered",
+                "messages on EVENTS that are not events",
+                Counter::default(),
+            ),
+            pending: register(
+                registry,
+                "analytics_consumer_pending",
+                "messages the projection consumer has yet to receive",
+                Gauge::default(),
+            ),
+            oldest_unprojected_seconds: register(
+                registry,
+                "analytics_oldest_unprojected_seconds",
+                "age of the oldest event received and not yet projected",
+                Gauge::default(),
+            ),
+            write_failures: register(
+                registry,
+                "analytics_redis_write_failures",
+                "failed projection writes (retried)",
+                Counter::default(),
+            ),
+            query_seconds: register(
+                registry,
+                "analytics_query_seconds",
+                "query latency per call",
+                latency_family(),
+            ),
+        }
+    }
+
+    /// Records one query's latency.
+    pub fn observe(&self, call: &'static str, api: &'static str, started: std::time::Instant) {
+        self.query_seconds
+            .get_or_create(&CallLabel { call, api })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,182 @@
+//! The projection consumer: a durable pull consumer (`analytics-query` by default) on EVENTS.
+//! Each pull batch is folded ([`crate::fold`]) and written to Redis in one round trip
+//! ([`Store::apply`]); its messages are acknowledged only after the write. Several replicas may
+//! share the consumer: every write commutes and is applied once per event id.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime},
+};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+};
+use futures_util::StreamExt;
+use learntrail_proto::{Event, Message as _, subject};
+use learntrail_runtime::{CancellationToken, bus::Bus, retry::Delays};
+
+use crate::{
+    fold::{FoldSettings, fold},
+    metrics::Metrics,
+    store::Store,
+};
+
+/// How the projection consumes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub consumer: String,
+    pub batch: usize,
+    pub ack_wait: Duration,
+    pub fold: FoldSettings,
+}
+
+/// Runs until `token` is cancelled; the batch in hand is finished first.
+pub async fn run(
+    bus: Bus,
+    store: Store,
+    settings: Settings,
+    metrics: Metrics,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut delays = Delays::new(Duration::from_millis(200), Duration::from_secs(5));
+    'connect: while !token.is_cancelled() {
+        let messages = match consumer(&bus, &settings).await {
+            Ok(consumer) => consumer
+                .stream()
+                .max_messages_per_batch(settings.batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(async_nats::Error::from),
+            Err(err) => Err(err),
+        };
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot consume EVENTS yet");
+                if !delays.wait(&token).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        delays.reset();
+        let mut chunks = messages.ready_chunks(settings.batch);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break 'connect,
+                next = chunks.next() => match next {
+                    Some(chunk) => {
+                        let messages: Vec<jetstream::Message> = chunk
+                            .into_iter()
+                            .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "consumer stream error")).ok())
+                            .collect();
+                        project(&bus, &store, &settings, &metrics, &token, messages).await;
+                    }
+                    None => continue 'connect,
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn consumer(
+    bus: &Bus,
+    settings: &Settings,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, async_nats::Error> {
+    let stream = bus.jetstream().get_stream(subject::EVENTS_STREAM).await?;
+    Ok(stream
+        .get_or_create_consumer(
+            &settings.consumer,
+            pull::Config {
+                durable_name: Some(settings.consumer.clone()),
+                description: Some("analytics-query: the Redis projection".into()),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: settings.ack_wait,
+                max_deliver: -1,
+                max_ack_pending: (settings.batch * 8) as i64,
+                filter_subject: subject::EVENTS_SUBJECTS.into(),
+                ..Default::default()
+            },
+        )
+        .await?)
+}
+
+/// Folds and writes one batch, retrying the write until it succeeds (or shutdown: then the
+/// messages stay unacknowledged and come again), then acknowledges it.
+async fn project(
+    bus: &Bus,
+    store: &Store,
+    settings: &Settings,
+    metrics: &Metrics,
+    token: &CancellationToken,
+    messages: Vec<jetstream::Message>,
+) {
+    let Some(oldest) = messages
+        .iter()
+        .filter_map(|m| m.info().ok())
+        .map(|info| info.published)
+        .min()
+    else {
+        return;
+    };
+    if let Some(info) = messages.last().and_then(|m| m.info().ok()) {
+        metrics.pending.set(info.pending as i64);
+    }
+    let age = SystemTime::now()
+        .duration_since(SystemTime::from(oldest))
+        .unwrap_or_default();
+    metrics.oldest_unprojected_seconds.set(age.as_secs_f64());
+
+    let mut seen = HashSet::new();
+    let mut writes = Vec::with_capacity(messages.len());
+    for message in &messages {
+        match Event::decode(message.payload.clone()) {
+            Ok(event) => {
+                if seen.insert(event.id.clone()) {
+                    writes.push((event.id.clone(), fold(&event, &settings.fold)));
+                }
+            }
+            Err(err) => deadletter(bus, metrics, message, &err.to_string()).await,
+        }
+    }
+    let mut delays = Delays::new(Duration::from_millis(100), Duration::from_secs(5));
+    while let Err(err) = store.apply(&writes).await {
+        metrics.write_failures.inc();
+        tracing::warn!(error = %err, events = writes.len(), "cannot write the projection; retrying");
+        if !delays.wait(token).await {
+            return;
+        }
+    }
+    for message in &messages {
+        if let Err(err) = message.ack().await {
+            tracing::warn!(error = %err, "ack failed; the event will come again (no effect)");
+        }
+    }
+    metrics.projected.inc_by(writes.len() as u64);
+    metrics.oldest_unprojected_seconds.set(0.0);
+}
+
+async fn deadletter(bus: &Bus, metrics: &Metrics, message: &jetstream::Message, reason: &str) {
+    let source = subject::parse_event_subject(&message.subject)
+        .map_or("unknown", |(source, _)| source)
+        .to_string();
+    let id = message
+        .info()
+        .map(|i| format!("seq-{}", i.stream_sequence))
+        .unwrap_or_default();
+    let reason = format!("analytics-query: not an event: {reason}");
+    match bus
+        .deadletter(&source, &id, &reason, message.payload.clone())
+        .await
+    {
+        Ok(_) => {
+            metrics.deadlettered.inc();
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot dead-letter a bad message"),
+    }
+}

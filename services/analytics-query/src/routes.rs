@@ -1,0 +1,253 @@
+//! HTTP/JSON for browsers (`/api/v1/...`, bodies in the protobuf canonical JSON of the same
+//! messages as gRPC) and the Keen-compatible analysis API (`/3.0/projects/{id}/queries/{type}`,
+//! Keen's own shapes and error bodies).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::from_fn_with_state,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use learntrail_proto::time;
+use learntrail_runtime::http::{self, ApiError, HttpMetrics, not_found};
+use serde::Deserialize;
+use serde_json::Value;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::{
+    access::Denied,
+    api::{Api, QueryError},
+    keen::{KeenError, query::Params},
+};
+
+type Shared = State<Arc<Api>>;
+
+/// The API router: learner and cohort routes, the Keen routes, metrics, timeout and CORS.
+pub fn router(
+    api: Api,
+    cors_origins: &[String],
+    http_metrics: HttpMetrics,
+    timeout: Duration,
+) -> anyhow::Result<Router> {
+    let routes = Router::new()
+        .route("/api/v1/learners/{learner}/summary", get(summary))
+        .route("/api/v1/learners/{learner}/timeline", get(timeline))
+        .route("/api/v1/learners/{learner}/compare", get(compare))
+        .route("/api/v1/cohorts/{course}", get(cohort))
+        .route(
+            "/3.0/projects/{project}/queries/{analysis}",
+            get(keen_query).post(keen_query),
+        )
+        .fallback(not_found)
+        .with_state(Arc::new(api));
+    Ok(http::with_timeout(routes, timeout)
+        .layer(from_fn_with_state(http_metrics, HttpMetrics::track))
+        .layer(cors(cors_origins)?))
+}
+
+/// CORS as in tracking-api: the listed origins (or any, with `*`) may GET and POST with a token.
+pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::from(Any)
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o)
+                    .map_err(|_| anyhow::anyhow!("CORS origin {o:?} is not a valid header value"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600)))
+}
+
+fn api_error(err: QueryError) -> ApiError {
+    match err {
+        QueryError::Denied(Denied::Unauthenticated(m)) => ApiError::unauthorized(m),
+        QueryError::Denied(Denied::Forbidden(m)) => ApiError::forbidden(m),
+        QueryError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+        QueryError::Keen(e) => ApiError::new(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            "bad_request",
+            e.message,
+        ),
+        QueryError::Unavailable(e) => ApiError::unavailable(format!("redis: {e}")),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+fn json_of<T: serde::Serialize>(value: &T) -> Answer {
+    serde_json::to_value(value)
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+async fn summary(State(api): Shared, Path(learner): Path<String>, headers: HeaderMap) -> Answer {
+    let caller = api.caller(bearer(&headers)).map_err(api_error)?;
+    json_of(
+        &api.summary(&caller, &learner, "http")
+            .await
+            .map_err(api_error)?,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn timeline(
+    State(api): Shared,
+    Path(learner): Path<String>,
+    Query(page): Query<Page>,
+    headers: HeaderMap,
+) -> Answer {
+    let caller = api.caller(bearer(&headers)).map_err(api_error)?;
+    let before = match page.before.as_deref().filter(|b| !b.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            text.parse::<i64>()
+                .ok()
+                .or_else(|| {
+                    // a `+` of an offset arrives as a space when the client did not encode it
+                    let text = text.replace(' ', "+");
+                    time::parse_rfc3339(&text)
+                        .and_then(|t| time::to_datetime(&t))
+                        .map(|t| t.timestamp_millis())
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "before must be an RFC 3339 time or milliseconds since the epoch",
+                    )
+                })?,
+        ),
+    };
+    let page = api
+        .timeline(&caller, &learner, before, page.limit.unwrap_or(0), "http")
+        .await
+        .map_err(api_error)?;
+    json_of(&page)
+}
+
+#[derive(Debug, Deserialize)]
+struct CompareParams {
+    course: String,
+    metric: String,
+}
+
+async fn compare(
+    State(api): Shared,
+    Path(learner): Path<String>,
+    Query(params): Query<CompareParams>,
+    headers: HeaderMap,
+) -> Answer {
+    let caller = api.caller(bearer(&headers)).map_err(api_error)?;
+    let out = api
+        .compare(&caller, &learner, &params.course, &params.metric, "http")
+        .await
+        .map_err(api_error)?;
+    json_of(&out)
+}
+
+async fn cohort(State(api): Shared, Path(course): Path<String>, headers: HeaderMap) -> Answer {
+    let caller = api.caller(bearer(&headers)).map_err(api_error)?;
+    json_of(
+        &api.cohort(&caller, &course, "http")
+            .await
+            .map_err(api_error)?,
+    )
+}
+
+/// A Keen error answer.
+struct KeenAnswer(KeenError);
+
+impl IntoResponse for KeenAnswer {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Json(self.0.body())).into_response()
+    }
+}
+
+fn keen_error(err: QueryError) -> KeenAnswer {
+    KeenAnswer(match err {
+        QueryError::Keen(e) => e,
+        QueryError::BadRequest(m) => KeenError::bad_request(m),
+        QueryError::Denied(Denied::Unauthenticated(m)) => KeenError {
+            status: 401,
+            code: "InvalidApiKeyError",
+            message: m,
+        },
+        QueryError::Denied(Denied::Forbidden(m)) => KeenError {
+            status: 403,
+            code: "ForbiddenError",
+            message: m,
+        },
+        QueryError::Unavailable(e) => KeenError {
+            status: 503,
+            code: "ServiceUnavailableError",
+            message: format!("redis: {e}"),
+        },
+    })
+}
+
+async fn keen_query(
+    State(api): Shared,
+    Path((project, analysis)): Path<(String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, KeenAnswer> {
+    if project != api.project_id {
+        return Err(KeenAnswer(KeenError {
+            status: 404,
+            code: "ResourceNotFoundError",
+            message: format!("project {project:?} not found"),
+        }));
+    }
+    let key = pairs
+        .iter()
+        .find(|(name, _)| name == "api_key")
+        .map(|(_, key)| key.as_str());
+    let caller = api.caller(bearer(&headers).or(key)).map_err(keen_error)?;
+    let mut params = Params::from_pairs(pairs.into_iter().filter(|(name, _)| name != "api_key"));
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(map)) => params.merge_body(map),
+            _ => {
+                return Err(KeenAnswer(KeenError::bad_request(
+                    "the request body must be a JSON object of query parameters",
+                )));
+            }
+        }
+    }
+    let result = api
+        .count(&caller, &analysis, &params, "keen")
+        .await
+        .map_err(keen_error)?;
+    Ok(Json(result))
+}

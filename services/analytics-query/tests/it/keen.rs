@@ -1,0 +1,189 @@
+use learntrail_runtime::auth::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const H: i64 = 3_600_000;
+
+fn keen_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Runs in the three hours before the current one: (hour offset, actor, class, duration).
+const RUNS: [(i64, &str, &str, u64); 7] = [
+    (3, "k1", "NoMethodError", 100),
+    (3, "k2", "NoMethodError", 300),
+    (3, "k1", "NameError", 50),
+    (2, "k2", "NameError", 70),
+    (1, "k3", "NoMethodError", 1_000),
+    (1, "k1", "", 20),
+    (1, "k1", "NoMethodError", 5),
+];
+
+async fn seeded() -> (TestApp, i64) {
+    let app = spawn_app().await;
+    let h = this_hour();
+    let events: Vec<_> = RUNS
+        .iter()
+        .enumerate()
+        .map(|(i, (ago, actor, class, ms))| {
+            let exit = if class.is_empty() { 0 } else { 1 };
+            ruby(
+                &format!("k{i}"),
+                actor,
+                h - ago * H + 60_000 * i as i64,
+                exit,
+                class,
+                *ms,
+            )
+        })
+        .collect();
+    app.publish(&events).await;
+    app.caught_up().await;
+    (app, h)
+}
+
+impl TestApp {
+    async fn keen(&self, analysis: &str, query: &str, auth: &str) -> (u16, Value) {
+        self.get(
+            &format!("/3.0/projects/learntrail/queries/{analysis}?{query}"),
+            Some(auth),
+        )
+        .await
+    }
+}
+
+fn enc(value: &Value) -> String {
+    let text = value.to_string();
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn keen_counts_match_the_events() {
+    let (app, h) = seeded().await;
+    let key = service(); // raw key in Authorization, as Keen's clients send it
+    let (status, body) = app
+        .keen(
+            "count",
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours&interval=hourly&group_by=rubyRun.error.className",
+            &key,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let interval = |ago: i64, groups: Value| json!({"timeframe": {"start": keen_time(h - ago * H), "end": keen_time(h - (ago - 1) * H)}, "value": groups});
+    let g = |class: Value, n: u64| json!({"rubyRun.error.className": class, "result": n});
+    assert_eq!(
+        body,
+        json!({"result": [
+            interval(3, json!([g(json!("NameError"), 1), g(json!("NoMethodError"), 2), g(json!(null), 0)])),
+            interval(2, json!([g(json!("NameError"), 1), g(json!("NoMethodError"), 0), g(json!(null), 0)])),
+            interval(1, json!([g(json!("NameError"), 0), g(json!("NoMethodError"), 2), g(json!(null), 1)])),
+        ]})
+    );
+
+    let (_, unique) = app
+        .keen(
+            "count_unique",
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours&target_property=actor",
+            &key,
+        )
+        .await;
+    assert_eq!(unique, json!({"result": 3}));
+
+    // sum and average of durations with a filter, as a JSON body (POST) and with ?api_key=
+    let filters = json!([{"property_name": "rubyRun.error.className", "operator": "eq", "property_value": "NoMethodError"}]);
+    let body = json!({"event_collection": "shim.ruby_run", "timeframe": "previous_3_hours",
+                      "target_property": "rubyRun.durationMs", "filters": filters});
+    let post = |analysis: &str| {
+        app.http
+            .post(format!(
+                "{}/3.0/projects/learntrail/queries/{analysis}?api_key={key}",
+                app.api
+            ))
+            .json(&body)
+            .send()
+    };
+    let sum: Value = post("sum").await.unwrap().json().await.unwrap();
+    assert_eq!(sum, json!({"result": 100 + 300 + 1_000 + 5}));
+    let average: Value = post("average").await.unwrap().json().await.unwrap();
+    assert_eq!(average, json!({"result": 1_405.0 / 4.0}));
+    let (_, max) = app
+        .keen(
+            "maximum",
+            &format!("event_collection=shim.ruby_run&timeframe=previous_3_hours&target_property=rubyRun.durationMs&filters={}", enc(&filters)),
+            &format!("Bearer {key}"),
+        )
+        .await;
+    assert_eq!(max, json!({"result": 1_000}));
+
+    // a GET with Content-Type: application/json and no body (Keen's Python client)
+    let response = app
+        .http
+        .get(format!("{}/3.0/projects/learntrail/queries/count?event_collection=shim.ruby_run&timeframe=previous_3_hours", app.api))
+        .header("authorization", &key)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"result": 7})
+    );
+
+    // an unindexed property: 400 naming it, in Keen's error shape
+    let (status, err) = app
+        .keen("count", "event_collection=shim.ruby_run&timeframe=previous_3_hours&group_by=rubyRun.error.message", &key)
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["error_code"], "BadRequestError");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("rubyRun.error.message"),
+        "{err}"
+    );
+    // another project id
+    let (status, err) = app
+        .get(
+            "/3.0/projects/elsewhere/queries/count?event_collection=x&timeframe=this_1_days",
+            Some(&key),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (404, Some("ResourceNotFoundError"))
+    );
+
+    // a student sees only their own events
+    let (_, own) = app
+        .keen(
+            "count",
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours",
+            &token("k1", Role::Student),
+        )
+        .await;
+    assert_eq!(own, json!({"result": 4}));
+    let (status, err) = app
+        .keen(
+            "count",
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours",
+            "nonsense",
+        )
+        .await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (401, Some("InvalidApiKeyError"))
+    );
+    app.stop().await;
+}

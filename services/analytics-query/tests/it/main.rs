@@ -1,0 +1,8 @@
+//! analytics-query over real nats-server (JetStream), real redis-server, and real HTTP and gRPC
+//! clients.
+
+mod access;
+mod grpc;
+mod helpers;
+mod keen;
+mod projection;

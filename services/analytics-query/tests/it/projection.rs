@@ -1,0 +1,125 @@
+use std::time::Duration;
+
+use learntrail_proto::v1::LmsEventType;
+use learntrail_testkit::eventually;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Events of every source for learner `a1`, and what the test expects of them.
+fn every_source(h: i64) -> Vec<learntrail_proto::Event> {
+    let m = 60_000;
+    vec![
+        ruby("r1", "a1", h - 3 * 3_600_000, 1, "NoMethodError", 100),
+        ruby("r2", "a1", h - 2 * 3_600_000, 1, "NameError", 200),
+        ruby("r3", "a1", h - 2 * 3_600_000 + m, 0, "", 300),
+        ruby("r4", "a1", h - 3_600_000, 1, "NoMethodError", 400),
+        // the newer snapshot is published first: the older one must not win
+        snapshot("n2", "a1", h - 10 * m, 5, &[("q1", 1, 1.0), ("q2", 1, 1.0)]),
+        snapshot("n1", "a1", h - 20 * m, 2, &[("q1", 1, 1.0), ("q2", 2, 0.0)]),
+        snapshot("n3", "a2", h - 20 * m, 2, &[("q3", 2, 0.0)]),
+        lab("l1", "a1", h - 5 * m, "spinner", "click"),
+        lab("l2", "a1", h - 4 * m, "spinner", "click"),
+        lab("l3", "a1", h - 3 * m, "pendulum", "start"),
+        video("v1", "a1", h - 30 * m, LmsEventType::VideoPlay, 0.0),
+        video("v2", "a1", h - 29 * m, LmsEventType::VideoPause, 45.0),
+        video("v3", "a1", h - 28 * m, LmsEventType::VideoPlay, 45.0),
+        video("v4", "a1", h - 27 * m, LmsEventType::VideoEnded, 100.0),
+        assessment("s1", "a1", h - 26 * m, 6.0),
+        assessment("s2", "a1", h - 25 * m, 8.0),
+        assessment("s3", "a1", h - 24 * m, 7.0),
+        reading("e1", "a1", h - 50 * m, 1.5, 100.0),
+        reading("e2", "a1", h - 40 * m, 2.5, 104.5),
+    ]
+}
+
+fn check_summary(s: &Value, h: i64) {
+    assert_eq!(s["events"], "18", "{s}");
+    let ruby = &s["ruby"];
+    assert_eq!(ruby["runs"], "4");
+    assert_eq!(ruby["failedRuns"], "3");
+    assert_eq!(
+        ruby["errorsByClass"],
+        json!({"NoMethodError": "2", "NameError": "1"})
+    );
+    let recent: Vec<&str> = ruby["recentErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(recent, ["r4", "r2", "r1"]);
+    assert_eq!(ruby["recentErrors"][0]["line"], 7);
+    let nb = &s["notebooks"][0];
+    assert_eq!(nb["codeOk"], 5, "latest snapshot by occurred_at wins");
+    let assignment = &s["assignments"][0];
+    assert_eq!(assignment["passed"], 2);
+    assert_eq!(assignment["known"], 3, "q3 is known from another learner");
+    assert!((assignment["completion"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(s["lab"]["actions"], "3");
+    assert_eq!(s["lab"]["experiments"]["spinner"]["kinds"]["click"], "2");
+    let lms = &s["lms"];
+    assert_eq!(lms["videosPlayed"], "2");
+    assert_eq!(lms["videosEnded"], "1");
+    assert_eq!(lms["secondsWatched"], 100.0);
+    assert_eq!(lms["assessments"][0]["bestScore"], 8.0);
+    assert_eq!(lms["assessments"][0]["attempts"], "3");
+    let energy = &s["energy"][0];
+    assert_eq!(energy["latestDemandKw"], 2.5);
+    let day = chrono::DateTime::from_timestamp_millis(h - 50 * 60_000)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    assert_eq!(energy["kwhDeliveredPerDay"][&day], 4.5);
+    assert_eq!(s["courses"], json!(["ruby-101"]));
+}
+
+#[tokio::test]
+async fn summaries_follow_events_and_replays_change_nothing() {
+    let app = spawn_app().await;
+    let h = this_hour();
+    let events = every_source(h);
+    app.publish(&events).await;
+    eventually(Duration::from_secs(20), "all events projected", || async {
+        (app.summary("a1").await["events"] == "18").then_some(())
+    })
+    .await;
+    check_summary(&app.summary("a1").await, h);
+
+    // the same events under new message ids (a replay from the archive), twice
+    app.publish_again(&events, "replay").await;
+    app.publish_again(&events[..5], "again").await;
+    app.caught_up().await;
+    check_summary(&app.summary("a1").await, h);
+
+    // timeline: newest first, paged
+    let auth = format!("Bearer {}", service());
+    let (status, page) = app
+        .get("/api/v1/learners/a1/timeline?limit=5", Some(&auth))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["l3", "l2", "l1", "n2", "n1"]);
+    let before = page["nextBefore"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{page}"));
+    let (_, next) = app
+        .get(
+            &format!("/api/v1/learners/a1/timeline?limit=3&before={before}"),
+            Some(&auth),
+        )
+        .await;
+    let ids: Vec<&str> = next["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["s3", "s2", "s1"]);
+    app.stop().await;
+}
