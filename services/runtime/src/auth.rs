@@ -6,7 +6,11 @@
 //! `STUDENT_TOKEN_MAX_TTL` (default 30 days): one that expires later is refused, so a leaked
 //! student token is good for a bounded time. 30 s of clock skew is tolerated on `exp` and `nbf`.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use secrecy::{ExposeSecret, SecretString};
@@ -107,13 +111,20 @@ pub fn parse_secret(text: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(text))
 }
 
-/// Checks HS256 tokens against one secret.
+/// Checks HS256 tokens against one secret. Tokens whose signature verified are remembered (up to
+/// [`VERIFIED_CACHE`] of them, by their full text, signature included), so a client's every
+/// request does not redo the HMAC and the JSON decoding; the time checks (`exp`, `nbf`, the
+/// student cap) run on every call.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
     student_max_ttl: i64,
+    verified: Arc<Mutex<HashMap<Box<str>, Claims>>>,
 }
+
+/// How many verified tokens a [`Verifier`] remembers; past it the memory starts over.
+pub const VERIFIED_CACHE: usize = 10_000;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,6 +144,7 @@ impl Verifier {
             key: DecodingKey::from_secret(secret),
             validation,
             student_max_ttl: 30 * 86_400,
+            verified: Arc::default(),
         }
     }
 
@@ -154,12 +166,19 @@ impl Verifier {
 
     /// Verifies a compact JWT at time `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| refused(e.into_kind()))?
-            .claims;
-        if claims.sub.trim().is_empty() {
-            return Err(AuthError::Claims("sub is empty".into()));
-        }
+        let remembered = self.remembered().get(token).cloned();
+        let claims = match remembered {
+            Some(claims) => claims,
+            None => {
+                let claims = self.decode(token)?;
+                let mut verified = self.remembered();
+                if verified.len() >= VERIFIED_CACHE {
+                    verified.clear();
+                }
+                verified.insert(token.into(), claims.clone());
+                claims
+            }
+        };
         let exp = claims
             .exp
             .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
@@ -177,6 +196,24 @@ impl Verifier {
             });
         }
         Ok(claims)
+    }
+}
+
+impl Verifier {
+    /// Checks the signature and decodes the claims.
+    fn decode(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| refused(e.into_kind()))?
+            .claims;
+        if claims.sub.trim().is_empty() {
+            return Err(AuthError::Claims("sub is empty".into()));
+        }
+        Ok(claims)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Claims>> {
+        // a panic while holding the lock cannot leave the map inconsistent: take it as it is
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -286,6 +323,18 @@ mod tests {
         let parts: Vec<_> = token.split('.').collect();
         let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
         assert_eq!(verifier.verify(&tampered, 1_500), Err(AuthError::Signature));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_others_still_verify() {
+        let verifier = Verifier::new(SECRET);
+        let token = sign(SECRET, &claims(Role::Service));
+        assert!(verifier.verify(&token, 1_500).is_ok());
+        assert!(verifier.verify(&token, 1_500).is_ok(), "from memory");
+        assert_eq!(verifier.verify(&token, 9_999), Err(AuthError::Expired));
+        // same claims, another secret: a different token text, checked afresh
+        let forged = sign(b"other-secret", &claims(Role::Service));
+        assert_eq!(verifier.verify(&forged, 1_500), Err(AuthError::Signature));
     }
 
     #[test]
