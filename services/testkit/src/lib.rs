@@ -2,7 +2,7 @@
 //!
 //! Real servers for tests, each on its own free port with its own temporary data directory, so
 //! tests run in parallel and never rely on servers that happen to be running:
-//! [`NatsServer`] (nats-server with JetStream), [`RedisServer`], [`GarageServer`] (S3).
+//! [`NatsServer`] (nats-server with JetStream), [`RedisServer`], [`RedisCluster`], [`GarageServer`] (S3).
 //! Dropping a server stops it and removes its data. A missing binary panics with the command that
 //! installs it (`make test` installs them all).
 //!
@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use fault::{Fault, FaultProxy};
 pub use garage::GarageServer;
 pub use nats::{NatsServer, stream_events, try_stream_events};
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisServer};
 
 /// Polls `check` every 20 ms until it returns `Some`, and returns that; panics naming `what`
 /// after `timeout`.

@@ -59,3 +59,99 @@ impl Drop for RedisServer {
         stop(&mut self.child);
     }
 }
+
+/// A Redis Cluster of `redis-server --cluster-enabled yes` nodes on loopback, all primaries,
+/// the slots spread by `redis-cli --cluster create`. Stopped on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    _dir: TempDir,
+    ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    /// Starts `size` (at least 3) nodes and waits until the cluster says `cluster_state:ok`.
+    pub fn start(size: usize) -> Self {
+        let server = binary(
+            "redis-server",
+            "REDIS_SERVER_BIN",
+            "apt-get install -y redis-server",
+        );
+        let cli = binary(
+            "redis-cli",
+            "REDIS_CLI_BIN",
+            "apt-get install -y redis-tools",
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("lt-redis-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..size {
+            let port = free_port();
+            let node_dir = dir.path().join(format!("node-{i}"));
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let log = node_dir.join("redis.log");
+            nodes.push(spawn(
+                Command::new(&server)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                    .arg(node_dir.join("nodes.conf"))
+                    .args(["--save", "", "--appendonly", "no", "--logfile"])
+                    .arg(&log)
+                    .arg("--dir")
+                    .arg(&node_dir),
+            ));
+            wait_for(
+                "redis-server (cluster node)",
+                &log,
+                Duration::from_secs(20),
+                || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            );
+            ports.push(port);
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let log = dir.path().join("node-0/redis.log");
+        wait_for("redis cluster", &log, Duration::from_secs(30), || {
+            ports.iter().all(|port| {
+                Command::new(&cli)
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            })
+        });
+        Self {
+            nodes,
+            _dir: dir,
+            ports,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.drain(..) {
+            stop(&mut Some(child));
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! clients.
 
 mod access;
+mod cluster;
 mod grpc;
 mod helpers;
 mod keen;
