@@ -143,7 +143,7 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
         let bus = Bus::connect(&config.nats, "s3-rotator-replay", true).await?;
         let report = replay::replay(&store, &bus, &config.key_prefix, *from, *to, sources).await?;
         bus.close(Duration::from_secs(5)).await;
-        println!("{report}");
+        learntrail_runtime::cli::print(&format!("{report}\n"));
         return Ok(());
     }
     let ops = http::bind("METRICS_ADDR", config.metrics_addr).await?;

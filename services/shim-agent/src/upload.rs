@@ -12,6 +12,7 @@ use learntrail_proto::Message;
 use learntrail_runtime::{
     CancellationToken,
     bus::{Bus, NatsArgs, PendingAck, PublishError},
+    retry::Delays,
 };
 
 use crate::{
@@ -196,15 +197,14 @@ pub async fn daemon(
             return;
         }
     };
-    let mut failures = 0u32;
+    let mut delays = retry_delays(interval);
     loop {
         let wait = if !bus.is_connected() {
-            failures += 1;
-            backoff(interval, failures)
+            delays.next_delay()
         } else {
             match upload(spool, &bus, key).await {
                 Ok(report) => {
-                    failures = 0;
+                    delays.reset();
                     if report.sent + report.duplicates + report.dead_lettered > 0 {
                         tracing::info!(%report, "uploaded");
                         let _ = spool.note_upload(&format!(
@@ -216,9 +216,8 @@ pub async fn daemon(
                     interval
                 }
                 Err((report, err)) => {
-                    failures += 1;
                     tracing::warn!(%report, error = %err, "upload stopped");
-                    backoff(interval, failures)
+                    delays.next_delay()
                 }
             }
         };
@@ -230,9 +229,13 @@ pub async fn daemon(
     bus.close(Duration::from_secs(2)).await;
 }
 
-fn backoff(interval: Duration, failures: u32) -> Duration {
-    let base = interval.min(Duration::from_secs(5));
-    (base * 2u32.saturating_pow(failures.min(10))).min(Duration::from_secs(600))
+/// Delays between attempts while NATS is unreachable: from a few seconds (at most the interval)
+/// doubling with jitter up to 10 minutes.
+fn retry_delays(interval: Duration) -> Delays {
+    Delays::new(
+        interval.min(Duration::from_secs(5)),
+        Duration::from_secs(600),
+    )
 }
 
 #[cfg(test)]
@@ -240,10 +243,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_caps() {
-        let interval = Duration::from_secs(60);
-        assert_eq!(backoff(interval, 1), Duration::from_secs(10));
-        assert_eq!(backoff(interval, 3), Duration::from_secs(40));
-        assert_eq!(backoff(interval, 30), Duration::from_secs(600));
+    fn retries_grow_and_stay_near_the_cap() {
+        let mut delays = retry_delays(Duration::from_secs(60));
+        let first = delays.next_delay();
+        assert!(
+            first >= Duration::from_secs(5) && first < Duration::from_secs(15),
+            "{first:?}"
+        );
+        let late: Vec<Duration> = (0..20).map(|_| delays.next_delay()).collect();
+        assert!(
+            late.iter().all(|d| *d <= Duration::from_secs(1200)),
+            "{late:?}"
+        );
+        assert!(
+            late.iter().any(|d| *d >= Duration::from_secs(600)),
+            "{late:?}"
+        );
     }
 }

@@ -28,7 +28,8 @@ struct Args {
     /// Role: student, instructor or service
     #[arg(long, default_value = "student", value_parser = parse_role)]
     role: Role,
-    /// Lifetime
+    /// Lifetime: the token's exp is now + this (every token expires; student tokens at most
+    /// STUDENT_TOKEN_MAX_TTL, 30 days by default)
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     ttl: std::time::Duration,
 }
@@ -53,6 +54,6 @@ fn main() -> anyhow::Result<()> {
         nbf: None,
         iat: Some(now),
     };
-    println!("{}", auth::sign(secret.as_bytes(), &claims));
+    cli::print(&format!("{}\n", auth::sign(secret.as_bytes(), &claims)));
     Ok(())
 }
