@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help deps test-deps build up down test smoke lint bench fmt
+.PHONY: help deps test-deps build up down test smoke lint bench fmt deploy-check test-cluster
 
 # What `make up` runs (and the tools its banner names): one release build of these, nothing else.
 RUN_BINS := --bin tracking-api --bin s3-rotator --bin shim-agent --bin learntrail-token --bin learntrail-admin
@@ -28,11 +28,18 @@ down: ## Stop what `make up` started
 
 test: test-deps ## Install what tests need and run every test, the `make up` smoke test and lint
 	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
-	$(MAKE) --no-print-directory smoke lint
+	$(MAKE) --no-print-directory smoke lint deploy-check
 
 smoke: test-deps ## Start the stack in a scratch folder, post the sample event, check it is stored and archived
 	$(CARGO) build --bins
 	LEARNTRAIL_BIN=$(CURDIR)/target/debug scripts/smoke.sh
+
+deploy-check: ## Validate the image, compose, kustomize and helm artifacts offline (and that a broken one fails)
+	scripts/deploy-check.sh
+	scripts/deploy-check.sh --self-test
+
+test-cluster: test-deps ## 3-node NATS cluster: a node killed mid-stream, every accepted event archived once
+	$(CARGO) test -p learntrail-e2e --test cluster -- --nocapture
 
 lint: ## fmt check + clippy -D warnings
 	$(CARGO) fmt --all -- --check
