@@ -140,6 +140,7 @@ async fn a_ruby_run_and_an_lms_event_reach_the_s3_archive() {
             exp: Some(auth::now() + 600),
             nbf: None,
             iat: None,
+            courses: None,
         },
     );
     let answer = reqwest::Client::new()

@@ -125,6 +125,7 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
             exp: Some(auth::now() + 3_600),
             nbf: None,
             iat: None,
+            courses: None,
         },
     );
     let ceiling = http_ceiling(&token, args.connections, bench.duration).await?;

@@ -44,6 +44,9 @@ pub struct Claims {
     pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// An instructor's courses (`None`: every course); analytics reads are limited to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub courses: Option<Vec<String>>,
 }
 
 /// Why a token was refused. The message is safe to show to the client.
@@ -267,6 +270,7 @@ mod tests {
             exp: Some(2_000),
             nbf: None,
             iat: Some(1_000),
+            courses: None,
         }
     }
 

@@ -441,6 +441,7 @@ mod tests {
             exp: None,
             nbf: None,
             iat: None,
+            courses: None,
         }
     }
 

@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         exp: Some(now + args.ttl.as_secs() as i64),
         nbf: None,
         iat: Some(now),
+        courses: None,
     };
     cli::print(&format!("{}\n", auth::sign(secret.as_bytes(), &claims)));
     Ok(())

@@ -34,6 +34,7 @@ pub fn token(sub: &str, role: Role) -> String {
             exp: Some(auth::now() + 600),
             nbf: None,
             iat: None,
+            courses: None,
         },
     )
 }

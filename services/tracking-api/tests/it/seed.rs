@@ -165,6 +165,7 @@ async fn every_token_must_expire_and_student_tokens_not_too_late() {
                 exp,
                 nbf: None,
                 iat: None,
+                courses: None,
             },
         )
     };

@@ -202,6 +202,7 @@ async fn tokens_are_required_and_checked() {
             exp: None,
             nbf: None,
             iat: None,
+            courses: None,
         },
     );
     let (status, _) = app
@@ -216,6 +217,7 @@ async fn tokens_are_required_and_checked() {
             exp: Some(1_000),
             nbf: None,
             iat: None,
+            courses: None,
         },
     );
     let (status, answer) = app.post("/api/tracking", Some(&expired), body).await;
