@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make smoke: `make up` as a user meets it. Starts the stack in a scratch folder, runs the sample
 # curl that the banner prints, and checks that the answer is 202 with an event id, that the event
-# is in the EVENTS stream and that s3-rotator archived it; stops the stack afterwards.
+# is in the EVENTS stream, that the banner's analytics-query curls (learner-1's summary, a
+# Keen-style count) count it, and that s3-rotator archived it; stops the stack afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEARNTRAIL_VAR=$(mktemp -d /tmp/learntrail-smoke.XXXXXX)
@@ -24,6 +25,24 @@ messages=$(curl -fs "http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1" | tr -d 
   | grep -o '"name":"EVENTS".*' | grep -o '"messages":[0-9]*' | head -n1 | cut -d: -f2)
 [ "${messages:-0}" -ge 1 ] || fail "EVENTS holds no message"
 echo "smoke: EVENTS holds $messages message(s)"
+
+# the banner's analytics curls: learner-1's summary counts the posted video play, and so does
+# the Keen-style count (projection is asynchronous: poll until it shows, at most 30 s)
+summary=$(grep "learner-1's summary" <<<"$banner" | sed 's/ *# .*//')
+count=$(grep 'Keen-style count' <<<"$banner" | sed 's/ *# .*//')
+[ -n "$summary" ] && [ -n "$count" ] || fail "the banner shows no analytics-query curls"
+for _ in $(seq 300); do
+  answer=$(eval "$summary -w '\\n%{http_code}'") || true
+  [ "$(tail -n1 <<<"$answer")" = 200 ] && grep -q '"videosPlayed":"1"' <<<"$answer" && break
+  sleep 0.1
+done
+[ "$(tail -n1 <<<"$answer")" = 200 ] || fail "the summary curl did not answer 200: $answer"
+grep -q '"videosPlayed":"1"' <<<"$answer" || fail "the summary does not count the posted video play: $answer"
+echo "smoke: learner-1's summary counts the video play"
+answer=$(eval "$count -w '\\n%{http_code}'") || true
+[ "$(tail -n1 <<<"$answer")" = 200 ] && grep -q '"result":1' <<<"$answer" \
+  || fail "the Keen-style count does not count the video play: $answer"
+echo "smoke: the Keen-style count counts it"
 
 for _ in $(seq 300); do
   if find "$LEARNTRAIL_VAR/archive" -name '*.ndjson.gz' -exec zcat {} + 2>/dev/null | grep -q "\"$id\""; then

@@ -25,10 +25,23 @@ REDIS_PORT=$(pick_port 6379)
 TRACKING_PORT=$(pick_port 8081)
 TRACKING_METRICS_PORT=$(pick_port 9181)
 ROTATOR_METRICS_PORT=$(pick_port 9184)
+ANALYTICS_PORT=$(pick_port 8083)
+ANALYTICS_GRPC_PORT=$(pick_port 50051)
+ANALYTICS_METRICS_PORT=$(pick_port 9183)
 PORTS
 fi
 # shellcheck disable=SC1091
 . "$var/ports.env"
+# a ports.env written before analytics-query joined the stack
+if [ -z "${ANALYTICS_PORT:-}" ]; then
+  cat >> "$var/ports.env" <<PORTS
+ANALYTICS_PORT=$(pick_port 8083)
+ANALYTICS_GRPC_PORT=$(pick_port 50051)
+ANALYTICS_METRICS_PORT=$(pick_port 9183)
+PORTS
+  # shellcheck disable=SC1091
+  . "$var/ports.env"
+fi
 [ -f "$var/jwt-secret" ] || { umask 077; openssl rand -hex 32 > "$var/jwt-secret"; }
 
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
@@ -59,6 +72,8 @@ start tracking-api HTTP_ADDR="127.0.0.1:$TRACKING_PORT" METRICS_ADDR="127.0.0.1:
 # the archive goes to var/archive unless S3_BUCKET (and S3_ENDPOINT, keys...) are set
 start s3-rotator METRICS_ADDR="127.0.0.1:$ROTATOR_METRICS_PORT" SEGMENT_DIR="$var/rotator" \
   ROTATE_INTERVAL="${ROTATE_INTERVAL:-1m}"
+start analytics-query HTTP_ADDR="127.0.0.1:$ANALYTICS_PORT" GRPC_ADDR="127.0.0.1:$ANALYTICS_GRPC_PORT" \
+  METRICS_ADDR="127.0.0.1:$ANALYTICS_METRICS_PORT"
 
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$TRACKING_METRICS_PORT/readyz" >/dev/null 2>&1 && break
@@ -66,6 +81,12 @@ for _ in $(seq 100); do
 done
 curl -fs "http://127.0.0.1:$TRACKING_METRICS_PORT/readyz" >/dev/null \
   || { echo "tracking-api is not ready; see var/log/tracking-api.log" >&2; exit 1; }
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$ANALYTICS_METRICS_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$ANALYTICS_METRICS_PORT/readyz" >/dev/null \
+  || { echo "analytics-query is not ready; see var/log/analytics-query.log" >&2; exit 1; }
 
 token=$("$bin/learntrail-token" --secret-file "$var/jwt-secret" --sub learner-1 --role student)
 cat <<EOT
@@ -75,6 +96,7 @@ Learntrail is up (data and logs under var/; stop it with: make down)
   Redis             $REDIS_URL
   tracking-api      http://127.0.0.1:$TRACKING_PORT/api/tracking   (ops: http://127.0.0.1:$TRACKING_METRICS_PORT/metrics)
   s3-rotator        archive in ${S3_BUCKET:+s3://$S3_BUCKET}${S3_BUCKET:-$ARCHIVE_DIR} every ${ROTATE_INTERVAL:-1m}   (ops: http://127.0.0.1:$ROTATOR_METRICS_PORT/metrics)
+  analytics-query   http://127.0.0.1:$ANALYTICS_PORT/api/v1/   gRPC 127.0.0.1:$ANALYTICS_GRPC_PORT   (ops: http://127.0.0.1:$ANALYTICS_METRICS_PORT/metrics)
   shim-agent        $bin/shim-agent install --user   (then: shim-agent upload, with NATS_URL=$NATS_URL)
 
 A student token (24 h):
@@ -85,4 +107,6 @@ Try it:
     -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \\
     -d '{"tracking_event_type":"video_play","node_id":"unit-1","course_slug":"ruby-101","event_data":{"video_id":"intro","current_time":0}}'
   curl -s 'http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1' | grep -A3 '"name": "EVENTS"'   # the event is stored
+  curl -s http://127.0.0.1:$ANALYTICS_PORT/api/v1/learners/learner-1/summary -H "Authorization: Bearer $token"   # learner-1's summary
+  curl -s 'http://127.0.0.1:$ANALYTICS_PORT/3.0/projects/learntrail/queries/count?event_collection=lms.video&timeframe=this_1_days&interval=hourly&group_by=lmsEvent.eventType' -H "Authorization: $token"   # Keen-style count
 EOT
