@@ -8,7 +8,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, Query, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     middleware::from_fn_with_state,
     response::{IntoResponse, Response},
     routing::get,
@@ -17,7 +17,6 @@ use learntrail_proto::time;
 use learntrail_runtime::http::{self, ApiError, HttpMetrics, not_found};
 use serde::Deserialize;
 use serde_json::Value;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::{
     access::Denied,
@@ -47,33 +46,7 @@ pub fn router(
         .with_state(Arc::new(api));
     Ok(http::with_timeout(routes, timeout)
         .layer(from_fn_with_state(http_metrics, HttpMetrics::track))
-        .layer(cors(cors_origins)?))
-}
-
-/// CORS as in tracking-api: the listed origins (or any, with `*`) may GET and POST with a token.
-pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
-    let origins: Vec<&str> = origins
-        .iter()
-        .map(|o| o.trim())
-        .filter(|o| !o.is_empty())
-        .collect();
-    let allow = if origins.contains(&"*") {
-        AllowOrigin::from(Any)
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| {
-                HeaderValue::from_str(o)
-                    .map_err(|_| anyhow::anyhow!("CORS origin {o:?} is not a valid header value"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .max_age(Duration::from_secs(3600)))
+        .layer(http::cors(cors_origins, &[Method::GET, Method::POST])?))
 }
 
 fn api_error(err: QueryError) -> ApiError {

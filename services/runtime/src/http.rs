@@ -21,7 +21,10 @@ use serde_json::json;
 use crate::metrics::{latency_family, register};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::{
+    cors::{AllowOrigin, Any, CorsLayer},
+    timeout::TimeoutLayer,
+};
 
 /// An error answer: HTTP status plus `{"error": code, "message": ..., "problems": [...]}`.
 #[derive(Debug, Clone)]
@@ -208,6 +211,35 @@ pub fn with_timeout(router: Router, timeout: Duration) -> Router {
         StatusCode::REQUEST_TIMEOUT,
         timeout,
     ))
+}
+
+/// CORS for browser clients (`CORS_ORIGINS`): the listed origins, or any with `*`, may call
+/// `methods` with a bearer token; none when the list is empty (same-origin only).
+pub fn cors(origins: &[String], methods: &[Method]) -> anyhow::Result<CorsLayer> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::from(Any)
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o)
+                    .map_err(|_| anyhow::anyhow!("CORS origin {o:?} is not a valid header value"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    let mut methods = methods.to_vec();
+    methods.push(Method::OPTIONS);
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods(methods)
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600)))
 }
 
 /// Serves `router` on `listener` until `token` is cancelled, then lets in-flight requests finish.

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Instant};
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     middleware::from_fn_with_state,
     routing::post,
 };
@@ -18,7 +18,6 @@ use learntrail_runtime::{
     http::{self, ApiError, HttpMetrics, not_found},
 };
 use serde_json::{Value, json};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::{
     metrics::{KindLabel, Metrics},
@@ -52,33 +51,7 @@ pub fn router(
         .layer(DefaultBodyLimit::max(body_limit));
     Ok(http::with_timeout(routes, timeout)
         .layer(from_fn_with_state(http_metrics, HttpMetrics::track))
-        .layer(cors(cors_origins)?))
-}
-
-/// CORS for browser clients: the listed origins (or any, with `*`) may POST with a token.
-pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
-    let origins: Vec<&str> = origins
-        .iter()
-        .map(|o| o.trim())
-        .filter(|o| !o.is_empty())
-        .collect();
-    let allow = if origins.contains(&"*") {
-        AllowOrigin::from(Any)
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| {
-                HeaderValue::from_str(o)
-                    .map_err(|_| anyhow::anyhow!("CORS origin {o:?} is not a valid header value"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods([Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .max_age(std::time::Duration::from_secs(3600)))
+        .layer(http::cors(cors_origins, &[Method::POST])?))
 }
 
 type Answer = Result<(StatusCode, Json<Value>), ApiError>;
