@@ -27,7 +27,12 @@ down: ## Stop what `make up` started
 	@scripts/down.sh
 
 test: test-deps ## Install what tests need and run every test, the `make up` smoke test and lint
-	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	@# cargo-nextest runs the tests of every crate side by side; plain cargo test one crate at a time
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --all-targets --no-fail-fast --test-threads $${TEST_THREADS:-4}; \
+	else \
+	  $(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}; \
+	fi
 	$(MAKE) --no-print-directory smoke lint deploy-check
 
 smoke: test-deps ## Start the stack in a scratch folder, post the sample event, check it is stored and archived
