@@ -21,13 +21,15 @@ struct Ops {
     ready: ReadyCheck,
 }
 
-/// The operations router; serve it with [`crate::http::serve`].
+/// The operations router; serve it with [`crate::http::serve`]. Every request is bounded (10 s),
+/// so a stuck scraper cannot hold connections.
 pub fn router(registry: Arc<Registry>, ready: ReadyCheck) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Ops { registry, ready })
+        .with_state(Ops { registry, ready });
+    crate::http::with_timeout(routes, std::time::Duration::from_secs(10))
 }
 
 async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
