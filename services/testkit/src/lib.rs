@@ -10,6 +10,7 @@
 //! which reads back what a stream stored, and [`FaultProxy`], an HTTP proxy in front of a real
 //! server that makes chosen requests hang or fail.
 
+mod cluster;
 pub mod fault;
 pub mod garage;
 mod nats;
@@ -18,6 +19,7 @@ mod redis;
 
 use std::time::Duration;
 
+pub use cluster::NatsCluster;
 pub use fault::{Fault, FaultProxy};
 pub use garage::GarageServer;
 pub use nats::{NatsServer, stream_events, try_stream_events};
