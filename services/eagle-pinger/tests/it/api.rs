@@ -1,0 +1,285 @@
+//! The registry API: roles, validation, paging, secrets at rest and in answers and logs, key
+//! rotation.
+
+use std::time::Duration;
+
+use clap::Parser;
+use learntrail_eagle_pinger::{Config, admin, registry::Registry};
+use learntrail_fake_eagle::Api;
+use learntrail_runtime::auth::Role;
+use learntrail_testkit::eventually;
+use redis::AsyncCommands;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{KEY_A, KEY_B, Rig, captured, spawn_app};
+
+#[tokio::test]
+async fn registration_round_trip_with_roles_and_paging() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    let body = rig.meter("0012ab", Api::Cloud);
+
+    // no token, then a student token: refused, nothing stored
+    let (status, _) = app
+        .call(Method::POST, "/api/user/0012ab", None, Some(&body))
+        .await;
+    assert_eq!(status, 401);
+    let (status, answer) = app
+        .call(
+            Method::POST,
+            "/api/user/0012ab",
+            Some(Role::Student),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, _) = app
+        .call(Method::GET, "/api/user/0012ab", Some(Role::Student), None)
+        .await;
+    assert_eq!(status, 404);
+
+    // instructor creates, service updates
+    let (status, created) = app.register("0012AB", &body).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["cloud_id"], "0012ab");
+    assert_eq!(created["api"], "cloud");
+    assert_eq!(created["rev"], 1);
+    let (status, updated) = app
+        .call(
+            Method::POST,
+            "/api/user/0012ab",
+            Some(Role::Service),
+            Some(&json!({"course": "energy-202"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["course"], "energy-202");
+    assert_eq!(updated["user_email"], body["user_email"], "kept");
+    assert_eq!(updated["rev"], 2);
+
+    // any role reads the public fields, with the poll state and counters
+    let user = app.user("0012ab").await;
+    assert_eq!(user["actor"], "household-0012ab");
+    assert!(user.get("user_pw").is_none(), "{user}");
+    assert!(user["total_events_logged"].is_u64());
+    assert!(user["poll"]["state"].is_string());
+
+    // validation names every problem
+    let (status, answer) = app
+        .register(
+            "12ab",
+            &json!({"user_email": "nope", "api": "zigbee", "user_pw": "x"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let fields: Vec<&str> = answer["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["cloud_id", "api", "user_email"], "{answer}");
+    let (status, answer) = app
+        .register(
+            "0000ff",
+            &json!({"user_pw": "x", "api": "local200", "sneaky": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+
+    // paging in cloud-id order
+    for id in ["000001", "000002"] {
+        let (status, _) = app.register(id, &rig.meter(id, Api::Local200)).await;
+        assert_eq!(status, 201);
+    }
+    let (status, page) = app
+        .call(Method::GET, "/api/users?limit=2", Some(Role::Student), None)
+        .await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = page["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["cloud_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["000001", "000002"]);
+    assert_eq!(page["next"], "000002");
+    let (_, page) = app
+        .call(
+            Method::GET,
+            "/api/users?limit=2&after=000002",
+            Some(Role::Student),
+            None,
+        )
+        .await;
+    assert_eq!(page["users"][0]["cloud_id"], "0012ab");
+    assert_eq!(page["next"], serde_json::Value::Null);
+
+    // delete: students may not; then it is gone
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            "/api/user/0012ab",
+            Some(Role::Student),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            "/api/user/0012ab",
+            Some(Role::Instructor),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app
+        .call(Method::GET, "/api/user/0012ab", Some(Role::Student), None)
+        .await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn passwords_are_sealed_at_rest_and_never_answered_or_logged() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    let ids = ["00aa01", "00aa02"];
+    for (id, api) in ids.iter().zip([Api::Cloud, Api::Local200]) {
+        let (status, answer) = app.register(id, &rig.meter(id, api)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    // it is really polled with that password (the fake checks it)...
+    for id in ids {
+        app.wait_state(id, "ok").await;
+        let (status, reading) = app
+            .call(
+                Method::GET,
+                &format!("/api/event/{id}"),
+                Some(Role::Student),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{reading}");
+        assert!(reading["demand_kw"].as_f64().unwrap() > 0.0);
+        let (_, page) = app
+            .call(Method::GET, "/api/users", Some(Role::Student), None)
+            .await;
+        assert!(page["users"].as_array().unwrap().len() >= 2);
+    }
+    // ...but Redis holds only ciphertext under the key id
+    let mut redis = rig.redis().await;
+    for id in ids {
+        let raw: String = redis.get(format!("eagle:{id}")).await.unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let password = learntrail_fake_eagle::demo_password(id);
+        assert!(!raw.contains(&password), "{raw}");
+        assert!(stored["user_pw"].as_str().unwrap().starts_with("v1."));
+        assert!(stored["total_events_logged"].as_u64().unwrap() >= 1);
+        // and nothing this process logged or answered carries it
+        let log = captured();
+        assert!(log.contains(id), "the capture works");
+        assert!(!log.contains(&password), "password of {id} leaked");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_old_key_still_opens_after_rotation_and_rekey_reseals() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    let (status, _) = app
+        .register("00bb01", &rig.meter("00bb01", Api::Cloud))
+        .await;
+    assert_eq!(status, 201);
+    app.stop().await;
+    let stored_kid = || async {
+        let mut redis = rig.redis().await;
+        let raw: String = redis.get("eagle:00bb01").await.unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        stored["user_pw"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let old_kid = stored_kid().await;
+
+    // rotated: the new key is current, the old one only opens
+    let mut args = rig.args(KEY_B);
+    args.extend(["--eagle-old-keys".into(), KEY_A.into()]);
+    let app = spawn_app(Config::parse_from(args.clone())).await;
+    app.wait_state("00bb01", "ok").await;
+    app.stop().await;
+
+    // rekey re-seals under the new key...
+    let config = Config::parse_from(args);
+    let keys = std::sync::Arc::new(config.store.keyring().unwrap());
+    let registry = Registry::connect(&rig.redis.url(), "eagle:", keys)
+        .await
+        .unwrap();
+    let report = registry.rekey().await.unwrap();
+    assert_eq!((report.resealed, report.failed.len()), (1, 0));
+    let new_kid = stored_kid().await;
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(new_kid, registry.keyring().current_id());
+    assert_eq!(registry.rekey().await.unwrap().resealed, 0, "idempotent");
+
+    // ...so the old key can go
+    let app = spawn_app(Config::parse_from(rig.args(KEY_B))).await;
+    let (status, reading) = app
+        .call(Method::GET, "/api/event/00bb01", Some(Role::Service), None)
+        .await;
+    assert_eq!(status, 200, "{reading}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn import_registers_good_lines_and_names_bad_ones() {
+    let rig = Rig::start().await;
+    rig.meter("00cc01", Api::Cloud);
+    rig.meter("00cc02", Api::Local200);
+    let csv = format!(
+        "cloud_id,user_email,user_pw,api,address,actor,course\n\
+         00cc01,{},\"{}\",cloud,,hh-1,energy-101\n\
+         00cc02,,{},local200,{},hh-2,\n\
+         zz,nobody,pw,cloud,,,\n\
+         00cc03,,,local100,,,\n",
+        learntrail_fake_eagle::demo_email("00cc01"),
+        learntrail_fake_eagle::demo_password("00cc01"),
+        learntrail_fake_eagle::demo_password("00cc02"),
+        rig.fake_addr,
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &csv).unwrap();
+    let admin = <admin::Admin as Parser>::parse_from([
+        "eagle-pinger",
+        "import",
+        file.path().to_str().unwrap(),
+        "--redis-url",
+        &rig.redis.url(),
+        "--eagle-secret-key",
+        KEY_A,
+    ]);
+    let err = admin::run(admin).await.unwrap_err();
+    assert!(err.to_string().contains("2 lines refused"), "{err}");
+
+    let app = rig.spawn(&[]).await;
+    for id in ["00cc01", "00cc02"] {
+        let user = app.wait_state(id, "ok").await;
+        assert_eq!(user["actor"], format!("hh-{}", &id[5..]));
+        eventually(Duration::from_secs(10), "a reading counted", || async {
+            (app.user(id).await["total_events_logged"].as_u64() >= Some(1)).then_some(())
+        })
+        .await;
+    }
+    let (status, _) = app
+        .call(Method::GET, "/api/user/00cc03", Some(Role::Student), None)
+        .await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
