@@ -2,7 +2,8 @@
 //!
 //! Real servers for tests, each on its own free port with its own temporary data directory, so
 //! tests run in parallel and never rely on servers that happen to be running:
-//! [`NatsServer`] (nats-server with JetStream), [`RedisServer`], [`RedisCluster`], [`GarageServer`] (S3).
+//! [`NatsServer`] (nats-server with JetStream), [`NatsCluster`] (several, clustered), [`RedisServer`],
+//! [`RedisCluster`], [`GarageServer`] (S3).
 //! Dropping a server stops it and removes its data. A missing binary panics with the command that
 //! installs it (`make test` installs them all).
 //!
