@@ -8,8 +8,8 @@
 # (0644) holds only what every student's shim needs.
 set -eu
 binary=${1:?usage: install-lab-machine.sh <path to the shim-agent binary for this machine>}
-: "${NATS_URL:?set NATS_URL to the school's NATS server}"
-: "${PSEUDONYM_KEY:?set PSEUDONYM_KEY to the deployment's pseudonym key}"
+: "${NATS_URL:?set NATS_URL to the NATS server of the school}"
+: "${PSEUDONYM_KEY:?set PSEUDONYM_KEY to the pseudonym key of the deployment}"
 here=$(cd "$(dirname "$0")" && pwd)
 
 install -d /usr/local/learntrail/bin
