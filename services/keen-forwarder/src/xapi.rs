@@ -1,0 +1,375 @@
+//! Events → xAPI 1.0.3 statements (../shared/PROTOCOLS.md §6): LMS video events → the Video
+//! profile's played/paused/seeked/completed with `result.extensions` times; an assessment
+//! submitted → `answered` and `scored` with `result.score`; a registration or an activated
+//! enrollment → `registered`; a Ruby run → `attempted` with `result.success` and the error
+//! class; a notebook snapshot → `answered` per `grade_id`; a lab log → `interacted`. Other
+//! events have no statement.
+//!
+//! The actor is an `account` (`homePage` configured, `name` the learner pseudonym). A statement's
+//! `id` is the UUID v5 of the event id (with the verb or grade id where one event gives several),
+//! so a resend is the same statement; `timestamp` is the occurred time.
+
+use learntrail_proto::{
+    Event, Payload, time,
+    v1::{LmsEventType, problem_result::Status},
+};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use learntrail_proto::v1::lms_event::EventData;
+
+const ADL: &str = "http://adlnet.gov/expapi/verbs/";
+const VIDEO_VERBS: &str = "https://w3id.org/xapi/video/verbs/";
+const VIDEO_EXT: &str = "https://w3id.org/xapi/video/extensions/";
+const VIDEO_TYPE: &str = "https://w3id.org/xapi/video/activity-type/video";
+const VIDEO_CATEGORY: &str = "https://w3id.org/xapi/video";
+
+/// Where statement IRIs point.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// `account.homePage` of every actor.
+    pub actor_homepage: String,
+    /// Prefix of activity ids and extension IRIs, e.g. `https://learntrail.example/xapi`.
+    pub activity_base: String,
+}
+
+/// The statement id of `event` (and `part`, where one event gives several statements).
+pub fn statement_id(event_id: &str, part: Option<&str>) -> Uuid {
+    let name = match part {
+        Some(part) => format!("learntrail:{event_id}#{part}"),
+        None => format!("learntrail:{event_id}"),
+    };
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+}
+
+impl Mapping {
+    /// The statements of one event (none for events xAPI has no verb for).
+    pub fn statements(&self, event: &Event) -> Vec<Value> {
+        let Some(payload) = &event.payload else {
+            return Vec::new();
+        };
+        match payload {
+            Payload::LmsEvent(lms) => self.lms(event, lms),
+            Payload::RubyRun(run) => {
+                let script = if run.script.is_empty() {
+                    "unnamed"
+                } else {
+                    &run.script
+                };
+                let mut result =
+                    json!({ "success": run.exit_code == Some(0) && run.signal.is_none() });
+                if run.duration_ms > 0 {
+                    result["duration"] =
+                        json!(format!("PT{:.3}S", run.duration_ms as f64 / 1000.0));
+                }
+                if let Some(error) = run.error.as_ref().filter(|e| !e.class_name.is_empty()) {
+                    result["extensions"] = json!({ self.ext("error-class"): error.class_name });
+                }
+                vec![self.statement(
+                    event,
+                    None,
+                    (ADL, "attempted"),
+                    self.activity("ruby", script, "Ruby script"),
+                    Some(result),
+                    None,
+                )]
+            }
+            Payload::NotebookSnapshot(notebook) => {
+                let mut grades: Vec<_> = notebook.problems.iter().collect();
+                grades.sort_by(|a, b| a.0.cmp(b.0));
+                grades
+                    .into_iter()
+                    .map(|(grade_id, problem)| {
+                        let mut result = json!({
+                            "success": problem.status == Status::Passed as i32,
+                            "score": { "raw": problem.points, "min": 0.0, "max": problem.max_points },
+                        });
+                        if problem.max_points > 0.0 {
+                            result["score"]["scaled"] = json!((problem.points / problem.max_points).clamp(-1.0, 1.0));
+                        }
+                        let assignment = if notebook.assignment.is_empty() { &notebook.path } else { &notebook.assignment };
+                        let object = self.activity("notebook", &format!("{assignment}/{grade_id}"), grade_id);
+                        self.statement(event, Some(grade_id), (ADL, "answered"), object, Some(result), None)
+                    })
+                    .collect()
+            }
+            Payload::LabLog(log) => {
+                let mut extensions = Map::new();
+                extensions.insert(self.ext("log-type"), json!(log.log_type));
+                extensions.insert(self.ext("log-kind"), json!(log.log_kind));
+                let object = self.activity("lab", &log.experiment, &log.experiment);
+                vec![self.statement(
+                    event,
+                    None,
+                    (ADL, "interacted"),
+                    object,
+                    None,
+                    Some(Value::Object(extensions)),
+                )]
+            }
+            Payload::EnergyReading(_) => Vec::new(),
+        }
+    }
+
+    fn lms(&self, event: &Event, lms: &learntrail_proto::v1::LmsEvent) -> Vec<Value> {
+        let kind = LmsEventType::try_from(lms.event_type).unwrap_or(LmsEventType::Unspecified);
+        let course = self.activity("course", &lms.course_slug, &lms.course_slug);
+        match (kind, &lms.event_data) {
+            (LmsEventType::Registration | LmsEventType::EnrollmentActivated, _) => {
+                vec![self.statement(event, None, (ADL, "registered"), course, None, None)]
+            }
+            (LmsEventType::AssessmentSubmitted, Some(EventData::Assessment(a))) => {
+                let mut score = json!({ "raw": a.score, "min": 0.0, "max": a.max_score });
+                if a.max_score > 0.0 {
+                    score["scaled"] = json!((a.score / a.max_score).clamp(-1.0, 1.0));
+                }
+                let mut result = json!({ "score": score });
+                if let Some(passed) = a.passed {
+                    result["success"] = json!(passed);
+                }
+                let object = self.activity(
+                    "assessment",
+                    &format!("{}/{}", lms.course_slug, a.assessment_id),
+                    &a.assessment_id,
+                );
+                ["answered", "scored"]
+                    .into_iter()
+                    .map(|verb| {
+                        self.statement(
+                            event,
+                            Some(verb),
+                            (ADL, verb),
+                            object.clone(),
+                            Some(result.clone()),
+                            None,
+                        )
+                    })
+                    .collect()
+            }
+            (video_kind, Some(EventData::Video(v))) => {
+                let (base, verb, times) = match video_kind {
+                    LmsEventType::VideoPlay => {
+                        (VIDEO_VERBS, "played", vec![("time", v.current_time)])
+                    }
+                    LmsEventType::VideoPause => {
+                        (VIDEO_VERBS, "paused", vec![("time", v.current_time)])
+                    }
+                    LmsEventType::VideoSeek => (
+                        VIDEO_VERBS,
+                        "seeked",
+                        vec![("time-from", v.old_time), ("time-to", v.new_time)],
+                    ),
+                    LmsEventType::VideoEnded => (ADL, "completed", vec![("time", v.current_time)]),
+                    _ => return Vec::new(),
+                };
+                let extensions: Map<String, Value> = times
+                    .into_iter()
+                    .map(|(name, t)| (format!("{VIDEO_EXT}{name}"), json!(t)))
+                    .collect();
+                let video = if v.video_id.is_empty() {
+                    &lms.unit_id
+                } else {
+                    &v.video_id
+                };
+                let mut object = self.activity("video", video, video);
+                object["definition"]["type"] = json!(VIDEO_TYPE);
+                let mut statement = self.statement(
+                    event,
+                    None,
+                    (base, verb),
+                    object,
+                    Some(json!({ "extensions": extensions })),
+                    None,
+                );
+                statement["context"]["contextActivities"] =
+                    json!({ "category": [{ "id": VIDEO_CATEGORY }] });
+                if v.duration > 0.0 {
+                    statement["context"]["extensions"][format!("{VIDEO_EXT}length")] =
+                        json!(v.duration);
+                }
+                vec![statement]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn ext(&self, name: &str) -> String {
+        format!("{}/extensions/{name}", self.activity_base)
+    }
+
+    fn activity(&self, kind: &str, id: &str, name: &str) -> Value {
+        let id: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-._~/".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        json!({
+            "objectType": "Activity",
+            "id": format!("{}/{kind}/{id}", self.activity_base),
+            "definition": { "name": { "en-US": if name.is_empty() { kind } else { name } } },
+        })
+    }
+
+    fn statement(
+        &self,
+        event: &Event,
+        part: Option<&str>,
+        (base, verb): (&str, &str),
+        object: Value,
+        result: Option<Value>,
+        extensions: Option<Value>,
+    ) -> Value {
+        let mut context_extensions = extensions.unwrap_or_else(|| json!({}));
+        context_extensions[self.ext("event-id")] = json!(event.id);
+        let mut statement = json!({
+            "id": statement_id(&event.id, part).to_string(),
+            "actor": {
+                "objectType": "Agent",
+                "account": { "homePage": self.actor_homepage, "name": event.actor },
+            },
+            "verb": { "id": format!("{base}{verb}"), "display": { "en-US": verb } },
+            "object": object,
+            "context": { "extensions": context_extensions },
+        });
+        if let Some(occurred) = &event.occurred_at {
+            statement["timestamp"] = json!(time::rfc3339(occurred));
+        }
+        if let Some(result) = result {
+            statement["result"] = result;
+        }
+        statement
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use learntrail_proto::v1::{
+        AssessmentData, LmsEvent, NotebookSnapshot, ProblemResult, VideoData,
+    };
+
+    fn mapping() -> Mapping {
+        Mapping {
+            actor_homepage: "https://lms.example".into(),
+            activity_base: "https://learntrail.example/xapi".into(),
+        }
+    }
+
+    fn lms(event_type: LmsEventType, data: EventData) -> Event {
+        Event {
+            id: "01JD0000000000000000000001".into(),
+            occurred_at: time::parse_rfc3339("2026-11-24T16:30:18.123Z"),
+            source: "lms".into(),
+            kind: "video".into(),
+            actor: "learner-1".into(),
+            payload: Some(Payload::LmsEvent(LmsEvent {
+                event_type: event_type as i32,
+                course_slug: "ruby-101".into(),
+                event_data: Some(data),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_seek_is_a_video_profile_statement() {
+        let event = lms(
+            LmsEventType::VideoSeek,
+            EventData::Video(VideoData {
+                video_id: "intro".into(),
+                old_time: 3.5,
+                new_time: 42.0,
+                duration: 60.0,
+                ..Default::default()
+            }),
+        );
+        let [s] = mapping().statements(&event).try_into().unwrap();
+        assert_eq!(s["verb"]["id"], "https://w3id.org/xapi/video/verbs/seeked");
+        assert_eq!(
+            s["result"]["extensions"]["https://w3id.org/xapi/video/extensions/time-from"],
+            3.5
+        );
+        assert_eq!(
+            s["result"]["extensions"]["https://w3id.org/xapi/video/extensions/time-to"],
+            42.0
+        );
+        assert_eq!(s["object"]["definition"]["type"], VIDEO_TYPE);
+        assert_eq!(
+            s["context"]["contextActivities"]["category"][0]["id"],
+            VIDEO_CATEGORY
+        );
+        assert_eq!(s["actor"]["account"]["name"], "learner-1");
+        assert_eq!(s["timestamp"], "2026-11-24T16:30:18.123Z");
+        assert_eq!(s["id"], statement_id(&event.id, None).to_string());
+    }
+
+    #[test]
+    fn an_assessment_gives_answered_and_scored_with_distinct_stable_ids() {
+        let event = lms(
+            LmsEventType::AssessmentSubmitted,
+            EventData::Assessment(AssessmentData {
+                assessment_id: "q1".into(),
+                score: 3.0,
+                max_score: 4.0,
+                passed: Some(true),
+                ..Default::default()
+            }),
+        );
+        let statements = mapping().statements(&event);
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[0]["verb"]["id"], format!("{ADL}answered"));
+        assert_eq!(statements[1]["verb"]["id"], format!("{ADL}scored"));
+        assert_eq!(statements[1]["result"]["score"]["scaled"], 0.75);
+        assert_ne!(statements[0]["id"], statements[1]["id"]);
+        assert_eq!(
+            mapping().statements(&event),
+            statements,
+            "a resend is the same statement"
+        );
+    }
+
+    #[test]
+    fn a_notebook_gives_one_answer_per_grade_id() {
+        let mut problems = std::collections::HashMap::new();
+        problems.insert(
+            "q1".to_string(),
+            ProblemResult {
+                status: Status::Passed as i32,
+                points: 1.0,
+                max_points: 1.0,
+            },
+        );
+        problems.insert(
+            "q2".to_string(),
+            ProblemResult {
+                status: Status::Failed as i32,
+                points: 0.0,
+                max_points: 2.0,
+            },
+        );
+        let event = Event {
+            id: "e9".into(),
+            actor: "a".into(),
+            payload: Some(Payload::NotebookSnapshot(NotebookSnapshot {
+                assignment: "ps1".into(),
+                problems,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let statements = mapping().statements(&event);
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[0]["result"]["success"], true);
+        assert_eq!(statements[1]["result"]["success"], false);
+        assert_eq!(
+            statements[1]["id"],
+            statement_id("e9", Some("q2")).to_string()
+        );
+    }
+}
