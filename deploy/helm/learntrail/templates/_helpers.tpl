@@ -42,6 +42,9 @@ template with dict "root" $ "def" (dict ...):
   natsClient, redisClient  whether it talks to NATS / Redis
   egressPorts extra TCP ports it may reach (S3)
   volumePath  StatefulSet only: where its persistent volume is mounted
+  headless    its Service has no cluster IP (only metrics behind it)
+  parallel    StatefulSet pods start and stop in parallel
+  podNameEnv  POD_NAME from the pod's name (a StatefulSet's ordinal)
 */}}
 {{- define "learntrail.service" -}}
 {{- $root := .root -}}
@@ -70,8 +73,11 @@ metadata:
     {{- include "learntrail.labels" $root | nindent 4 }}
     app.kubernetes.io/name: {{ $def.name }}
 spec:
-  {{- if $def.volumePath }}
+  {{- if eq $def.kind "StatefulSet" }}
   serviceName: {{ $full }}
+  {{- end }}
+  {{- if $def.parallel }}
+  podManagementPolicy: Parallel
   {{- end }}
   {{- if not (and (eq $def.kind "Deployment") $v.autoscaling $v.autoscaling.enabled) }}
   replicas: {{ $v.replicas }}
@@ -147,6 +153,11 @@ spec:
             {{- range $name, $value := $v.env }}
             - {name: {{ $name }}, value: {{ $value | quote }}}
             {{- end }}
+            {{- if $def.podNameEnv }}
+            - name: POD_NAME
+              valueFrom:
+                fieldRef: {fieldPath: metadata.name}
+            {{- end }}
             {{- range $def.secretEnv }}
             - name: {{ .env }}
               valueFrom:
@@ -192,7 +203,7 @@ metadata:
     app.kubernetes.io/name: {{ $def.name }}
     learntrail.io/metrics: "true"
 spec:
-  {{- if $def.volumePath }}
+  {{- if $def.headless }}
   clusterIP: None
   {{- else if $v.service }}
   type: {{ $v.service.type }}
