@@ -1,1 +1,7 @@
-//! keen-forwarder with a real nats-server and test doubles of Keen, webhook receivers and an LRS speaking their wire protocols over real HTTP.
+//! keen-forwarder with a real nats-server, test doubles of Keen and webhook receivers speaking
+//! their wire protocols over real HTTP, and a real LRS (Ralph).
+
+mod fakes;
+mod helpers;
+mod keen;
+mod lrs;

@@ -1,0 +1,394 @@
+//! Keen and webhooks: exactly once in the happy path, refusals dead-lettered and redriven,
+//! failures and rate limits retried without holding back another destination, attempts bounded.
+
+use std::{collections::HashMap, time::Duration};
+
+use learntrail_keen_forwarder::{Command as Sub, destination, redrive};
+use learntrail_proto::{Event, id};
+use learntrail_testkit::{NatsServer, eventually};
+use serde_json::{Value, json};
+
+use crate::{
+    fakes::{self, Fake, PROJECT, WEBHOOK_SECRET, WRITE_KEY},
+    helpers::*,
+};
+
+fn keen_entry(keen: &Fake, extra: Value) -> Value {
+    let mut entry = json!({
+        "type": "keen", "url": keen.url, "project_id": PROJECT, "write_key": WRITE_KEY,
+        "batch_size": 25, "linger": "50ms", "retry_min": "50ms", "retry_max": "200ms",
+    });
+    entry
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    entry
+}
+
+fn hook_entry(name: &str, hook: &Fake, extra: Value) -> Value {
+    let mut entry = json!({
+        "type": "webhook", "name": name, "url": hook.url, "secret": WEBHOOK_SECRET,
+        "batch_size": 40, "linger": "50ms", "retry_min": "50ms", "retry_max": "200ms",
+    });
+    entry
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    entry
+}
+
+/// learntrail_id → how many times the fake stored it.
+fn counts(fake: &Fake, key: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (_, record) in fake.state.stored() {
+        *counts
+            .entry(record[key].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+async fn all_stored(fake: &Fake, key: &str, events: &[Event], what: &str) {
+    eventually(Duration::from_secs(30), what, || async {
+        let counts = counts(fake, key);
+        events
+            .iter()
+            .all(|e| counts.contains_key(&e.id))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_event_reaches_keen_and_a_webhook_exactly_once() {
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let (keen, hook) = (fakes::keen().await, fakes::webhook().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = destinations_file(
+        dir.path(),
+        json!([
+            keen_entry(&keen, json!({})),
+            hook_entry("lms", &hook, json!({}))
+        ]),
+    );
+    let forwarder = start(config(&nats, &file)).await;
+    let events = events(300);
+    publish(&bus, &events).await;
+
+    all_stored(&keen, "learntrail_id", &events, "every event at Keen").await;
+    all_stored(&hook, "id", &events, "every event at the webhook").await;
+    eventually(Duration::from_secs(10), "delivered counted", || async {
+        (forwarder
+            .metric("learntrail_forward_delivered_total{destination=\"keen\"}")
+            .await?
+            == 300.0)
+            .then_some(())
+    })
+    .await;
+    forwarder.stop().await;
+
+    let keen_counts = counts(&keen, "learntrail_id");
+    assert_eq!(keen_counts.len(), 300);
+    assert!(keen_counts.values().all(|n| *n == 1), "a duplicate at Keen");
+    assert!(
+        counts(&hook, "id").values().all(|n| *n == 1),
+        "a duplicate at the webhook"
+    );
+    // collections <source>.<kind>, the shared mapping, keen.timestamp = occurredAt
+    let stored = keen.state.stored();
+    let (collection, record) = stored
+        .iter()
+        .find(|(_, r)| r["learntrail_id"] == events[1].id.as_str())
+        .unwrap();
+    assert_eq!(collection, "shim.ruby_run");
+    assert_eq!(record["keen"]["timestamp"], "2026-11-24T16:30:18.123Z");
+    assert_eq!(record["rubyRun"]["durationMs"], 1);
+    assert_eq!(record["actor"], "learner-1");
+    // batches of at most 25 in as few requests as the linger allows; every webhook request signed
+    assert!(
+        keen.state.requests().len() >= 12,
+        "{} requests",
+        keen.state.requests().len()
+    );
+    assert_eq!(*hook.state.bad_signatures.lock().unwrap(), 0);
+    let (_, event) = &hook.state.stored()[0];
+    assert!(
+        Event::from_json(&event.to_string()).is_ok(),
+        "canonical JSON events: {event}"
+    );
+    assert!(deadletters(&bus).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_event_is_deadlettered_with_its_error_and_redriven_once() {
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let keen = fakes::keen().await;
+    let dir = tempfile::tempdir().unwrap();
+    // a deployment renamed one collection to a name Keen refuses (leading `_`)
+    let broken = destinations_file(
+        dir.path(),
+        json!([keen_entry(
+            &keen,
+            json!({"collections": {"lab.odd": "_odd"}})
+        )]),
+    );
+    let forwarder = start(config(&nats, &broken)).await;
+    let mut events = events(60);
+    events[17].source = "lab".into();
+    events[17].kind = "odd".into();
+    publish(&bus, &events).await;
+
+    let good: Vec<Event> = events.iter().filter(|e| e.kind != "odd").cloned().collect();
+    all_stored(&keen, "learntrail_id", &good, "the others at Keen").await;
+    let letters = eventually(
+        Duration::from_secs(10),
+        "the refused event dead-lettered",
+        || async {
+            let letters = deadletters(&bus).await;
+            (!letters.is_empty()).then_some(letters)
+        },
+    )
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].subject, "deadletter.keen");
+    assert_eq!(letters[0].event, events[17], "the original event");
+    assert!(
+        letters[0].reason.starts_with("InvalidCollectionNameError"),
+        "{}",
+        letters[0].reason
+    );
+    // acknowledged, not redelivered: the consumer has nothing outstanding
+    eventually(Duration::from_secs(10), "every message acked", || async {
+        let stream = bus.jetstream().get_stream("EVENTS").await.ok()?;
+        let info = stream.consumer_info("keen-forwarder-keen").await.ok()?;
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    })
+    .await;
+    forwarder.stop().await;
+    assert!(!counts(&keen, "learntrail_id").contains_key(&events[17].id));
+
+    // the rename fixed: redrive delivers it once and removes it from DEADLETTER
+    let fixed = destinations_file(dir.path(), json!([keen_entry(&keen, json!({}))]));
+    let mut config = config(&nats, &fixed);
+    config.command = Some(Sub::Redrive {
+        destination: "keen".into(),
+        from: None,
+        to: None,
+    });
+    let dest = destination::from_config(&config).unwrap().remove(0);
+    let metrics = learntrail_keen_forwarder::metrics::Metrics::register(&mut Default::default())
+        .for_destination("keen");
+    let token = learntrail_runtime::CancellationToken::new();
+    let report = redrive::redrive(&bus, &dest, None, None, &metrics, &token)
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        redrive::Report {
+            redriven: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(counts(&keen, "learntrail_id")[&events[17].id], 1);
+    assert!(
+        keen.state
+            .stored()
+            .iter()
+            .any(|(c, r)| c == "lab.odd" && r["learntrail_id"] == events[17].id.as_str())
+    );
+    assert!(
+        deadletters(&bus).await.is_empty(),
+        "redriven letters are removed"
+    );
+    let again = redrive::redrive(&bus, &dest, None, None, &metrics, &token)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        redrive::Report::default(),
+        "a second redrive has nothing to do"
+    );
+    assert_eq!(counts(&keen, "learntrail_id").values().sum::<usize>(), 60);
+}
+
+#[tokio::test]
+async fn failures_and_rate_limits_are_retried_while_another_destination_flows() {
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let (keen, limited, healthy) = (
+        fakes::keen().await,
+        fakes::webhook().await,
+        fakes::webhook().await,
+    );
+    keen.state.fail_next(500, None, 2);
+    limited.state.fail_next(429, Some(2), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let big = json!({"batch_size": 1000, "linger": "300ms"});
+    let file = destinations_file(
+        dir.path(),
+        json!([
+            keen_entry(&keen, big.clone()),
+            hook_entry("limited", &limited, big.clone()),
+            hook_entry("healthy", &healthy, big)
+        ]),
+    );
+    let forwarder = start(config(&nats, &file)).await;
+    let events = events(50);
+    publish(&bus, &events).await;
+
+    // the healthy webhook has everything while the limited one still waits out its Retry-After
+    all_stored(
+        &healthy,
+        "id",
+        &events,
+        "every event at the healthy webhook",
+    )
+    .await;
+    assert!(
+        limited.state.stored().is_empty(),
+        "the rate-limited webhook waits"
+    );
+    all_stored(
+        &keen,
+        "learntrail_id",
+        &events,
+        "every event at Keen after two 500s",
+    )
+    .await;
+    all_stored(
+        &limited,
+        "id",
+        &events,
+        "every event at the limited webhook",
+    )
+    .await;
+    forwarder.stop().await;
+
+    for (fake, key) in [(&keen, "learntrail_id"), (&limited, "id"), (&healthy, "id")] {
+        let counts = counts(fake, key);
+        assert_eq!(counts.len(), 50);
+        assert!(counts.values().all(|n| *n == 1), "no duplicates");
+    }
+    let limited_requests = limited.state.requests();
+    assert_eq!(limited_requests.len(), 2, "one 429, then one delivery");
+    let waited = limited_requests[1] - limited_requests[0];
+    assert!(
+        waited >= Duration::from_secs(2),
+        "Retry-After honoured: retried after {waited:?}"
+    );
+    let keen_requests = keen.state.requests();
+    assert_eq!(keen_requests.len(), 3);
+    assert!(
+        keen_requests[1] - keen_requests[0] >= Duration::from_millis(50),
+        "backed off"
+    );
+}
+
+#[tokio::test]
+async fn events_out_of_attempts_are_deadlettered_and_acked() {
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let hook = fakes::webhook().await;
+    hook.state.fail_next(503, None, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let file = destinations_file(
+        dir.path(),
+        json!([hook_entry(
+            "down",
+            &hook,
+            json!({"max_attempts": 3, "subjects": "events.shim.>"})
+        )]),
+    );
+    let forwarder = start(config(&nats, &file)).await;
+    let events = events(9);
+    publish(&bus, &events).await;
+    let shim: Vec<&Event> = events.iter().filter(|e| e.source == "shim").collect();
+    let letters = eventually(
+        Duration::from_secs(20),
+        "the shim events dead-lettered",
+        || async {
+            let letters = deadletters(&bus).await;
+            (letters.len() == shim.len()).then_some(letters)
+        },
+    )
+    .await;
+    assert_eq!(
+        hook.state.requests().len(),
+        3,
+        "three attempts of one batch"
+    );
+    for letter in &letters {
+        assert_eq!(letter.subject, "deadletter.webhook.down");
+        assert!(
+            letter
+                .reason
+                .starts_with("not accepted after 3 attempts: HTTP 503"),
+            "{}",
+            letter.reason
+        );
+        assert!(shim.iter().any(|e| **e == letter.event));
+    }
+    eventually(Duration::from_secs(5), "dead-lettered counted", || async {
+        (forwarder
+            .metric("learntrail_forward_deadlettered_total{destination=\"webhook.down\"}")
+            .await?
+            == 3.0)
+            .then_some(())
+    })
+    .await;
+    forwarder.stop().await;
+    let _ = id::new_id();
+}
+
+#[tokio::test]
+async fn keens_python_client_speaks_to_the_double() {
+    let keen = fakes::keen().await;
+    let script = format!(
+        r#"
+import json, keen
+from keen.client import KeenClient
+client = KeenClient(project_id="{PROJECT}", write_key="{WRITE_KEY}", base_url="{url}")
+answer = client.add_events({{"purchases": [{{"item": "golden gadget", "price": 2550}}, {{"bad.name": 1}}],
+                             "transactions": [{{"id": "f029342"}}]}})
+print(json.dumps(answer))
+try:
+    KeenClient(project_id="{PROJECT}", write_key="wrong", base_url="{url}").add_events({{"x": [{{}}]}})
+    print("no error")
+except Exception as err:
+    print(type(err).__name__)
+"#,
+        url = keen.url
+    );
+    let python = python().to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", &script])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    let answer: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(answer["purchases"][0], json!({"success": true}));
+    assert_eq!(answer["purchases"][1]["success"], false);
+    assert_eq!(
+        answer["purchases"][1]["error"]["name"],
+        "InvalidPropertyNameError"
+    );
+    assert_eq!(answer["transactions"], json!([{"success": true}]));
+    assert_eq!(
+        lines.next(),
+        Some("KeenApiError"),
+        "a wrong key is refused as the client expects"
+    );
+    assert_eq!(keen.state.stored().len(), 2);
+}
