@@ -19,6 +19,9 @@ pub struct CallLabel {
 pub struct Metrics {
     /// Events folded into Redis (a redelivered or replayed event counts again; Redis does not).
     pub projected: Counter,
+    /// Events already in the projection when they came (a redelivery after a crash, a replay,
+    /// the same event under another message id), so nothing was written for them.
+    pub redeliveries_ignored: Counter,
     /// Messages on EVENTS that are not events, dead-lettered.
     pub deadlettered: Counter,
     /// Messages the consumer has yet to receive (JetStream's pending count).
@@ -38,6 +41,12 @@ impl Metrics {
                 registry,
                 "analytics_events_projected",
                 "events folded into the Redis projection",
+                Counter::default(),
+            ),
+            redeliveries_ignored: register(
+                registry,
+                "analytics_redeliveries_ignored",
+                "events that came again and were already in the projection (nothing written)",
                 Counter::default(),
             ),
             deadlettered: register(

@@ -145,13 +145,19 @@ async fn project(
         }
     }
     let mut delays = Delays::new(Duration::from_millis(100), Duration::from_secs(5));
-    while let Err(err) = store.apply(&writes).await {
-        metrics.write_failures.inc();
-        tracing::warn!(error = %err, events = writes.len(), "cannot write the projection; retrying");
-        if !delays.wait(token).await {
-            return;
+    let already = loop {
+        match store.apply(&writes).await {
+            Ok(already) => break already,
+            Err(err) => {
+                metrics.write_failures.inc();
+                tracing::warn!(error = %err, events = writes.len(), "cannot write the projection; retrying");
+                if !delays.wait(token).await {
+                    return;
+                }
+            }
         }
-    }
+    };
+    metrics.redeliveries_ignored.inc_by(already.len() as u64);
     for message in &messages {
         if let Err(err) = message.ack().await {
             tracing::warn!(error = %err, "ack failed; the event will come again (no effect)");

@@ -133,13 +133,15 @@ impl Store {
 
     /// Applies the writes of a batch of events, each slot's share in one atomic step, all in one
     /// round trip (per slot on a cluster). Events already applied to a slot (a redelivery, a
-    /// replay, the same event under another message id) change nothing there.
-    pub async fn apply(&self, events: &[(String, Vec<Write>)]) -> RedisResult<()> {
+    /// replay, the same event under another message id) change nothing there; their ids are
+    /// returned.
+    pub async fn apply(&self, events: &[(String, Vec<Write>)]) -> RedisResult<HashSet<String>> {
         let mut skip: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut already = HashSet::new();
         loop {
             let groups = group_by_slot(events, &skip);
             if groups.is_empty() {
-                return Ok(());
+                return Ok(already);
             }
             let pipelines: Vec<Pipeline> = groups.iter().map(SlotBatch::pipeline).collect();
             let answers = match self.query_groups(&pipelines).await {
@@ -166,11 +168,12 @@ impl Store {
                         .insert(DONE.into());
                 } else {
                     again = true;
+                    already.extend(seen.iter().cloned());
                     skip.entry(group.tag.clone()).or_default().extend(seen);
                 }
             }
             if !again {
-                return Ok(());
+                return Ok(already);
             }
         }
     }

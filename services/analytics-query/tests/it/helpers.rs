@@ -333,3 +333,24 @@ pub fn this_hour() -> i64 {
     let now = chrono::Utc::now().timestamp_millis();
     now - now.rem_euclid(3_600_000)
 }
+
+/// A Keen timestamp (RFC 3339, milliseconds, UTC).
+pub fn keen_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Percent-encodes a JSON query parameter.
+pub fn enc(value: &Value) -> String {
+    let text = value.to_string();
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -5,12 +5,6 @@ use crate::helpers::*;
 
 const H: i64 = 3_600_000;
 
-fn keen_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// Runs in the three hours before the current one: (hour offset, actor, class, duration).
 const RUNS: [(i64, &str, &str, u64); 7] = [
     (3, "k1", "NoMethodError", 100),
@@ -53,19 +47,6 @@ impl TestApp {
         )
         .await
     }
-}
-
-fn enc(value: &Value) -> String {
-    let text = value.to_string();
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -7,3 +7,4 @@ mod grpc;
 mod helpers;
 mod keen;
 mod projection;
+mod restart;
