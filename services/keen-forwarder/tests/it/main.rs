@@ -4,4 +4,5 @@
 mod fakes;
 mod helpers;
 mod keen;
+mod kill;
 mod lrs;
