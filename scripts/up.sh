@@ -43,6 +43,12 @@ PORTS
   . "$var/ports.env"
 fi
 [ -f "$var/jwt-secret" ] || { umask 077; openssl rand -hex 32 > "$var/jwt-secret"; }
+# keen-forwarder's ops port, kept in ports.env like the others
+if [ -z "${FORWARDER_METRICS_PORT:-}" ]; then
+  echo "FORWARDER_METRICS_PORT=$(pick_port 9187)" >> "$var/ports.env"
+  # shellcheck disable=SC1091
+  . "$var/ports.env"
+fi
 
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -74,6 +80,8 @@ start s3-rotator METRICS_ADDR="127.0.0.1:$ROTATOR_METRICS_PORT" SEGMENT_DIR="$va
   ROTATE_INTERVAL="${ROTATE_INTERVAL:-1m}"
 start analytics-query HTTP_ADDR="127.0.0.1:$ANALYTICS_PORT" GRPC_ADDR="127.0.0.1:$ANALYTICS_GRPC_PORT" \
   METRICS_ADDR="127.0.0.1:$ANALYTICS_METRICS_PORT"
+# forwarding is off unless configured: KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS, LRS_URL
+[ ! -x "$bin/keen-forwarder" ] || start keen-forwarder METRICS_ADDR="127.0.0.1:$FORWARDER_METRICS_PORT"
 
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$TRACKING_METRICS_PORT/readyz" >/dev/null 2>&1 && break
@@ -88,6 +96,9 @@ done
 curl -fs "http://127.0.0.1:$ANALYTICS_METRICS_PORT/readyz" >/dev/null \
   || { echo "analytics-query is not ready; see var/log/analytics-query.log" >&2; exit 1; }
 
+forwarding="${KEEN_PROJECT_ID:+Keen project $KEEN_PROJECT_ID, }${WEBHOOK_URLS:+webhooks, }${LRS_URL:+LRS $LRS_URL, }"
+forwarding=${forwarding%, }
+[ -x "$bin/keen-forwarder" ] || forwarding="not built (cargo build --release --bin keen-forwarder)"
 token=$("$bin/learntrail-token" --secret-file "$var/jwt-secret" --sub learner-1 --role student)
 cat <<EOT
 
@@ -97,6 +108,7 @@ Learntrail is up (data and logs under var/; stop it with: make down)
   tracking-api      http://127.0.0.1:$TRACKING_PORT/api/tracking   (ops: http://127.0.0.1:$TRACKING_METRICS_PORT/metrics)
   s3-rotator        archive in ${S3_BUCKET:+s3://$S3_BUCKET}${S3_BUCKET:-$ARCHIVE_DIR} every ${ROTATE_INTERVAL:-1m}   (ops: http://127.0.0.1:$ROTATOR_METRICS_PORT/metrics)
   analytics-query   http://127.0.0.1:$ANALYTICS_PORT/api/v1/   gRPC 127.0.0.1:$ANALYTICS_GRPC_PORT   (ops: http://127.0.0.1:$ANALYTICS_METRICS_PORT/metrics)
+  keen-forwarder    ${forwarding:-off (set KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS or LRS_URL)}   (ops: http://127.0.0.1:$FORWARDER_METRICS_PORT/metrics)
   shim-agent        $bin/shim-agent install --user   (then: shim-agent upload, with NATS_URL=$NATS_URL)
 
 A student token (24 h):
