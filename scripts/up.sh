@@ -28,6 +28,9 @@ ROTATOR_METRICS_PORT=$(pick_port 9184)
 ANALYTICS_PORT=$(pick_port 8083)
 ANALYTICS_GRPC_PORT=$(pick_port 50051)
 ANALYTICS_METRICS_PORT=$(pick_port 9183)
+EAGLE_PORT=$(pick_port 8084)
+EAGLE_METRICS_PORT=$(pick_port 9185)
+FAKE_EAGLE_PORT=$(pick_port 9445)
 PORTS
 fi
 # shellcheck disable=SC1091
@@ -42,6 +45,17 @@ PORTS
   # shellcheck disable=SC1091
   . "$var/ports.env"
 fi
+# a ports.env written before eagle-pinger joined the stack
+if [ -z "${EAGLE_PORT:-}" ]; then
+  cat >> "$var/ports.env" <<PORTS
+EAGLE_PORT=$(pick_port 8084)
+EAGLE_METRICS_PORT=$(pick_port 9185)
+FAKE_EAGLE_PORT=$(pick_port 9445)
+PORTS
+  # shellcheck disable=SC1091
+  . "$var/ports.env"
+fi
+[ -f "$var/eagle-key" ] || (umask 077; openssl rand -base64 32 > "$var/eagle-key")
 [ -f "$var/jwt-secret" ] || { umask 077; openssl rand -hex 32 > "$var/jwt-secret"; }
 # keen-forwarder's ops port, kept in ports.env like the others
 if [ -z "${FORWARDER_METRICS_PORT:-}" ]; then
@@ -82,6 +96,13 @@ start analytics-query HTTP_ADDR="127.0.0.1:$ANALYTICS_PORT" GRPC_ADDR="127.0.0.1
   METRICS_ADDR="127.0.0.1:$ANALYTICS_METRICS_PORT"
 # forwarding is off unless configured: KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS, LRS_URL
 [ ! -x "$bin/keen-forwarder" ] || start keen-forwarder METRICS_ADDR="127.0.0.1:$FORWARDER_METRICS_PORT"
+# demo meters: fake-eagle plays the Rainforest cloud relay for 000001 (ok), 000002 (solar export)
+# and 000003 (its password was changed: refused)
+start fake-eagle FAKE_EAGLE_ADDR="127.0.0.1:$FAKE_EAGLE_PORT" FAKE_EAGLE_METERS=3 \
+  FAKE_EAGLE_EXPORT=000002 FAKE_EAGLE_MODES=000003=bad_credentials
+start eagle-pinger HTTP_ADDR="127.0.0.1:$EAGLE_PORT" METRICS_ADDR="127.0.0.1:$EAGLE_METRICS_PORT" \
+  EAGLE_SECRET_KEY="$(cat "$var/eagle-key")" \
+  EAGLE_CLOUD_URL="http://127.0.0.1:$FAKE_EAGLE_PORT/cgi-bin/post_manager"
 
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$TRACKING_METRICS_PORT/readyz" >/dev/null 2>&1 && break
@@ -96,6 +117,20 @@ done
 curl -fs "http://127.0.0.1:$ANALYTICS_METRICS_PORT/readyz" >/dev/null \
   || { echo "analytics-query is not ready; see var/log/analytics-query.log" >&2; exit 1; }
 
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$EAGLE_METRICS_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$EAGLE_METRICS_PORT/readyz" >/dev/null \
+  || { echo "eagle-pinger is not ready; see var/log/eagle-pinger.log" >&2; exit 1; }
+service_token=$("$bin/learntrail-token" --secret-file "$var/jwt-secret" --sub make-up --role service)
+for id in 000001 000002 000003; do # the fake's demo credentials: pw-<id>, meter-<id>@example.org
+  curl -fs -X POST "http://127.0.0.1:$EAGLE_PORT/api/user/$id" -H "Authorization: Bearer $service_token" \
+    -H 'Content-Type: application/json' >/dev/null \
+    -d "{\"user_email\":\"meter-$id@example.org\",\"user_pw\":\"pw-$id\",\"api\":\"cloud\",\"actor\":\"household-$id\",\"course\":\"energy-101\"}" \
+    || { echo "cannot register demo meter $id; see var/log/eagle-pinger.log" >&2; exit 1; }
+done
+
 forwarding="${KEEN_PROJECT_ID:+Keen project $KEEN_PROJECT_ID, }${WEBHOOK_URLS:+webhooks, }${LRS_URL:+LRS $LRS_URL, }"
 forwarding=${forwarding%, }
 [ -x "$bin/keen-forwarder" ] || forwarding="not built (cargo build --release --bin keen-forwarder)"
@@ -109,6 +144,7 @@ Learntrail is up (data and logs under var/; stop it with: make down)
   s3-rotator        archive in ${S3_BUCKET:+s3://$S3_BUCKET}${S3_BUCKET:-$ARCHIVE_DIR} every ${ROTATE_INTERVAL:-1m}   (ops: http://127.0.0.1:$ROTATOR_METRICS_PORT/metrics)
   analytics-query   http://127.0.0.1:$ANALYTICS_PORT/api/v1/   gRPC 127.0.0.1:$ANALYTICS_GRPC_PORT   (ops: http://127.0.0.1:$ANALYTICS_METRICS_PORT/metrics)
   keen-forwarder    ${forwarding:-off (set KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS or LRS_URL)}   (ops: http://127.0.0.1:$FORWARDER_METRICS_PORT/metrics)
+  eagle-pinger      http://127.0.0.1:$EAGLE_PORT/api/users   (ops: http://127.0.0.1:$EAGLE_METRICS_PORT/metrics; meters 000001-000003 on fake-eagle 127.0.0.1:$FAKE_EAGLE_PORT)
   shim-agent        $bin/shim-agent install --user   (then: shim-agent upload, with NATS_URL=$NATS_URL)
 
 A student token (24 h):
@@ -119,6 +155,8 @@ Try it:
     -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \\
     -d '{"tracking_event_type":"video_play","node_id":"unit-1","course_slug":"ruby-101","event_data":{"video_id":"intro","current_time":0}}'
   curl -s 'http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1' | grep -A3 '"name": "EVENTS"'   # the event is stored
+  curl -s http://127.0.0.1:$EAGLE_PORT/api/event/000001 -H "Authorization: Bearer $token"   # a meter's reading, polled now
+  curl -s http://127.0.0.1:$EAGLE_PORT/api/user/000003 -H "Authorization: Bearer $token"   # a refused meter: auth_failed
   curl -s http://127.0.0.1:$ANALYTICS_PORT/api/v1/learners/learner-1/summary -H "Authorization: Bearer $token"   # learner-1's summary
   curl -s 'http://127.0.0.1:$ANALYTICS_PORT/3.0/projects/learntrail/queries/count?event_collection=lms.video&timeframe=this_1_days&interval=hourly&group_by=lmsEvent.eventType' -H "Authorization: $token"   # Keen-style count
 EOT

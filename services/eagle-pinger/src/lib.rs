@@ -272,3 +272,61 @@ pub async fn serve(
     tracing::info!("eagle-pinger stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn config(extra: &[&str]) -> Config {
+        let mut args = vec![
+            "eagle-pinger",
+            "--jwt-secret",
+            "secret",
+            "--eagle-secret-key",
+            "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=",
+        ];
+        args.extend(extra);
+        Config::parse_from(args)
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let config = config(&[]);
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8084");
+        assert_eq!(config.metrics_addr.to_string(), "127.0.0.1:9185");
+        assert_eq!(config.poll_interval, Duration::from_secs(6));
+        assert_eq!(config.eagle_cloud_url, RAINFOREST_RELAY);
+        assert_eq!(config.shard().unwrap(), Shard::ALL);
+    }
+
+    #[test]
+    fn shard_from_index_or_pod_name() {
+        let shard = config(&["--shard-count", "3", "--shard-index", "2"]).shard();
+        assert_eq!(shard.unwrap(), Shard { index: 2, count: 3 });
+        let pod = config(&["--shard-count", "4", "--pod-name", "eagle-pinger-3"]).shard();
+        assert_eq!(pod.unwrap(), Shard { index: 3, count: 4 });
+        assert!(config(&["--shard-count", "2"]).shard().is_err());
+        assert!(
+            config(&["--shard-count", "2", "--shard-index", "2"])
+                .shard()
+                .is_err()
+        );
+        assert!(config(&["--shard-count", "0"]).shard().is_err());
+        let bad_key = Config::parse_from([
+            "eagle-pinger",
+            "--jwt-secret",
+            "s",
+            "--eagle-secret-key",
+            "c2hvcnQ=",
+        ]);
+        assert!(
+            bad_key
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("openssl rand")
+        );
+    }
+}

@@ -8,9 +8,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Buckets for schedule drift (seconds): 1 ms to 10 s.
-pub const DRIFT_BUCKETS: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Buckets for schedule drift (seconds): 1 ms to 10 s, finer around the 250 ms target.
+pub const DRIFT_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Every state a meter can be in.
@@ -49,6 +49,8 @@ pub struct Metrics {
     pub publish_failures: Counter,
     /// Malformed replies recorded on deadletter.energy.
     pub deadletters: Counter,
+    /// Poll outcomes Redis did not take.
+    pub registry_failures: Counter,
 }
 
 impl Metrics {
@@ -94,6 +96,12 @@ impl Metrics {
                 registry,
                 "eagle_deadletters",
                 "malformed replies recorded on deadletter.energy",
+                Counter::default(),
+            ),
+            registry_failures: register(
+                registry,
+                "eagle_registry_write_failures",
+                "poll outcomes Redis did not take",
                 Counter::default(),
             ),
         };

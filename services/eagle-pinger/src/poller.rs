@@ -270,7 +270,9 @@ impl Poller {
                 )
                 .await
             {
-                tracing::warn!(cloud_id = %record.cloud_id, error = %err, "cannot store the poll's outcome");
+                // counted, and logged at debug: with Redis down this would be every poll
+                self.metrics.registry_failures.inc();
+                tracing::debug!(cloud_id = %record.cloud_id, error = %err, "cannot store the poll's outcome");
             }
             due = next;
         }
@@ -311,7 +313,7 @@ impl Poller {
                     }
                     Err(err) => {
                         self.metrics.publish_failures.inc();
-                        tracing::warn!(cloud_id = %record.cloud_id, error = %err, "reading not stored on the bus");
+                        tracing::debug!(cloud_id = %record.cloud_id, error = %err, "reading not stored on the bus");
                         None
                     }
                 };

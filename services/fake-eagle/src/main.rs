@@ -17,7 +17,7 @@ struct Args {
     #[arg(long, env = "FAKE_EAGLE_ADDR", default_value = "127.0.0.1:9445")]
     addr: SocketAddr,
     /// How many meters to simulate
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "FAKE_EAGLE_METERS", default_value_t = 3)]
     meters: u32,
     /// The first cloud id, in hex
     #[arg(long, default_value = "000001", value_parser = parse_hex)]
@@ -26,10 +26,10 @@ struct Args {
     #[arg(long, value_enum, default_value = "cloud")]
     api: Api,
     /// A meter's mode, as CLOUD_ID=MODE (ok, bad_credentials, slow, down, malformed); repeatable
-    #[arg(long = "mode", value_parser = parse_mode)]
+    #[arg(long = "mode", env = "FAKE_EAGLE_MODES", value_delimiter = ',', value_parser = parse_mode)]
     modes: Vec<(String, Mode)>,
     /// Meters whose demand is negative (solar export), comma-separated cloud ids
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "FAKE_EAGLE_EXPORT", value_delimiter = ',')]
     export: Vec<String>,
     /// How long a slow meter takes to answer
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

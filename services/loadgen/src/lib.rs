@@ -7,10 +7,12 @@
 //! - [`tracking`]: tracking-api single and batch paths vs the raw JetStream publish-with-ack rate
 //!   and vs the HTTP ceiling ([`ceiling`]), with a CPU profile of tracking-api under load;
 //! - [`shim`]: the latency shim-agent adds to a Ruby run;
-//! - [`archive`]: s3-rotator's end-to-end archive rate to S3.
+//! - [`archive`]: s3-rotator's end-to-end archive rate to S3;
+//! - [`eagle`]: eagle-pinger's polls/s at a 6 s cadence against fake-eagle, drift p99, CPU.
 
 pub mod archive;
 pub mod ceiling;
+pub mod eagle;
 pub mod report;
 pub mod shim;
 pub mod tracking;
@@ -41,6 +43,8 @@ pub enum Which {
     Shim(shim::Args),
     /// s3-rotator: events/s archived end to end to S3
     Archive(archive::Args),
+    /// eagle-pinger: meters polled at a 6 s cadence against fake-eagle, drift p99, CPU
+    Eagle(eagle::Args),
     /// Every benchmark, one after the other
     All,
     /// (internal) serve the HTTP ceiling endpoint on ADDR
@@ -53,11 +57,13 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Which::Tracking(args) => tracking::run(&bench, args).await,
         Which::Shim(args) => shim::run(&bench, args),
         Which::Archive(args) => archive::run(&bench, args).await,
+        Which::Eagle(args) => eagle::run(&bench, args).await,
         Which::Ceiling { addr } => ceiling::serve(addr).await,
         Which::All => {
             tracking::run(&bench, &tracking::Args::default()).await?;
             shim::run(&bench, &shim::Args::default())?;
-            archive::run(&bench, &archive::Args::default()).await
+            archive::run(&bench, &archive::Args::default()).await?;
+            eagle::run(&bench, &eagle::Args::default()).await
         }
     }
 }
