@@ -11,9 +11,14 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_credential_types::provider::{ProvideCredentials, future};
 use aws_sdk_s3::{
     Client,
-    config::{BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig},
+    config::{
+        BehaviorVersion, Credentials, Region, SharedCredentialsProvider, retry::RetryConfig,
+        timeout::TimeoutConfig,
+    },
     error::{ProvideErrorMetadata, SdkError},
     primitives::ByteStream,
     types::{CompletedMultipartUpload, CompletedPart},
@@ -78,7 +83,9 @@ pub enum StoreError {
     /// The key is taken (a conditional put found an object there).
     #[error("the key already exists")]
     Exists,
-    #[error("S3 needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY with S3_BUCKET")]
+    #[error(
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both, or neither to use the standard AWS credential chain"
+    )]
     NoCredentials,
 }
 
@@ -143,9 +150,19 @@ impl Store {
         let Some(bucket) = &args.s3_bucket else {
             return Ok(Self::Local(args.archive_dir.clone()));
         };
-        let (Some(key), Some(secret)) = (&args.aws_access_key_id, &args.aws_secret_access_key)
-        else {
-            return Err(StoreError::NoCredentials);
+        let credentials = match (&args.aws_access_key_id, &args.aws_secret_access_key) {
+            (Some(key), Some(secret)) => SharedCredentialsProvider::new(Credentials::new(
+                key,
+                secret.expose_secret(),
+                None,
+                None,
+                "learntrail",
+            )),
+            (None, None) => SharedCredentialsProvider::new(DefaultChain {
+                region: Region::new(args.s3_region.clone()),
+                chain: tokio::sync::OnceCell::new(),
+            }),
+            _ => return Err(StoreError::NoCredentials),
         };
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(5).min(args.s3_timeout))
@@ -156,13 +173,7 @@ impl Store {
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(args.s3_region.clone()))
-            .credentials_provider(Credentials::new(
-                key,
-                secret.expose_secret(),
-                None,
-                None,
-                "learntrail",
-            ))
+            .credentials_provider(credentials)
             .timeout_config(timeouts)
             .retry_config(RetryConfig::standard().with_max_attempts(2))
             .force_path_style(args.s3_path_style);
@@ -487,6 +498,34 @@ async fn put_multipart(
             .await;
     }
     result
+}
+
+/// The standard AWS credential chain (environment, profile files, web identity such as EKS's
+/// IRSA, ECS task role, EC2 instance profile), built on first use: used when no static keys are
+/// configured, so an operator need not mint keys for the archive.
+#[derive(Debug)]
+struct DefaultChain {
+    region: Region,
+    chain: tokio::sync::OnceCell<DefaultCredentialsChain>,
+}
+
+impl ProvideCredentials for DefaultChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| {
+                    DefaultCredentialsChain::builder()
+                        .region(self.region.clone())
+                        .build()
+                })
+                .await;
+            chain.provide_credentials().await
+        })
+    }
 }
 
 #[cfg(test)]

@@ -313,7 +313,7 @@ async fn consumer_settings_follow_the_configuration_at_every_start() {
 fn a_configuration_error_exits_64_with_the_message() {
     let output = Command::new(env!("CARGO_BIN_EXE_s3-rotator"))
         .args(["--s3-bucket", "archive", "--metrics-addr", "127.0.0.1:0"])
-        .env_remove("AWS_ACCESS_KEY_ID")
+        .env("AWS_ACCESS_KEY_ID", "only-the-key-id")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .output()
         .unwrap();
@@ -342,4 +342,56 @@ async fn an_object_is_never_replaced_by_other_content() {
         );
         assert_eq!(store.get(key).await.unwrap(), b"ten events");
     }
+}
+
+#[tokio::test]
+async fn without_keys_the_standard_aws_credential_chain_is_used() {
+    let garage = garage();
+    let nats = NatsServer::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let with_keys = flags(
+        &nats,
+        Some(&garage),
+        &dirs.path().join("segments"),
+        &dirs.path().join("archive"),
+    );
+    // the same settings without the two key flags; the keys are in an AWS profile file instead
+    let mut keyless = Vec::new();
+    let mut args = with_keys.iter().skip(1);
+    while let Some(arg) = args.next() {
+        if arg.starts_with("--aws-") {
+            args.next();
+        } else {
+            keyless.push(arg.clone());
+        }
+    }
+    let profile = dirs.path().join("credentials");
+    std::fs::write(
+        &profile,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            learntrail_testkit::garage::ACCESS_KEY_ID,
+            learntrail_testkit::garage::SECRET_ACCESS_KEY
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_s3-rotator"))
+        .args(&keyless)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &profile)
+        .env("AWS_CONFIG_FILE", dirs.path().join("no-config"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bus = bus(&nats).await;
+    publish(&bus, &events(3)).await;
+    let archived = wait_archived(&store(&with_keys), 3).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(archived.values().map(Vec::len).sum::<usize>(), 3);
 }
