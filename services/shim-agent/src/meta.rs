@@ -10,7 +10,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use hmac::{Hmac, Mac};
 use learntrail_proto::{
     Event, Payload, id,
     subject::{kind, source},
@@ -107,18 +106,10 @@ pub fn sha256_file(path: &Path) -> Option<String> {
     Some(hex::encode(hasher.finalize()))
 }
 
-/// HMAC-SHA256 of the local account name with the deployment's key: the same learner gets the
-/// same pseudonym on every lab machine, and the name itself never leaves the machine. Computed
-/// by the uploader from the record file's owner ([`crate::record`]), never from the record.
-pub fn pseudonym(key: &str, user: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
-    mac.update(user.as_bytes());
-    hex::encode(&mac.finalize().into_bytes()[..16])
-}
-
-/// The actor of a run uploaded without a `PSEUDONYM_KEY`: an unkeyed hash of an account name is
-/// reversed by trying names, so without a key there is no pseudonym at all, only this mark.
-pub const UNKEYED_ACTOR: &str = "unkeyed";
+/// The learner pseudonym of a local account: the one shared implementation,
+/// [`learntrail_proto::pseudonym::pseudonym`] (notebook-scanner uses it too). Computed by the
+/// uploader from the record file's owner ([`crate::record`]), never from the record.
+pub use learntrail_proto::pseudonym::{UNKEYED_ACTOR, pseudonym};
 
 /// The machine, without the learner: the uploader fills `user` in (see [`pseudonym`]).
 pub fn machine() -> Machine {

@@ -1,0 +1,4 @@
+//! # notebook-scanner
+#![forbid(unsafe_code)]
+
+pub mod notebook;

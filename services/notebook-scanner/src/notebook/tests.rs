@@ -1,0 +1,152 @@
+//! The parser on notebooks a real ipykernel executed (tests/fixtures/make.py writes them).
+
+use super::*;
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/",
+            $name
+        ))
+    };
+}
+
+fn problems(bytes: &[u8]) -> BTreeMap<String, (Status, f64, f64)> {
+    parse(bytes)
+        .unwrap()
+        .problems
+        .into_iter()
+        .map(|(id, p)| (id, (p.status, p.points, p.max_points)))
+        .collect()
+}
+
+fn status(bytes: &[u8], grade_id: &str) -> (Status, f64, f64) {
+    problems(bytes)[grade_id]
+}
+
+#[test]
+fn a_passing_notebook_scores_its_tests_and_waits_for_manual_grading() {
+    let nb = fixture!("passing.ipynb");
+    let p = problems(nb);
+    assert_eq!(p["squares"], (Status::Passed, 0.0, 0.0));
+    assert_eq!(p["correct_squares"], (Status::Passed, 2.0, 2.0));
+    // the cell printed 0.5: nbgrader's partial credit
+    assert_eq!(p["partial_squares"], (Status::Passed, 0.5, 1.0));
+    assert_eq!(p["explain"], (Status::NeedsManualGrading, 0.0, 3.0));
+    assert_eq!(p["plot_task"], (Status::NeedsManualGrading, 0.0, 2.0));
+    assert!(
+        !p.contains_key("jupyter"),
+        "read-only cells are not problems"
+    );
+    let s = parse(nb).unwrap();
+    assert_eq!(s.cells, 8);
+    assert_eq!(
+        (s.code_ok, s.code_errors, s.code_not_run, s.empty_cells),
+        (4, 0, 1, 1)
+    );
+    assert_eq!(
+        (s.display_outputs, s.stream_outputs, s.error_outputs),
+        (2, 1, 0)
+    );
+}
+
+#[test]
+fn an_error_output_fails_the_test_with_zero_points() {
+    let nb = fixture!("failing.ipynb");
+    assert_eq!(status(nb, "correct_squares"), (Status::Failed, 0.0, 2.0));
+    assert_eq!(status(nb, "squares"), (Status::Passed, 0.0, 0.0));
+    let s = parse(nb).unwrap();
+    assert_eq!((s.error_outputs, s.code_errors), (1, 1));
+}
+
+#[test]
+fn release_stubs_and_unchanged_checksums_are_unanswered() {
+    let nb = fixture!("unanswered.ipynb");
+    let p = problems(nb);
+    assert_eq!(p["squares"], (Status::Unanswered, 0.0, 0.0));
+    // the tests ran into the stub's NotImplementedError: unanswered, not failed
+    assert_eq!(p["correct_squares"], (Status::Unanswered, 0.0, 2.0));
+    assert_eq!(p["partial_squares"], (Status::Unanswered, 0.0, 1.0));
+    assert_eq!(p["explain"], (Status::Unanswered, 0.0, 3.0));
+}
+
+#[test]
+fn cells_never_run_are_not_run() {
+    let nb = fixture!("not_run.ipynb");
+    let p = problems(nb);
+    assert_eq!(p["correct_squares"], (Status::Passed, 2.0, 2.0));
+    assert_eq!(p["partial_squares"], (Status::NotRun, 0.0, 1.0));
+    let untouched = problems(fixture!("untouched.ipynb"));
+    assert_eq!(untouched["squares"].0, Status::NotRun);
+    assert_eq!(untouched["correct_squares"], (Status::NotRun, 0.0, 2.0));
+    assert_eq!(parse(fixture!("untouched.ipynb")).unwrap().code_not_run, 5);
+}
+
+#[test]
+fn nbformat_4_4_without_cell_ids_reads_the_same() {
+    assert_eq!(
+        problems(fixture!("v4_4.ipynb")),
+        problems(fixture!("passing.ipynb"))
+    );
+}
+
+#[test]
+fn checksums_match_nbgrader() {
+    // make.py computed these with nbgrader's algorithm; an unedited cell must match its own.
+    let raw: RawNotebook = serde_json::from_slice(fixture!("untouched.ipynb")).unwrap();
+    let explain = &raw.cells[4];
+    let meta = Grading::read(explain.metadata.nbgrader.as_ref().unwrap()).unwrap();
+    assert_eq!(Some(checksum(explain, &meta)), meta.checksum);
+    let test = &raw.cells[2];
+    let meta = Grading::read(test.metadata.nbgrader.as_ref().unwrap()).unwrap();
+    assert_eq!(Some(checksum(test, &meta)), meta.checksum);
+    assert_eq!(python_float(2.0), "2.0");
+    assert_eq!(python_float(0.5), "0.5");
+}
+
+#[test]
+fn malformed_notebooks_are_errors_not_panics() {
+    assert!(matches!(
+        parse(fixture!("truncated.ipynb")),
+        Err(ParseError::Json(_))
+    ));
+    assert!(matches!(parse(b""), Err(ParseError::Json(_))));
+    assert!(matches!(parse(b"[1, 2]"), Err(ParseError::Json(_))));
+    assert_eq!(
+        parse(br#"{"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [], "cells": []}"#),
+        Err(ParseError::Version(3))
+    );
+    let too_new = br#"{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "a", "source": "", "outputs": [], "execution_count": null,
+         "metadata": {"nbgrader": {"schema_version": 10, "grade": true, "solution": false,
+                      "locked": false, "grade_id": "x", "points": 1}}}]}"#;
+    assert_eq!(
+        parse(too_new),
+        Err(ParseError::SchemaTooNew {
+            cell: 0,
+            version: 10
+        })
+    );
+}
+
+#[test]
+fn stderr_fails_a_test_and_metadata_names_the_course() {
+    let nb = br#"{"nbformat": 4, "nbformat_minor": 4,
+      "metadata": {"nbgrader": {"course_id": "cs101", "assignment_id": "ps2"}},
+      "cells": [{"cell_type": "code", "source": ["check()"], "execution_count": 3,
+        "metadata": {"nbgrader": {"schema_version": 3, "grade": true, "solution": false,
+                     "locked": true, "grade_id": "t1", "points": "1.5"}},
+        "outputs": [{"output_type": "stream", "name": "stderr", "text": ["warning\n"]}]}]}"#;
+    let s = parse(nb).unwrap();
+    assert_eq!(s.course.as_deref(), Some("cs101"));
+    assert_eq!(s.assignment.as_deref(), Some("ps2"));
+    assert_eq!(
+        s.problems["t1"],
+        Problem {
+            status: Status::Failed,
+            points: 0.0,
+            max_points: 1.5
+        }
+    );
+}

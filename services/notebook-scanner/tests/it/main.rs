@@ -1,0 +1,1 @@
+//! notebook-scanner with real files and a real nats-server.
