@@ -1,1 +1,5 @@
-//! notebook-scanner with real files and a real nats-server.
+//! notebook-scanner with real files, notebooks a real kernel executed, and a real nats-server.
+
+mod helpers;
+mod scan;
+mod seed;

@@ -1,0 +1,150 @@
+//! Pick-up times, limits and safety, one behaviour per test.
+
+use std::time::{Duration, Instant};
+
+use learntrail_proto::pseudonym::pseudonym;
+
+use crate::helpers::*;
+
+const ONE_USER: &[u8] = b"uid,notebooks\nann,home/ann\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_is_reported_within_two_seconds_by_notification() {
+    let env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    std::fs::create_dir_all(env.path("home/ann")).unwrap();
+    let scanner = env.start(&[]).await;
+    let saved = Instant::now();
+    env.write("home/ann/hw/problem1.ipynb", &fixture("passing.ipynb"));
+    let events = env.wait_events(1, Duration::from_secs(2)).await;
+    assert!(saved.elapsed() < Duration::from_secs(2));
+    assert_eq!(events[0].actor, pseudonym(KEY, "ann"));
+    assert_eq!(snapshot_of(&events[0]).path, "hw/problem1.ipynb");
+    scanner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_notifications_off_the_next_scan_reports_a_save() {
+    let env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    std::fs::create_dir_all(env.path("home/ann")).unwrap();
+    let scanner = env
+        .start(&["--watch", "off", "--scan-interval", "1s"])
+        .await;
+    env.write("home/ann/problem1.ipynb", &fixture("failing.ipynb"));
+    let saved = Instant::now();
+    let events = env.wait_events(1, Duration::from_secs(3)).await;
+    // at most one interval (plus the scan itself)
+    assert!(
+        saved.elapsed() < Duration::from_millis(1_900),
+        "{:?}",
+        saved.elapsed()
+    );
+    assert_eq!(snapshot_of(&events[0]).error_outputs, 1);
+    // and nothing more on later scans
+    let scans = scanner
+        .metric("learntrail_notebook_scan_seconds_count")
+        .await as u64;
+    scanner.wait_scans(scans + 2).await;
+    assert_eq!(env.events().await.len(), 1);
+    scanner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_to_etc_is_not_followed() {
+    let env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    env.write("home/ann/problem1.ipynb", &fixture("passing.ipynb"));
+    std::os::unix::fs::symlink("/etc", env.path("home/ann/etc")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", env.path("home/ann/hostname.ipynb")).unwrap();
+    let scanner = env.start(&["--scan-interval", "200ms"]).await;
+    scanner.wait_scans(3).await;
+    // a notification about a file behind the link is refused too
+    std::fs::write(
+        env.path("home/ann/problem1.ipynb"),
+        fixture("failing.ipynb"),
+    )
+    .unwrap();
+    let events = env.wait_events(2, Duration::from_secs(5)).await;
+    scanner.wait_scans(5).await;
+    let events_now = env.events().await;
+    assert_eq!(events_now.len(), 2, "{events:?}");
+    assert!(
+        events_now
+            .iter()
+            .all(|e| snapshot_of(e).path == "problem1.ipynb")
+    );
+    assert!(!env.snapshot("ann/etc").exists());
+    assert!(!env.snapshot("ann/hostname.ipynb").exists());
+    scanner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_notebook_is_skipped_and_a_truncated_one_is_a_parse_error() {
+    let env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    let mut big = br#"{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "raw", "id": "x", "metadata": {}, "source": ""#.to_vec();
+    big.resize(50 * 1024 * 1024, b'x');
+    big.extend_from_slice(br#""}]}"#);
+    env.write("home/ann/big.ipynb", &big);
+    env.write("home/ann/cut.ipynb", &fixture("truncated.ipynb"));
+    env.write("home/ann/ok.ipynb", &fixture("v4_4.ipynb"));
+    let scanner = env.start(&[]).await;
+    let events = env.wait_events(2, Duration::from_secs(5)).await;
+    assert_eq!(events.len(), 2);
+    let cut = find(&events, &pseudonym(KEY, "ann"), "cut.ipynb");
+    assert!(
+        cut.parse_error.starts_with("not valid notebook JSON"),
+        "{cut:?}"
+    );
+    assert_eq!(cut.problems.len(), 0);
+    assert_eq!(
+        find(&events, &pseudonym(KEY, "ann"), "ok.ipynb").parse_error,
+        ""
+    );
+    assert_eq!(
+        scanner
+            .metric("learntrail_notebook_files_skipped_total{reason=\"too_large\"}")
+            .await,
+        1.0
+    );
+    assert!(!env.snapshot("ann/big.ipynb").exists());
+    scanner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_index_line_re_emits_the_same_event_id() {
+    let env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    env.write("home/ann/problem1.ipynb", &fixture("passing.ipynb"));
+    let scanner = env.start(&[]).await;
+    let first = env.wait_events(1, Duration::from_secs(5)).await;
+    scanner.stop().await;
+    // the index never learnt of the ack (crash between ack and index line)
+    std::fs::remove_file(env.snapshot(".index.jsonl")).unwrap();
+    let again = env.start(&[]).await;
+    // it published again, and the stream recognised the id
+    assert_eq!(
+        again
+            .metric("learntrail_notebook_snapshot_events_total")
+            .await,
+        1.0
+    );
+    let events = env.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, first[0].id);
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_file_is_reread_when_it_changes() {
+    let env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    env.write("home/bob/problem1.ipynb", &fixture("passing.ipynb"));
+    let scanner = env.start(&[]).await;
+    assert!(env.events().await.is_empty());
+    env.write("users.csv", b"uid,notebooks\nann,home/ann\nbob,home/bob\n");
+    let events = env.wait_events(1, Duration::from_secs(3)).await;
+    assert_eq!(events[0].actor, pseudonym(KEY, "bob"));
+    scanner.stop().await;
+}
