@@ -8,11 +8,13 @@
 //!   and vs the HTTP ceiling ([`ceiling`]), with a CPU profile of tracking-api under load;
 //! - [`shim`]: the latency shim-agent adds to a Ruby run;
 //! - [`archive`]: s3-rotator's end-to-end archive rate to S3;
-//! - [`eagle`]: eagle-pinger's polls/s at a 6 s cadence against fake-eagle, drift p99, CPU.
+//! - [`eagle`]: eagle-pinger's polls/s at a 6 s cadence against fake-eagle, drift p99, CPU;
+//! - [`notebooks`]: notebook-scanner's first scan, rescan and save-to-event latency.
 
 pub mod archive;
 pub mod ceiling;
 pub mod eagle;
+pub mod notebooks;
 pub mod report;
 pub mod shim;
 pub mod tracking;
@@ -45,6 +47,8 @@ pub enum Which {
     Archive(archive::Args),
     /// eagle-pinger: meters polled at a 6 s cadence against fake-eagle, drift p99, CPU
     Eagle(eagle::Args),
+    /// notebook-scanner: first scan MB/s and files/s, rescan time, save-to-event latency
+    Notebooks(notebooks::Args),
     /// Every benchmark, one after the other
     All,
     /// (internal) serve the HTTP ceiling endpoint on ADDR
@@ -58,12 +62,14 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Which::Shim(args) => shim::run(&bench, args),
         Which::Archive(args) => archive::run(&bench, args).await,
         Which::Eagle(args) => eagle::run(&bench, args).await,
+        Which::Notebooks(args) => notebooks::run(&bench, args).await,
         Which::Ceiling { addr } => ceiling::serve(addr).await,
         Which::All => {
             tracking::run(&bench, &tracking::Args::default()).await?;
             shim::run(&bench, &shim::Args::default())?;
             archive::run(&bench, &archive::Args::default()).await?;
-            eagle::run(&bench, &eagle::Args::default()).await
+            eagle::run(&bench, &eagle::Args::default()).await?;
+            notebooks::run(&bench, &notebooks::Args::default()).await
         }
     }
 }
