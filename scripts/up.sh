@@ -63,6 +63,18 @@ if [ -z "${FORWARDER_METRICS_PORT:-}" ]; then
   # shellcheck disable=SC1091
   . "$var/ports.env"
 fi
+# notebook-scanner: its port, a pseudonym key, and a demo users.csv with one learner's directory
+if [ -z "${NOTEBOOK_METRICS_PORT:-}" ]; then
+  echo "NOTEBOOK_METRICS_PORT=$(pick_port 9186)" >> "$var/ports.env"
+  # shellcheck disable=SC1091
+  . "$var/ports.env"
+fi
+[ -f "$var/pseudonym-key" ] || (umask 077; openssl rand -hex 32 > "$var/pseudonym-key")
+if [ ! -f "$var/notebooks/users.csv" ]; then
+  mkdir -p "$var/notebooks/homes/demo/ps1"
+  printf 'uid,notebooks,name\ndemo,homes/demo,Demo Learner\n' > "$var/notebooks/users.csv"
+  cp services/notebook-scanner/tests/fixtures/unanswered.ipynb "$var/notebooks/homes/demo/ps1/problem1.ipynb"
+fi
 
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -103,6 +115,8 @@ start fake-eagle FAKE_EAGLE_ADDR="127.0.0.1:$FAKE_EAGLE_PORT" FAKE_EAGLE_METERS=
 start eagle-pinger HTTP_ADDR="127.0.0.1:$EAGLE_PORT" METRICS_ADDR="127.0.0.1:$EAGLE_METRICS_PORT" \
   EAGLE_SECRET_KEY="$(cat "$var/eagle-key")" \
   EAGLE_CLOUD_URL="http://127.0.0.1:$FAKE_EAGLE_PORT/cgi-bin/post_manager"
+start notebook-scanner METRICS_ADDR="127.0.0.1:$NOTEBOOK_METRICS_PORT" USERS_CSV="$var/notebooks/users.csv" \
+  SNAPSHOT_DIR="$var/snapshots" PSEUDONYM_KEY="$(cat "$var/pseudonym-key")"
 
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$TRACKING_METRICS_PORT/readyz" >/dev/null 2>&1 && break
@@ -145,6 +159,7 @@ Learntrail is up (data and logs under var/; stop it with: make down)
   analytics-query   http://127.0.0.1:$ANALYTICS_PORT/api/v1/   gRPC 127.0.0.1:$ANALYTICS_GRPC_PORT   (ops: http://127.0.0.1:$ANALYTICS_METRICS_PORT/metrics)
   keen-forwarder    ${forwarding:-off (set KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS or LRS_URL)}   (ops: http://127.0.0.1:$FORWARDER_METRICS_PORT/metrics)
   eagle-pinger      http://127.0.0.1:$EAGLE_PORT/api/users   (ops: http://127.0.0.1:$EAGLE_METRICS_PORT/metrics; meters 000001-000003 on fake-eagle 127.0.0.1:$FAKE_EAGLE_PORT)
+  notebook-scanner  drop a notebook into $var/notebooks/homes/demo/ (learners: $var/notebooks/users.csv; snapshots: $var/snapshots)   (ops: http://127.0.0.1:$NOTEBOOK_METRICS_PORT/metrics)
   shim-agent        $bin/shim-agent install --user   (then: shim-agent upload, with NATS_URL=$NATS_URL)
 
 A student token (24 h):
@@ -157,6 +172,7 @@ Try it:
   curl -s 'http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1' | grep -A3 '"name": "EVENTS"'   # the event is stored
   curl -s http://127.0.0.1:$EAGLE_PORT/api/event/000001 -H "Authorization: Bearer $token"   # a meter's reading, polled now
   curl -s http://127.0.0.1:$EAGLE_PORT/api/user/000003 -H "Authorization: Bearer $token"   # a refused meter: auth_failed
+  cp services/notebook-scanner/tests/fixtures/passing.ipynb $var/notebooks/homes/demo/ps1/problem1.ipynb   # a save: its snapshot (and a backup of the last one) in $var/snapshots/demo/ps1, its NotebookSnapshot event in EVENTS
   curl -s http://127.0.0.1:$ANALYTICS_PORT/api/v1/learners/learner-1/summary -H "Authorization: Bearer $token"   # learner-1's summary
   curl -s 'http://127.0.0.1:$ANALYTICS_PORT/3.0/projects/learntrail/queries/count?event_collection=lms.video&timeframe=this_1_days&interval=hourly&group_by=lmsEvent.eventType' -H "Authorization: $token"   # Keen-style count
 EOT
