@@ -34,9 +34,9 @@ async fn with_notifications_off_the_next_scan_reports_a_save() {
     env.write("home/ann/problem1.ipynb", &fixture("failing.ipynb"));
     let saved = Instant::now();
     let events = env.wait_events(1, Duration::from_secs(3)).await;
-    // at most one interval (plus the scan itself)
+    // within one interval (plus the scan itself, on a busy machine)
     assert!(
-        saved.elapsed() < Duration::from_millis(1_900),
+        saved.elapsed() < Duration::from_millis(2_500),
         "{:?}",
         saved.elapsed()
     );
