@@ -28,6 +28,14 @@ async fn seed_walkthrough() {
     env.write("homes/a/ps1/problem1.ipynb", &fixture("passing.ipynb"));
     env.write("homes/b/ps1/problem1.ipynb", &fixture("unanswered.ipynb"));
     env.write("homes/b/notes.txt", b"remember: squares");
+    // Jupyter's checkpoints and save copies, editor backups: never reported
+    env.write(
+        "homes/a/ps1/.ipynb_checkpoints/problem1-checkpoint.ipynb",
+        &fixture("passing.ipynb"),
+    );
+    env.write("homes/a/ps1/.~problem1.ipynb", &fixture("passing.ipynb"));
+    env.write("homes/a/ps1/problem1.ipynb~", &fixture("passing.ipynb"));
+    env.write("homes/b/.problem1.ipynb.swp", b"vim");
     let scanner = env.start(&[]).await;
 
     let first = env.wait_events(3, Duration::from_secs(10)).await;
@@ -67,7 +75,8 @@ async fn seed_walkthrough() {
         &fixture("truncated.ipynb"),
     );
     env.write("homes/b/ps1/problem1.ipynb", &fixture("passing.ipynb"));
-    let all = env.wait_events(7, Duration::from_secs(5)).await;
+    // directories that appear are watched through their nearest existing parent: well within 3 s
+    let all = env.wait_events(7, Duration::from_secs(3)).await;
     let (c, d, e) = (
         pseudonym(KEY, "c"),
         pseudonym(KEY, "d"),
