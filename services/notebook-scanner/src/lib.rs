@@ -137,7 +137,15 @@ pub async fn serve(
         nats_url = %config.nats.url,
         "notebook-scanner starting"
     );
-    let scanned = drive(scanner, &config, &bus, &token).await;
+    // after SIGTERM, the scan in flight may finish within the grace period; cut short, nothing
+    // is lost: the index only moves after an ack, so the next start redoes the rest
+    let scanned = learntrail_runtime::shutdown::drain_with_grace(
+        &token,
+        config.shutdown_grace,
+        drive(scanner, &config, &bus, &token),
+    )
+    .await
+    .unwrap_or(Ok(()));
     provisioning.abort();
     token.cancel();
     let _ = ops_server.await;

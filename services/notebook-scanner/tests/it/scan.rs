@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use learntrail_proto::pseudonym::pseudonym;
+use learntrail_testkit::eventually;
 
 use crate::helpers::*;
 
@@ -146,5 +147,29 @@ async fn the_users_file_is_reread_when_it_changes() {
     env.write("users.csv", b"uid,notebooks\nann,home/ann\nbob,home/bob\n");
     let events = env.wait_events(1, Duration::from_secs(3)).await;
     assert_eq!(events[0].actor, pseudonym(KEY, "bob"));
+    scanner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_during_a_nats_outage_is_reported_when_nats_is_back() {
+    let mut env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    std::fs::create_dir_all(env.path("home/ann")).unwrap();
+    let scanner = env.start(&[]).await;
+    env.nats.stop();
+    env.write("home/ann/problem1.ipynb", &fixture("passing.ipynb"));
+    eventually(Duration::from_secs(5), "a failed publish", || async {
+        (scanner
+            .metric("learntrail_notebook_files_skipped_total{reason=\"publish\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    // stored already: the snapshot comes before the event
+    assert!(env.snapshot("ann/problem1.ipynb").exists());
+    env.nats.restart();
+    let events = env.wait_events(1, Duration::from_secs(15)).await;
+    assert_eq!(snapshot_of(&events[0]).path, "problem1.ipynb");
     scanner.stop().await;
 }
