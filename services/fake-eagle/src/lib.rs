@@ -84,6 +84,13 @@ pub struct MeterSpec {
     /// Old firmware: XML even when JSON is asked for.
     #[serde(default)]
     pub xml_only: bool,
+    /// JSON without the outer braces (as firmware sends list replies).
+    #[serde(default)]
+    pub bare_json: bool,
+    /// The manuals' worked examples instead of live readings: demand 0x001738 / 0x3e8, time
+    /// 0x185adc1d (Eagle-100); 21.499 kW, LastContact 0x59a0b67c (Eagle-200).
+    #[serde(default)]
+    pub manual: bool,
     /// Solar: demand is negative (export).
     #[serde(default)]
     pub export: bool,
@@ -102,6 +109,8 @@ impl MeterSpec {
             email: demo_email(cloud_id),
             mode: Mode::Ok,
             xml_only: false,
+            bare_json: false,
+            manual: false,
             export: false,
         }
     }
@@ -296,7 +305,8 @@ async fn post_manager(State(fake): State<FakeEagle>, headers: HeaderMap, body: B
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let sim = Sim::new(&cloud_id, spec.export, fake.inner.started.elapsed(), now);
+    let mut sim = Sim::new(&cloud_id, spec.export, fake.inner.started.elapsed(), now);
+    sim.manual = spec.manual;
     let body = match (spec.api, name.as_str()) {
         (Api::Local200, "device_list") => sim.device_list(),
         (Api::Local200, "device_query") => sim.device_query(),
@@ -305,6 +315,9 @@ async fn post_manager(State(fake): State<FakeEagle>, headers: HeaderMap, body: B
         (_, "get_network_info") => sim.network_info(json),
         _ => format!("<Error>\r\n<Text>Unknown command {name}</Text>\r\n</Error>\r\n"),
     };
+    if json && spec.bare_json && body.starts_with('{') && body.ends_with('}') {
+        return reply(body[1..body.len() - 1].to_string());
+    }
     reply(body)
 }
 
@@ -339,6 +352,7 @@ struct Sim {
     export: bool,
     unix: u64,
     elapsed: f64,
+    manual: bool,
 }
 
 impl Sim {
@@ -351,11 +365,15 @@ impl Sim {
             export,
             unix,
             elapsed: elapsed.as_secs_f64(),
+            manual: false,
         }
     }
 
     /// Watts: a per-meter base, a slow wave, and a little flicker.
     fn demand_w(&self) -> i64 {
+        if self.manual {
+            return if self.export { -0x1738 } else { 0x1738 };
+        }
         let base = 300.0 + (self.hash % 2700) as f64;
         let phase = (self.hash % 628) as f64 / 100.0;
         let wave = 0.3 * base * (self.unix as f64 / 600.0 + phase).sin();
@@ -366,6 +384,9 @@ impl Sim {
 
     /// Watt-hours delivered so far (and received, for an exporting meter).
     fn summation_wh(&self) -> (u64, u64) {
+        if self.manual {
+            return (0x00a2_e0b8, 0x9187);
+        }
         let start = 1_000_000 + (self.hash % 9_000_000);
         let grown = (self.elapsed * self.demand_w().unsigned_abs() as f64 / 3600.0) as u64
             + (self.unix % 100_000);
@@ -377,6 +398,9 @@ impl Sim {
     }
 
     fn eagle_time(&self) -> String {
+        if self.manual {
+            return "0x185adc1d".into();
+        }
         format!("0x{:08x}", self.unix.saturating_sub(EAGLE_EPOCH))
     }
 
@@ -471,6 +495,15 @@ impl Sim {
     fn device_query(&self) -> String {
         let (_, meter) = self.macs();
         let (delivered, received) = self.summation_wh();
+        // the Eagle-200 manual's example: 21.499 kW at LastContact 0x59a0b67c
+        let (demand, last_contact) = if self.manual {
+            ("21.499 kW".to_string(), 0x59a0_b67c)
+        } else {
+            (
+                format!("{:.3} kW", self.demand_w() as f64 / 1000.0),
+                self.unix,
+            )
+        };
         let variable = |name: &str, value: String, units: &str| {
             format!(
                 "<Variable>\r\n<Name>{name}</Name>\r\n<Value>{value}</Value>\r\n<Units>{units}</Units>\r\n</Variable>\r\n"
@@ -478,12 +511,8 @@ impl Sim {
         };
         format!(
             "<Device>\r\n<DeviceDetails>\r\n<Name>Power Meter</Name>\r\n<HardwareAddress>{meter}</HardwareAddress>\r\n<Protocol>Zigbee</Protocol>\r\n<NetworkAddress>0x0000</NetworkAddress>\r\n<Manufacturer>Generic</Manufacturer>\r\n<ModelId>electric_meter</ModelId>\r\n<LastContact>0x{:08x}</LastContact>\r\n<ConnectionStatus>Connected</ConnectionStatus>\r\n</DeviceDetails>\r\n<Components>\r\n<Component>\r\n<HardwareId></HardwareId>\r\n<FixedId>0</FixedId>\r\n<Name>Main</Name>\r\n<Variables>\r\n{}{}{}{}{}</Variables>\r\n</Component>\r\n</Components>\r\n</Device>\r\n",
-            self.unix,
-            variable(
-                "zigbee:InstantaneousDemand",
-                format!("{:.3} kW", self.demand_w() as f64 / 1000.0),
-                "kW"
-            ),
+            last_contact,
+            variable("zigbee:InstantaneousDemand", demand, "kW"),
             variable(
                 "zigbee:CurrentSummationDelivered",
                 format!("{:.6}", delivered as f64 / 1000.0),

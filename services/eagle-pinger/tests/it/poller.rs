@@ -411,3 +411,94 @@ async fn stream_readings_are_valid_events() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_manuals_worked_examples_over_the_wire() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    // (cloud id, api, XML only, JSON without outer braces, export, demand kW, meter time)
+    let eagle_100 = "2012-12-12T06:09:33Z";
+    let eagle_200 = "2017-08-25T23:45:00Z";
+    let meters = [
+        ("00ab01", Api::Cloud, false, false, false, 5.944, eagle_100),
+        ("00ab02", Api::Cloud, true, false, false, 5.944, eagle_100),
+        (
+            "00ab03",
+            Api::Local100,
+            false,
+            true,
+            false,
+            5.944,
+            eagle_100,
+        ),
+        ("00ab04", Api::Cloud, false, false, true, -5.944, eagle_100),
+        (
+            "00ab05",
+            Api::Local200,
+            false,
+            false,
+            false,
+            21.499,
+            eagle_200,
+        ),
+    ];
+    for (id, api, xml_only, bare_json, export, ..) in meters {
+        let body = rig.meter(id, api);
+        rig.fake.add(
+            id,
+            MeterSpec {
+                xml_only,
+                bare_json,
+                export,
+                manual: true,
+                ..MeterSpec::demo(id, api)
+            },
+        );
+        assert_eq!(app.register(id, &body).await.0, 201);
+    }
+    for (id, _, _, _, _, demand, time) in meters {
+        let (status, reading) = app
+            .call(
+                Method::GET,
+                &format!("/api/event/{id}"),
+                Some(Role::Student),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{id}: {reading}");
+        assert_eq!(reading["demand_kw"], json!(demand), "{id}");
+        if id != "00ab05" {
+            assert_eq!(reading["meter_timestamp"], time, "{id}");
+            // 0x00a2e0b8 / 0x3e8 and 0x9187 / 0x3e8
+            assert_eq!(reading["summation_delivered_kwh"], json!(10674.36), "{id}");
+            assert_eq!(reading["summation_received_kwh"], json!(37.255), "{id}");
+        }
+    }
+    // and the events say the same
+    let events = rig.readings().await;
+    let manual_200 = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Some(Payload::EnergyReading(r)) if r.cloud_id == "00ab05" => Some((e, r)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(manual_200.1.demand_kw, 21.499);
+    assert_eq!(
+        learntrail_proto::time::rfc3339(manual_200.1.meter_timestamp.as_ref().unwrap()),
+        "2017-08-25T23:45:00.000Z"
+    );
+    let export = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Some(Payload::EnergyReading(r)) if r.cloud_id == "00ab04" => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(export.demand_kw, -5.944);
+    assert_eq!(
+        learntrail_proto::time::rfc3339(export.meter_timestamp.as_ref().unwrap()),
+        "2012-12-12T06:09:33.000Z"
+    );
+    app.stop().await;
+}
