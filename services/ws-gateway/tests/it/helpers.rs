@@ -51,14 +51,16 @@ pub fn config(nats: &str, extra: &[&str]) -> Config {
         SECRET,
         "--nats-url",
         nats,
-        "--nats-publish-timeout",
-        "2s",
         "--cors-origins",
         "https://lab.example",
-        // nothing answers here unless a test says otherwise
-        "--analytics-grpc-url",
-        "http://127.0.0.1:9",
     ];
+    if !extra.contains(&"--nats-publish-timeout") {
+        args.extend_from_slice(&["--nats-publish-timeout", "2s"]);
+    }
+    if !extra.contains(&"--analytics-grpc-url") {
+        // nothing answers here unless a test says otherwise
+        args.extend_from_slice(&["--analytics-grpc-url", "http://127.0.0.1:9"]);
+    }
     args.extend_from_slice(extra);
     Config::parse_from(args)
 }
@@ -123,10 +125,6 @@ impl TestGateway {
     /// The value of a counter (`learntrail_<name>_total`) on /metrics.
     pub async fn counter(&self, name: &str) -> u64 {
         metric(&self.http, &self.ops, &format!("learntrail_{name}_total")).await
-    }
-
-    pub fn cancel(&self) {
-        self.token.cancel();
     }
 
     pub async fn stop(self) {
@@ -268,7 +266,7 @@ pub enum Frame {
     Json(Value),
     Close(Option<(u16, String)>),
     Ended,
-    Error(String),
+    Error(#[allow(dead_code)] String),
 }
 
 /// A log message as the spinner UI sends it, with the client's `id`.
