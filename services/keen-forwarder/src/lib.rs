@@ -8,13 +8,15 @@
 //! `deadletter.<destination>` with the reason (refused for good, or out of attempts); every
 //! record carries the event id (`learntrail_id`, the webhook event's `id`, the statement id), so a
 //! receiver can drop the rare duplicate after a crash. `keen-forwarder redrive` delivers a
-//! destination's dead letters again once the cause is fixed.
+//! destination's dead letters again once the cause is fixed; `keen-forwarder backfill` feeds one
+//! destination from s3-rotator's archive.
 //!
 //! Modules: [`destination`] (settings), [`forwarder`] (consume, batch, retry, ack), [`sink`]
-//! (outcomes), [`keen`], [`webhook`], [`xapi`] (event → statements), [`lrs`], [`redrive`],
+//! (outcomes), [`keen`], [`webhook`], [`xapi`] (event → statements), [`lrs`], [`redrive`], [`backfill`],
 //! [`metrics`].
 #![forbid(unsafe_code)]
 
+pub mod backfill;
 pub mod destination;
 pub mod forwarder;
 pub mod keen;
@@ -157,6 +159,24 @@ pub enum Command {
         #[arg(long, value_parser = parse_time)]
         to: Option<DateTime<Utc>>,
     },
+    /// Feed a destination from the archive (s3-rotator's objects, S3 or ARCHIVE_DIR): events
+    /// received in [--from, --to), to this destination alone
+    Backfill {
+        /// Destination name: keen, webhook.<name> or lrs
+        #[arg(long)]
+        destination: String,
+        /// Start (inclusive, RFC 3339)
+        #[arg(long, value_parser = parse_time)]
+        from: DateTime<Utc>,
+        /// End (exclusive, RFC 3339)
+        #[arg(long, value_parser = parse_time)]
+        to: DateTime<Utc>,
+        /// First path segment of the archive's object keys
+        #[arg(long, env = "ARCHIVE_PREFIX", default_value = "events")]
+        prefix: String,
+        #[command(flatten)]
+        store: learntrail_s3_rotator::store::StoreArgs,
+    },
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -165,31 +185,59 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{e} (use RFC 3339, e.g. 2026-11-24T16:00:00Z)"))
 }
 
-/// Runs the forwarder (or the redrive command) until done or `token` is cancelled.
+/// Runs the forwarder (or the redrive or backfill command) until done or `token` is cancelled.
 pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
     let destinations = destination::from_config(&config).map_err(ConfigError::new)?;
-    if let Some(Command::Redrive {
-        destination,
-        from,
-        to,
-    }) = &config.command
-    {
-        let dest = destinations
-            .iter()
-            .find(|d| &d.name == destination)
-            .ok_or_else(|| {
-                ConfigError::new(format!("no destination {destination} is configured"))
-            })?;
-        let bus = Bus::connect(&config.nats, "keen-forwarder-redrive", true).await?;
-        let metrics =
-            metrics::Metrics::register(&mut Registry::default()).for_destination(&dest.name);
-        let report = redrive::redrive(&bus, dest, *from, *to, &metrics, &token).await?;
-        bus.close(Duration::from_secs(5)).await;
-        learntrail_runtime::cli::print(&format!("{report}\n"));
-        return Ok(());
+    if let Some(command) = &config.command {
+        return run_command(command, &config, &destinations, &token).await;
     }
     let ops = http::bind("METRICS_ADDR", config.metrics_addr).await?;
     serve(config, destinations, ops, token).await
+}
+
+/// `redrive` or `backfill`: one destination, then exit.
+async fn run_command(
+    command: &Command,
+    config: &Config,
+    destinations: &[destination::Destination],
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (Command::Redrive { destination, .. } | Command::Backfill { destination, .. }) = command;
+    let dest = destinations
+        .iter()
+        .find(|d| &d.name == destination)
+        .ok_or_else(|| ConfigError::new(format!("no destination {destination} is configured")))?;
+    let bus = Bus::connect(&config.nats, "keen-forwarder-command", true).await?;
+    let metrics = metrics::Metrics::register(&mut Registry::default()).for_destination(&dest.name);
+    let report = match command {
+        Command::Redrive { from, to, .. } => {
+            redrive::redrive(&bus, dest, *from, *to, &metrics, token)
+                .await?
+                .to_string()
+        }
+        Command::Backfill {
+            from,
+            to,
+            prefix,
+            store,
+            ..
+        } => {
+            let store = learntrail_s3_rotator::store::Store::from_args(store)
+                .map_err(|e| ConfigError::new(e.to_string()))?;
+            let window = backfill::Window {
+                store: &store,
+                prefix,
+                from: *from,
+                to: *to,
+            };
+            backfill::backfill(window, &bus, dest, &metrics, token)
+                .await?
+                .to_string()
+        }
+    };
+    bus.close(Duration::from_secs(5)).await;
+    learntrail_runtime::cli::print(&format!("{report}\n"));
+    Ok(())
 }
 
 /// The forwarder with its destinations and an already-bound metrics listener (tests pass port 0).

@@ -392,3 +392,79 @@ except Exception as err:
     );
     assert_eq!(keen.state.stored().len(), 2);
 }
+
+#[tokio::test]
+async fn backfill_feeds_one_destination_from_the_archive() {
+    use std::io::Write as _;
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let (keen, hook) = (fakes::keen().await, fakes::webhook().await);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    // s3-rotator's layout: events/source=<s>/dt=<d>/hour=<h>/<...>.ndjson.gz, by receipt time
+    let store = learntrail_s3_rotator::store::Store::Local(archive.clone());
+    let mut events = events(40);
+    let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+    for (i, event) in events.iter_mut().enumerate() {
+        let received = if i < 30 {
+            format!("2026-11-24T16:{i:02}:00Z")
+        } else {
+            "2026-11-24T19:05:00Z".into()
+        };
+        event.received_at = learntrail_proto::time::parse_rfc3339(&received);
+        let at = chrono::DateTime::parse_from_rfc3339(&received)
+            .unwrap()
+            .to_utc();
+        let partition = learntrail_s3_rotator::layout::Partition::of(&event.subject(), at);
+        let key = format!("{}1-40-test.ndjson.gz", partition.key_prefix("events"));
+        by_key
+            .entry(key)
+            .or_default()
+            .push(event.to_json().unwrap());
+    }
+    for (key, lines) in by_key {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+        store.put(&key, gz.finish().unwrap()).await.unwrap();
+    }
+    let file = destinations_file(
+        dir.path(),
+        json!([
+            keen_entry(&keen, json!({})),
+            hook_entry("other", &hook, json!({}))
+        ]),
+    );
+    let config = <learntrail_keen_forwarder::Config as clap::Parser>::parse_from([
+        "keen-forwarder",
+        "--nats-url",
+        &nats.url(),
+        "--destinations-file",
+        file.to_str().unwrap(),
+        "backfill",
+        "--destination",
+        "keen",
+        "--from",
+        "2026-11-24T16:00:00Z",
+        "--to",
+        "2026-11-24T18:00:00Z",
+        "--archive-dir",
+        archive.to_str().unwrap(),
+    ]);
+    learntrail_keen_forwarder::run(config, learntrail_runtime::CancellationToken::new())
+        .await
+        .unwrap();
+
+    let counts = counts(&keen, "learntrail_id");
+    assert_eq!(counts.len(), 30, "the window's events");
+    assert!(events[..30].iter().all(|e| counts.get(&e.id) == Some(&1)));
+    assert!(
+        hook.state.requests().is_empty(),
+        "the other destination untouched"
+    );
+    assert!(
+        learntrail_testkit::stream_events(bus.jetstream(), "EVENTS", "events.>")
+            .await
+            .is_empty(),
+        "nothing republished"
+    );
+}
