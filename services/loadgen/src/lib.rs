@@ -8,12 +8,14 @@
 //!   and vs the HTTP ceiling ([`ceiling`]), with a CPU profile of tracking-api under load;
 //! - [`shim`]: the latency shim-agent adds to a Ruby run;
 //! - [`archive`]: s3-rotator's end-to-end archive rate to S3;
+//! - [`keen`]: keen-forwarder's delivery rate to a local Keen double and to a webhook;
 //! - [`eagle`]: eagle-pinger's polls/s at a 6 s cadence against fake-eagle, drift p99, CPU;
 //! - [`notebooks`]: notebook-scanner's first scan, rescan and save-to-event latency.
 
 pub mod archive;
 pub mod ceiling;
 pub mod eagle;
+pub mod keen;
 pub mod notebooks;
 pub mod report;
 pub mod shim;
@@ -49,6 +51,8 @@ pub enum Which {
     Eagle(eagle::Args),
     /// notebook-scanner: first scan MB/s and files/s, rescan time, save-to-event latency
     Notebooks(notebooks::Args),
+    /// keen-forwarder: events/s delivered to a local Keen double and to a webhook
+    Keen(keen::Args),
     /// Every benchmark, one after the other
     All,
     /// (internal) serve the HTTP ceiling endpoint on ADDR
@@ -63,11 +67,13 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Which::Archive(args) => archive::run(&bench, args).await,
         Which::Eagle(args) => eagle::run(&bench, args).await,
         Which::Notebooks(args) => notebooks::run(&bench, args).await,
+        Which::Keen(args) => keen::run(&bench, args).await,
         Which::Ceiling { addr } => ceiling::serve(addr).await,
         Which::All => {
             tracking::run(&bench, &tracking::Args::default()).await?;
             shim::run(&bench, &shim::Args::default())?;
             archive::run(&bench, &archive::Args::default()).await?;
+            keen::run(&bench, &keen::Args::default()).await?;
             eagle::run(&bench, &eagle::Args::default()).await?;
             notebooks::run(&bench, &notebooks::Args::default()).await
         }
