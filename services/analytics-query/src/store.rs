@@ -2,7 +2,10 @@
 //! round trip per group on a cluster, where a pipeline must stay in one slot; one round trip in
 //! all on a single server), and the atomic apply step of the projection ([`Store::apply`]).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+};
 
 use futures_util::future::try_join_all;
 use redis::{
@@ -23,23 +26,39 @@ use crate::fold::{Op, Write};
 const APPLY: &str = r#"
 local nids = tonumber(ARGV[1])
 local seen = {}
-for i = 2, nids + 1 do
-  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then seen[#seen + 1] = ARGV[i] end
+if nids > 0 then
+  local ids = {}
+  for i = 2, nids + 1 do ids[#ids + 1] = ARGV[i] end
+  for from = 1, nids, 1000 do
+    local chunk = {unpack(ids, from, math.min(from + 999, nids))}
+    local marks = redis.call('SMISMEMBER', KEYS[1], unpack(chunk))
+    for j = 1, #marks do
+      if marks[j] == 1 then seen[#seen + 1] = chunk[j] end
+    end
+  end
+  if #seen > 0 then return seen end
+  for from = 1, nids, 1000 do
+    redis.call('SADD', KEYS[1], unpack(ids, from, math.min(from + 999, nids)))
+  end
 end
-if #seen > 0 then return seen end
-for i = 2, nids + 1 do redis.call('SADD', KEYS[1], ARGV[i]) end
+-- minimum/maximum fields, gathered per key: one HMGET and at most one HSET per key
+local extremes, order = {}, {}
 local i = nids + 2
 while i <= #ARGV do
   local op, k, a, b, c = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
   if op == 'I' then redis.call('HINCRBY', k, a, b)
   elseif op == 'F' then redis.call('HINCRBYFLOAT', k, a, b)
-  elseif op == 'X' then
-    local cur = redis.call('HGET', k, a)
-    if not cur or tonumber(b) > tonumber(cur) then redis.call('HSET', k, a, b) end
-  elseif op == 'N' then
-    local cur = redis.call('HGET', k, a)
-    if not cur or tonumber(b) < tonumber(cur) then redis.call('HSET', k, a, b) end
+  elseif op == 'X' or op == 'N' then
+    local e = extremes[k]
+    if not e then
+      e = {fields = {}, values = {}, max = {}}
+      extremes[k] = e
+      order[#order + 1] = k
+    end
+    e.fields[#e.fields + 1] = a
+    e.values[#e.values + 1] = b
+    e.max[#e.max + 1] = (op == 'X')
   elseif op == 'L' then
     local vf = a .. '|v'
     local cur = redis.call('HGET', k, vf)
@@ -47,12 +66,22 @@ while i <= #ARGV do
   elseif op == 'Z' then
     redis.call('ZADD', k, b, c)
     local keep = tonumber(a)
-    if keep > 0 then
-      local n = redis.call('ZCARD', k)
-      if n > keep then redis.call('ZREMRANGEBYRANK', k, 0, n - keep - 1) end
-    end
+    if keep > 0 then redis.call('ZREMRANGEBYRANK', k, 0, -keep - 1) end
   elseif op == 'S' then redis.call('SADD', k, a)
   end
+end
+for _, k in ipairs(order) do
+  local e = extremes[k]
+  local cur = redis.call('HMGET', k, unpack(e.fields))
+  local set = {}
+  for j = 1, #e.fields do
+    local old, new = tonumber(cur[j]), tonumber(e.values[j])
+    if not old or (e.max[j] and new > old) or (not e.max[j] and new < old) then
+      set[#set + 1] = e.fields[j]
+      set[#set + 1] = e.values[j]
+    end
+  end
+  if #set > 0 then redis.call('HSET', k, unpack(set)) end
 end
 return seen
 "#;
@@ -163,13 +192,13 @@ impl Store {
                     .map_err(redis::RedisError::from)?
                     .unwrap_or_default();
                 if seen.is_empty() {
-                    skip.entry(group.tag.clone())
+                    skip.entry(group.tag.to_string())
                         .or_default()
                         .insert(DONE.into());
                 } else {
                     again = true;
                     already.extend(seen.iter().cloned());
-                    skip.entry(group.tag.clone()).or_default().extend(seen);
+                    skip.entry(group.tag.to_string()).or_default().extend(seen);
                 }
             }
             if !again {
@@ -210,25 +239,72 @@ impl ConnectionLike for Store {
     }
 }
 
-/// One slot's share of a batch: event ids (when marked) and merged operations.
+/// FxHash (rustc's hash) for the maps of one batch: several times cheaper than SipHash on the
+/// long cell fields, and flooding is bounded by the batch size.
+#[derive(Debug, Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fast = std::hash::BuildHasherDefault<FxHasher>;
+
+/// The SHA1 of [`APPLY`], computed once.
+static APPLY_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| redis::Script::new(APPLY).get_hash().to_string());
+
+/// One slot's share of a batch: event ids (when marked) and merged operations, borrowed from
+/// the folded events (an operation is copied only when another is merged into it).
 #[derive(Debug, Default)]
-struct SlotBatch {
-    tag: String,
-    ids: Vec<String>,
-    keys: Vec<String>,
-    key_index: HashMap<String, usize>,
-    merged: HashMap<(u8, usize, String), Op>,
-    order: Vec<(u8, usize, String)>,
-    zadds: Vec<Op>,
+struct SlotBatch<'a> {
+    tag: &'a str,
+    ids: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    key_index: HashMap<&'a str, usize, Fast>,
+    merged: HashMap<(u8, usize, &'a str), usize, Fast>,
+    ops: Vec<Cow<'a, Op>>,
+    zadds: Vec<&'a Op>,
 }
 
 /// Groups the events' writes by slot, leaving out slots already done and events a slot has
 /// seen; operations on the same field are merged (counters added, extremes kept).
-fn group_by_slot(
-    events: &[(String, Vec<Write>)],
+fn group_by_slot<'a>(
+    events: &'a [(String, Vec<Write>)],
     skip: &HashMap<String, HashSet<String>>,
-) -> Vec<SlotBatch> {
-    let mut slots: HashMap<&str, SlotBatch> = HashMap::new();
+) -> Vec<SlotBatch<'a>> {
+    let mut slots: HashMap<&str, SlotBatch<'a>, Fast> = HashMap::default();
     let mut order: Vec<&str> = Vec::new();
     for (id, writes) in events {
         for write in writes {
@@ -239,12 +315,12 @@ fn group_by_slot(
             let batch = slots.entry(&write.tag).or_insert_with(|| {
                 order.push(&write.tag);
                 SlotBatch {
-                    tag: write.tag.clone(),
+                    tag: &write.tag,
                     ..Default::default()
                 }
             });
             if write.marked {
-                batch.ids.push(id.clone());
+                batch.ids.push(id);
             }
             for op in &write.ops {
                 batch.add(op);
@@ -257,19 +333,19 @@ fn group_by_slot(
         .collect()
 }
 
-impl SlotBatch {
-    fn key(&mut self, key: &str) -> usize {
+impl<'a> SlotBatch<'a> {
+    fn key(&mut self, key: &'a str) -> usize {
         if let Some(&i) = self.key_index.get(key) {
             return i;
         }
-        self.keys.push(key.to_string());
+        self.keys.push(key);
         // KEYS[1] is the seen-mark set
         let index = self.keys.len() + 1;
-        self.key_index.insert(key.to_string(), index);
+        self.key_index.insert(key, index);
         index
     }
 
-    fn add(&mut self, op: &Op) {
+    fn add(&mut self, op: &'a Op) {
         let (code, key, field) = match op {
             Op::Incr { key, field, .. } => (b'I', key, field),
             Op::IncrF { key, field, .. } => (b'F', key, field),
@@ -279,36 +355,37 @@ impl SlotBatch {
             Op::SAdd { key, member } => (b'S', key, member),
             Op::ZAdd { key, .. } => {
                 self.key(key);
-                self.zadds.push(op.clone());
+                self.zadds.push(op);
                 return;
             }
         };
         let index = self.key(key);
-        let slot = (code, index, field.clone());
-        match self.merged.get_mut(&slot) {
-            None => {
-                self.order.push(slot.clone());
-                self.merged.insert(slot, op.clone());
+        match self.merged.entry((code, index, field.as_str())) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(self.ops.len());
+                self.ops.push(Cow::Borrowed(op));
             }
-            Some(existing) => merge(existing, op),
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                merge(self.ops[*slot.get()].to_mut(), op)
+            }
         }
     }
 
     fn pipeline(&self) -> Pipeline {
         let mut invoke = redis::cmd("EVALSHA");
         invoke
-            .arg(redis::Script::new(APPLY).get_hash())
+            .arg(APPLY_SHA.as_str())
             .arg(self.keys.len() + 1)
-            .arg(crate::keys::seen(&self.tag));
+            .arg(crate::keys::seen(self.tag));
         for key in &self.keys {
-            invoke.arg(key);
+            invoke.arg(*key);
         }
         invoke.arg(self.ids.len());
         for id in &self.ids {
-            invoke.arg(id);
+            invoke.arg(*id);
         }
-        for slot in &self.order {
-            self.push_op(&mut invoke, &self.merged[slot]);
+        for op in &self.ops {
+            self.push_op(&mut invoke, op);
         }
         for op in &self.zadds {
             self.push_op(&mut invoke, op);
@@ -319,7 +396,7 @@ impl SlotBatch {
     }
 
     fn push_op(&self, cmd: &mut redis::Cmd, op: &Op) {
-        let index = |key: &String| self.key_index[key];
+        let index = |key: &String| self.key_index[key.as_str()];
         match op {
             Op::Incr { key, field, by } => cmd.arg("I").arg(index(key)).arg(field).arg(by).arg(""),
             Op::IncrF { key, field, by } => cmd.arg("F").arg(index(key)).arg(field).arg(by).arg(""),
@@ -407,11 +484,11 @@ mod tests {
         let groups = group_by_slot(&events, &HashMap::new());
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].ids, ["e1", "e2"]);
-        assert_eq!(groups[0].order.len(), 2);
-        assert_eq!(groups[0].merged[&groups[0].order[0]], incr("a", 3));
+        assert_eq!(groups[0].ops.len(), 2);
+        assert_eq!(*groups[0].ops[0], incr("a", 3));
         let skip = HashMap::from([("{t}".to_string(), HashSet::from(["e2".to_string()]))]);
         let groups = group_by_slot(&events, &skip);
         assert_eq!(groups[0].ids, ["e1"]);
-        assert_eq!(groups[0].merged[&groups[0].order[0]], incr("a", 1));
+        assert_eq!(*groups[0].ops[0], incr("a", 1));
     }
 }

@@ -8,10 +8,12 @@
 //!   and vs the HTTP ceiling ([`ceiling`]), with a CPU profile of tracking-api under load;
 //! - [`shim`]: the latency shim-agent adds to a Ruby run;
 //! - [`archive`]: s3-rotator's end-to-end archive rate to S3;
+//! - [`analytics`]: analytics-query's projection rate into Redis, summary and Keen count latency;
 //! - [`keen`]: keen-forwarder's delivery rate to a local Keen double and to a webhook;
 //! - [`eagle`]: eagle-pinger's polls/s at a 6 s cadence against fake-eagle, drift p99, CPU;
 //! - [`notebooks`]: notebook-scanner's first scan, rescan and save-to-event latency.
 
+pub mod analytics;
 pub mod archive;
 pub mod ceiling;
 pub mod eagle;
@@ -53,6 +55,8 @@ pub enum Which {
     Notebooks(notebooks::Args),
     /// keen-forwarder: events/s delivered to a local Keen double and to a webhook
     Keen(keen::Args),
+    /// analytics-query: events/s projected into Redis, summary and Keen count latency
+    Analytics(analytics::Args),
     /// Every benchmark, one after the other
     All,
     /// (internal) serve the HTTP ceiling endpoint on ADDR
@@ -65,6 +69,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Which::Tracking(args) => tracking::run(&bench, args).await,
         Which::Shim(args) => shim::run(&bench, args),
         Which::Archive(args) => archive::run(&bench, args).await,
+        Which::Analytics(args) => analytics::run(&bench, args).await,
         Which::Eagle(args) => eagle::run(&bench, args).await,
         Which::Notebooks(args) => notebooks::run(&bench, args).await,
         Which::Keen(args) => keen::run(&bench, args).await,
@@ -73,6 +78,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             tracking::run(&bench, &tracking::Args::default()).await?;
             shim::run(&bench, &shim::Args::default())?;
             archive::run(&bench, &archive::Args::default()).await?;
+            analytics::run(&bench, &analytics::Args::default()).await?;
             keen::run(&bench, &keen::Args::default()).await?;
             eagle::run(&bench, &eagle::Args::default()).await?;
             notebooks::run(&bench, &notebooks::Args::default()).await

@@ -1,0 +1,419 @@
+//! analytics-query benchmark: starts nats-server (JetStream), redis-server and the
+//! analytics-query release binary, then measures
+//! 1. the projection rate end to end: `events` events for `learners` learners (Ruby runs, lab
+//!    actions, video plays over the last 7 days) published with pipelined JetStream publishes,
+//!    timed from the first publish until the service reports every event projected (written to
+//!    Redis, acknowledged);
+//! 2. `GET /api/v1/learners/{learner}/summary` from many keep-alive connections (p50/p99);
+//! 3. a Keen count over the previous 7 days, hourly, grouped by error class (p50/p99);
+//!
+//! and prints them against the targets: projection >= 50,000 events/s, summary p99 <= 5 ms,
+//! Keen count p99 <= 20 ms.
+
+use std::{
+    collections::VecDeque,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, client::conn::http1::SendRequest};
+use hyper_util::rt::TokioIo;
+use learntrail_proto::{
+    Event, Message, Payload, id, time,
+    v1::{
+        Context, LabLog, LmsEvent, LmsEventType, RubyError, RubyRun, VideoData,
+        lms_event::EventData,
+    },
+};
+use learntrail_runtime::{
+    auth::{self, Claims, Role},
+    bus::{Bus, NatsArgs, StreamArgs},
+};
+use learntrail_testkit::{NatsServer, RedisServer, eventually};
+use tokio::net::TcpStream;
+
+use crate::{
+    Bench,
+    report::{Phase, verdict},
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Events to project
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Learners the events belong to
+    #[arg(long, default_value_t = 10_000)]
+    pub learners: usize,
+    /// JetStream publishes in flight
+    #[arg(long, default_value_t = 4096)]
+    pub inflight: usize,
+    /// Concurrent keep-alive connections asking for summaries
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Concurrent keep-alive connections asking the Keen count
+    #[arg(long, default_value_t = 8)]
+    pub keen_connections: usize,
+    /// The service's PROJECTION_BATCH (events per pull batch and Redis round trip)
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            events: 1_000_000,
+            learners: 10_000,
+            inflight: 4096,
+            connections: 32,
+            keen_connections: 8,
+            batch: 1000,
+        }
+    }
+}
+
+const PROJECTED: &str = "learntrail_analytics_events_projected_total";
+const CLASSES: [&str; 5] = [
+    "NoMethodError",
+    "NameError",
+    "ArgumentError",
+    "TypeError",
+    "",
+];
+const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Event `i` of the load: learner `i % learners`, 60% Ruby runs (a fifth of them clean), 20% lab
+/// actions, 20% video plays, spread evenly over the 7 days before `now_ms`.
+fn event(i: usize, learners: usize, events: usize, now_ms: i64) -> Event {
+    let learner = i % learners;
+    let ms = now_ms - 60_000 - (i as i64 * (WEEK_MS - 120_000)) / events.max(1) as i64;
+    let course = if learner.is_multiple_of(2) {
+        "ruby-101"
+    } else {
+        "ruby-102"
+    };
+    let (source, kind, payload) = match i % 5 {
+        0..=2 => {
+            let class = CLASSES[(i / 5) % CLASSES.len()];
+            let run = RubyRun {
+                exit_code: Some(i32::from(!class.is_empty())),
+                duration_ms: 20 + (i % 500) as u64,
+                error: (!class.is_empty()).then(|| RubyError {
+                    class_name: class.into(),
+                    message: "undefined method".into(),
+                    file: "main.rb".into(),
+                    line: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            ("shim", "ruby_run", Payload::RubyRun(run))
+        }
+        3 => {
+            let log = LabLog {
+                experiment: format!("experiment-{}", i % 7),
+                log_kind: "click".into(),
+                log_type: "log".into(),
+                ..Default::default()
+            };
+            ("lab", "log", Payload::LabLog(log))
+        }
+        _ => {
+            let lms = LmsEvent {
+                event_type: LmsEventType::VideoPlay as i32,
+                course_slug: course.into(),
+                event_data: Some(EventData::Video(VideoData {
+                    video_id: format!("video-{}", i % 11),
+                    current_time: (i % 600) as f64,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            ("lms", "video", Payload::LmsEvent(lms))
+        }
+    };
+    Event {
+        id: id::new_id(),
+        occurred_at: time::from_millis(ms),
+        received_at: Some(time::now()),
+        source: source.into(),
+        kind: kind.into(),
+        actor: format!("bench-{learner}"),
+        context: Some(Context {
+            course: course.into(),
+            ..Default::default()
+        }),
+        payload: Some(payload),
+    }
+}
+
+pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let secret = format!("bench-{}", id::new_id());
+    let (http_addr, grpc_addr, ops_addr) = (free_addr(), free_addr(), free_addr());
+    let binary = bench.bin_dir.join("analytics-query");
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} not found: run `cargo build --release` first",
+        binary.display()
+    );
+    let bus = Bus::connect(&NatsArgs::with_url(nats.url()), "bench", true).await?;
+    bus.provision(&StreamArgs::default()).await?;
+    let service = Service(
+        Command::new(&binary)
+            .env("HTTP_ADDR", &http_addr)
+            .env("GRPC_ADDR", &grpc_addr)
+            .env("METRICS_ADDR", &ops_addr)
+            .env("JWT_SECRET", &secret)
+            .env("NATS_URL", nats.url())
+            .env("REDIS_URL", redis.url())
+            .env("PROJECTION_BATCH", args.batch.to_string())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://{ops_addr}/metrics");
+    eventually(Duration::from_secs(30), "analytics-query ready", || async {
+        let answer = http
+            .get(format!("http://{ops_addr}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        answer.status().is_success().then_some(())
+    })
+    .await;
+    println!(
+        "== analytics-query ({} events, {} learners, PROJECTION_BATCH={}, {} CPUs; pid {}) ==",
+        args.events,
+        args.learners,
+        args.batch,
+        cores(),
+        service.0.id()
+    );
+
+    let started = Instant::now();
+    publish(&bus, args).await?;
+    let published_in = started.elapsed();
+    let target = args.events as f64;
+    eventually(
+        Duration::from_secs(1_200),
+        "every event projected",
+        || async { (metric(&http, &metrics_url, PROJECTED).await? >= target).then_some(()) },
+    )
+    .await;
+    let projected_in = started.elapsed();
+    let rate = target / projected_in.as_secs_f64();
+    println!(
+        "published in {:.2} s ({:.0}/s); projected end to end in {:.2} s: {rate:.0} events/s",
+        published_in.as_secs_f64(),
+        target / published_in.as_secs_f64(),
+        projected_in.as_secs_f64(),
+    );
+
+    let token = auth::sign(
+        secret.as_bytes(),
+        &Claims {
+            sub: "bench-dashboard".into(),
+            role: Role::Service,
+            exp: Some(auth::now() + 3_600),
+            nbf: None,
+            iat: None,
+            courses: None,
+        },
+    );
+    let learners = args.learners;
+    let summary_path =
+        move |i: usize| format!("/api/v1/learners/bench-{}/summary", (i * 7_919) % learners);
+    let name = format!("GetLearnerSummary ({} conns)", args.connections);
+    load(
+        &http_addr,
+        &token,
+        args.connections,
+        Duration::from_secs(1),
+        &name,
+        summary_path,
+    )
+    .await;
+    let summary = load(
+        &http_addr,
+        &token,
+        args.connections,
+        bench.duration,
+        &name,
+        summary_path,
+    )
+    .await;
+    println!("{}", summary.line());
+    let keen_path = |_| {
+        "/3.0/projects/learntrail/queries/count?event_collection=shim.ruby_run\
+         &timeframe=previous_7_days&interval=hourly&group_by=rubyRun.error.className"
+            .to_string()
+    };
+    let name = format!(
+        "Keen count 7 d hourly group_by ({} conns)",
+        args.keen_connections
+    );
+    let keen = load(
+        &http_addr,
+        &token,
+        args.keen_connections,
+        bench.duration,
+        &name,
+        keen_path,
+    )
+    .await;
+    println!("{}", keen.line());
+    println!(
+        "targets: projection >= 50000 events/s {} ({rate:.0}/s); summary p99 <= 5 ms {} ({:.2} ms); Keen count p99 <= 20 ms {} ({:.2} ms)",
+        verdict(rate >= 50_000.0),
+        verdict(summary.percentile_ms(0.99) <= 5.0 && summary.errors == 0),
+        summary.percentile_ms(0.99),
+        verdict(keen.percentile_ms(0.99) <= 20.0 && keen.errors == 0),
+        keen.percentile_ms(0.99),
+    );
+    drop(service);
+    drop(redis);
+    Ok(())
+}
+
+/// Publishes the load from four tasks, each keeping its share of `inflight` acks outstanding.
+async fn publish(bus: &Bus, args: &Args) -> anyhow::Result<()> {
+    let publishers = 4;
+    let now_ms = time::now().seconds * 1_000;
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let (bus, args) = (bus.clone(), args.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut pending = VecDeque::new();
+            for i in (p..args.events).step_by(publishers) {
+                let event = event(i, args.learners, args.events, now_ms);
+                let payload = Bytes::from(event.encode_to_vec());
+                pending.push_back(bus.send(event.subject(), &event.id, payload).await?);
+                if pending.len() >= args.inflight / publishers {
+                    pending.pop_front().expect("non-empty").wait().await?;
+                }
+            }
+            while let Some(ack) = pending.pop_front() {
+                ack.wait().await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// GETs `path(i)` from `connections` keep-alive HTTP/1.1 connections for `duration`; a 200 is
+/// one unit done, anything else an error.
+async fn load<P>(
+    addr: &str,
+    token: &str,
+    connections: usize,
+    duration: Duration,
+    name: &str,
+    path: P,
+) -> Phase
+where
+    P: Fn(usize) -> String + Clone + Send + 'static,
+{
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..connections)
+        .map(|c| {
+            let (path, addr, auth) = (path.clone(), addr.to_string(), format!("Bearer {token}"));
+            tokio::spawn(async move {
+                let mut phase = Phase::new("");
+                let mut sender = connect(&addr).await;
+                let mut i = c;
+                while Instant::now() < deadline {
+                    let request = Request::get(path(i))
+                        .header("host", "bench")
+                        .header("authorization", &auth)
+                        .body(Full::new(Bytes::new()))
+                        .expect("valid request");
+                    let sent = Instant::now();
+                    match exchange(&mut sender, request).await {
+                        Some((200, _)) => {
+                            phase.count += 1;
+                            let _ = phase.latency.record(sent.elapsed().as_micros() as u64);
+                        }
+                        Some((status, body)) => {
+                            if phase.errors == 0 && c == 0 {
+                                let body = String::from_utf8_lossy(&body);
+                                eprintln!("{status} from {}: {body:.300}", path(i));
+                            }
+                            phase.errors += 1;
+                        }
+                        None => {
+                            phase.errors += 1;
+                            sender = connect(&addr).await;
+                        }
+                    }
+                    i += connections;
+                }
+                phase
+            })
+        })
+        .collect();
+    let mut total = Phase::new(name);
+    for handle in handles {
+        total.merge(&handle.await.expect("load loop"));
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the service");
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// One request: its status and body, `None` when the connection failed.
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Option<(u16, Bytes)> {
+    sender.ready().await.ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, body))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
