@@ -9,7 +9,7 @@
 //! reported makes restarts and unchanged rescans silent.
 //!
 //! Modules: [`users`] (the CSV), [`walk`] (which files, never through symlinks), [`index`],
-//! [`store`], [`notebook`] (nbformat + nbgrader → counts and results), [`event`], [`scanner`]
+//! [`store`] and [`snapshots`] (directory or S3), [`notebook`] (nbformat + nbgrader → counts and results), [`event`], [`scanner`]
 //! (the order of the steps), [`watch`] (notifications), [`metrics`].
 #![forbid(unsafe_code)]
 
@@ -18,6 +18,7 @@ pub mod index;
 pub mod metrics;
 pub mod notebook;
 pub mod scanner;
+pub mod snapshots;
 pub mod store;
 pub mod users;
 pub mod walk;
@@ -81,6 +82,8 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
+    pub s3: snapshots::S3Args,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub streams: StreamArgs,
@@ -123,15 +126,18 @@ pub async fn serve(
             .map(|k| k.expose_secret().to_string()),
         machine: machine(),
     };
-    let store = store::Store::new(
+    let dir_store = store::Store::new(
         config.snapshot_dir.clone(),
         config.snapshot_keep,
         config.snapshot_max_age,
     );
+    let store = snapshots::Snapshots::new(dir_store, &config.s3)
+        .map_err(|e| learntrail_runtime::cli::ConfigError::new(e.to_string()))?;
+    let described = store.describe();
     let scanner = scanner::Scanner::new(settings, store, index, bus.clone(), metrics);
     tracing::info!(
         users_csv = %config.users_csv.display(),
-        snapshot_dir = %config.snapshot_dir.display(),
+        snapshots = %described,
         scan_interval = ?config.scan_interval,
         watch = config.watch,
         nats_url = %config.nats.url,

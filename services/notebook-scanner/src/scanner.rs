@@ -16,7 +16,7 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use learntrail_proto::{Event, pseudonym, v1::Machine};
+use learntrail_proto::{pseudonym, v1::Machine};
 use learntrail_runtime::bus::Bus;
 use notify::RecursiveMode;
 use sha2::{Digest as _, Sha256};
@@ -26,7 +26,7 @@ use crate::{
     index::{Entry, Index},
     metrics::Metrics,
     notebook,
-    store::Store,
+    snapshots::Snapshots,
     users::{self, User},
     walk::{self, Found},
 };
@@ -44,7 +44,7 @@ pub struct Settings {
 
 struct Shared {
     settings: Settings,
-    store: Store,
+    store: Snapshots,
     bus: Bus,
     metrics: Metrics,
 }
@@ -81,7 +81,13 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    pub fn new(settings: Settings, store: Store, index: Index, bus: Bus, metrics: Metrics) -> Self {
+    pub fn new(
+        settings: Settings,
+        store: Snapshots,
+        index: Index,
+        bus: Bus,
+        metrics: Metrics,
+    ) -> Self {
         metrics.indexed.set(index.len() as i64);
         Self {
             shared: Arc::new(Shared {
@@ -336,18 +342,50 @@ pub fn mtime_ns(meta: &Metadata) -> i64 {
     meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }
 
-/// One changed file, start to ack.
+/// One changed file, start to ack: read and parse, store, publish.
 async fn handle(shared: Arc<Shared>, c: Candidate, previous_sha: Option<String>) -> Outcome {
     let prepared = {
         let shared = shared.clone();
         tokio::task::spawn_blocking(move || prepare(&shared, c, previous_sha)).await
     };
-    let (path, entry, event) = match prepared {
+    let changed = match prepared {
         Ok(Ok(Prepared::Unchanged(path, entry))) => return Outcome::Done(path, entry),
-        Ok(Ok(Prepared::Changed(path, entry, event))) => (path, entry, event),
+        Ok(Ok(Prepared::Changed(changed))) => changed,
         Ok(Err(outcome)) => return outcome,
         Err(_) => return Outcome::Retry,
     };
+    let Changed {
+        path,
+        entry,
+        user,
+        bytes,
+        parsed,
+    } = *changed;
+    let rel = path
+        .strip_prefix(&user.dir)
+        .expect("candidates are under their user's directory");
+    let snapshot = match shared
+        .store
+        .put(&user.uid, rel, bytes, entry.mtime_ns, &entry.sha256)
+        .await
+    {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            tracing::error!(path = %path.display(), error = %err, "cannot store the snapshot; will retry");
+            shared.metrics.skip("store");
+            return Outcome::Retry;
+        }
+    };
+    let actor = pseudonym::actor(shared.settings.pseudonym_key.as_deref(), &user.uid);
+    let version = Version {
+        actor: &actor,
+        rel,
+        size: entry.size,
+        mtime_ns: entry.mtime_ns,
+        sha256: &entry.sha256,
+        snapshot: Path::new(&snapshot),
+    };
+    let event = event::build(&version, parsed, &shared.settings.machine);
     match shared.bus.publish(&event).await {
         Ok(_) => {
             shared.metrics.events.inc();
@@ -370,17 +408,25 @@ async fn handle(shared: Arc<Shared>, c: Candidate, previous_sha: Option<String>)
 enum Prepared {
     /// Same content as last reported (a save that changed nothing).
     Unchanged(PathBuf, Entry),
-    Changed(PathBuf, Entry, Box<Event>),
+    Changed(Box<Changed>),
 }
 
-/// Reads, hashes, parses and stores one file (blocking).
+/// A new version, read and parsed, to be stored and reported.
+struct Changed {
+    path: PathBuf,
+    entry: Entry,
+    user: Arc<User>,
+    bytes: Vec<u8>,
+    parsed: Option<Result<notebook::Summary, notebook::ParseError>>,
+}
+
+/// Reads, hashes and parses one file (blocking).
 fn prepare(
     shared: &Shared,
     c: Candidate,
     previous_sha: Option<String>,
 ) -> Result<Prepared, Outcome> {
-    let settings = &shared.settings;
-    let bytes = read_limited(&c.path, settings.max_file_bytes).map_err(|err| {
+    let bytes = read_limited(&c.path, shared.settings.max_file_bytes).map_err(|err| {
         tracing::warn!(path = %c.path.display(), error = %err, "file skipped: cannot read");
         shared.metrics.skip("unreadable");
         Outcome::Skipped
@@ -398,11 +444,8 @@ fn prepare(
     if previous_sha.as_deref() == Some(entry.sha256.as_str()) {
         return Ok(Prepared::Unchanged(c.path, entry));
     }
-    let rel = c
+    let parsed = c
         .path
-        .strip_prefix(&c.user.dir)
-        .expect("candidates are under their user's directory");
-    let parsed = rel
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("ipynb"))
         .then(|| notebook::parse(&bytes));
@@ -410,25 +453,13 @@ fn prepare(
         tracing::info!(path = %c.path.display(), error = %err, "notebook not parsed");
         shared.metrics.parse_errors.inc();
     }
-    let snapshot = shared
-        .store
-        .put(&c.user.uid, rel, &bytes)
-        .map_err(|err| {
-            tracing::error!(path = %c.path.display(), error = %err, "cannot store the snapshot; will retry");
-            shared.metrics.skip("store");
-            Outcome::Retry
-        })?;
-    let actor = pseudonym::actor(settings.pseudonym_key.as_deref(), &c.user.uid);
-    let version = Version {
-        actor: &actor,
-        rel,
-        size: entry.size,
-        mtime_ns: entry.mtime_ns,
-        sha256: &entry.sha256,
-        snapshot: &snapshot,
-    };
-    let event = event::build(&version, parsed, &settings.machine);
-    Ok(Prepared::Changed(c.path, entry, Box::new(event)))
+    Ok(Prepared::Changed(Box::new(Changed {
+        path: c.path,
+        entry,
+        user: c.user,
+        bytes,
+        parsed,
+    })))
 }
 
 /// The file's bytes, or `None` when it is (or has grown) over `limit`.

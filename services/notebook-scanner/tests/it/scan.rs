@@ -173,3 +173,66 @@ async fn a_save_during_a_nats_outage_is_reported_when_nats_is_back() {
     assert_eq!(snapshot_of(&events[0]).path, "problem1.ipynb");
     scanner.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_can_go_to_an_s3_prefix_one_object_per_version() {
+    use learntrail_s3_rotator::store::{Store, StoreArgs};
+    use learntrail_testkit::{GarageServer, garage};
+    let s3 = GarageServer::start();
+    s3.create_bucket("snaps");
+    let endpoint = s3.endpoint();
+    let env = Env::new().await;
+    env.write("users.csv", ONE_USER);
+    env.write("home/ann/ps1/problem1.ipynb", &fixture("unanswered.ipynb"));
+    let scanner = env
+        .start(&[
+            "--s3-bucket",
+            "snaps",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-region",
+            garage::REGION,
+            "--s3-path-style",
+            "--aws-access-key-id",
+            garage::ACCESS_KEY_ID,
+            "--aws-secret-access-key",
+            garage::SECRET_ACCESS_KEY,
+        ])
+        .await;
+    let first = env.wait_events(1, Duration::from_secs(10)).await;
+    env.write("home/ann/ps1/problem1.ipynb", &fixture("passing.ipynb"));
+    let both = env.wait_events(2, Duration::from_secs(10)).await;
+    let keys: Vec<&str> = both
+        .iter()
+        .map(|e| snapshot_of(e).snapshot.as_str())
+        .collect();
+    assert!(
+        keys[0].starts_with("snapshots/ann/ps1/problem1.ipynb~"),
+        "{keys:?}"
+    );
+    assert_eq!(snapshot_of(&first[0]).snapshot, keys[0]);
+    let store = Store::from_args(&StoreArgs {
+        s3_bucket: Some("snaps".into()),
+        s3_endpoint: Some(endpoint.clone()),
+        s3_region: garage::REGION.into(),
+        s3_path_style: true,
+        aws_access_key_id: Some(garage::ACCESS_KEY_ID.into()),
+        aws_secret_access_key: Some(garage::SECRET_ACCESS_KEY.into()),
+        s3_multipart_bytes: 8 << 20,
+        s3_timeout: Duration::from_secs(10),
+        archive_dir: env.path("unused"),
+    })
+    .unwrap();
+    let listed = store.list("snapshots/ann/").await.unwrap();
+    assert_eq!(listed, vec![keys[0].to_string(), keys[1].to_string()]);
+    assert_eq!(
+        store.get(keys[0]).await.unwrap(),
+        fixture("unanswered.ipynb")
+    );
+    assert_eq!(store.get(keys[1]).await.unwrap(), fixture("passing.ipynb"));
+    assert!(
+        !env.snapshot("ann").exists(),
+        "nothing in the directory store"
+    );
+    scanner.stop().await;
+}
