@@ -344,7 +344,9 @@ impl Delivery {
 }
 
 /// Every 2 s: events pending for the destination (in the stream and in flight) and the age of
-/// the oldest in flight.
+/// the oldest not yet delivered: the oldest in flight, or, with none in flight but some pending,
+/// the next message after the consumer's last delivery (exact for the default `events.>` filter,
+/// an upper bound of the age otherwise).
 async fn watch_lag(
     bus: Bus,
     dest: Arc<Destination>,
@@ -358,17 +360,24 @@ async fn watch_lag(
         let Ok(stream) = bus.jetstream().get_stream(subject::EVENTS_STREAM).await else {
             continue;
         };
-        if let Ok(info) = stream.consumer_info(dest.consumer()).await {
-            metrics
-                .pending
-                .set((info.num_pending + info.num_ack_pending as u64) as i64);
-        }
-        let oldest = in_flight
+        let Ok(info) = stream.consumer_info(dest.consumer()).await else {
+            continue;
+        };
+        metrics
+            .pending
+            .set((info.num_pending + info.num_ack_pending as u64) as i64);
+        let mut oldest = in_flight
             .lock()
             .expect("not poisoned")
             .values()
             .min()
             .copied();
+        if oldest.is_none() && info.num_pending > 0 {
+            let next = stream
+                .get_raw_message(info.delivered.stream_sequence + 1)
+                .await;
+            oldest = next.ok().map(|message| message.time);
+        }
         let age = oldest.map_or(0.0, |t| {
             (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
         });

@@ -468,3 +468,50 @@ async fn backfill_feeds_one_destination_from_the_archive() {
         "nothing republished"
     );
 }
+
+#[tokio::test]
+async fn lag_is_measured_while_a_destination_is_down() {
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let hook = fakes::webhook().await;
+    hook.state.fail_next(503, None, 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let file = destinations_file(
+        dir.path(),
+        json!([hook_entry(
+            "down",
+            &hook,
+            json!({"max_attempts": 1000, "retry_min": "100ms", "retry_max": "300ms"})
+        )]),
+    );
+    let forwarder = start(config(&nats, &file)).await;
+    publish(&bus, &events(30)).await;
+    let dest = "{destination=\"webhook.down\"}";
+    eventually(
+        Duration::from_secs(15),
+        "lag and retries reported",
+        || async {
+            let pending = forwarder
+                .metric(&format!("learntrail_forward_pending{dest}"))
+                .await?;
+            let oldest = forwarder
+                .metric(&format!(
+                    "learntrail_forward_oldest_undelivered_seconds{dest}"
+                ))
+                .await?;
+            let retried = forwarder
+                .metric(&format!("learntrail_forward_retried_total{dest}"))
+                .await?;
+            (pending == 30.0 && oldest > 0.0 && retried >= 30.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        forwarder
+            .metric(&format!("learntrail_forward_delivered_total{dest}"))
+            .await,
+        Some(0.0)
+    );
+    assert!(hook.state.stored().is_empty());
+    forwarder.stop().await;
+}
