@@ -69,6 +69,15 @@ if [ -z "${NOTEBOOK_METRICS_PORT:-}" ]; then
   # shellcheck disable=SC1091
   . "$var/ports.env"
 fi
+# ws-gateway's ports, kept in ports.env like the others
+if [ -z "${WS_PORT:-}" ]; then
+  cat >> "$var/ports.env" <<PORTS
+WS_PORT=$(pick_port 8082)
+WS_METRICS_PORT=$(pick_port 9182)
+PORTS
+  # shellcheck disable=SC1091
+  . "$var/ports.env"
+fi
 [ -f "$var/pseudonym-key" ] || (umask 077; openssl rand -hex 32 > "$var/pseudonym-key")
 if [ ! -f "$var/notebooks/users.csv" ]; then
   mkdir -p "$var/notebooks/homes/demo/ps1"
@@ -106,6 +115,8 @@ start s3-rotator METRICS_ADDR="127.0.0.1:$ROTATOR_METRICS_PORT" SEGMENT_DIR="$va
   ROTATE_INTERVAL="${ROTATE_INTERVAL:-1m}"
 start analytics-query HTTP_ADDR="127.0.0.1:$ANALYTICS_PORT" GRPC_ADDR="127.0.0.1:$ANALYTICS_GRPC_PORT" \
   METRICS_ADDR="127.0.0.1:$ANALYTICS_METRICS_PORT"
+start ws-gateway HTTP_ADDR="127.0.0.1:$WS_PORT" METRICS_ADDR="127.0.0.1:$WS_METRICS_PORT" \
+  ANALYTICS_GRPC_URL="http://127.0.0.1:$ANALYTICS_GRPC_PORT"
 # forwarding is off unless configured: KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS, LRS_URL
 [ ! -x "$bin/keen-forwarder" ] || start keen-forwarder METRICS_ADDR="127.0.0.1:$FORWARDER_METRICS_PORT"
 # demo meters: fake-eagle plays the Rainforest cloud relay for 000001 (ok), 000002 (solar export)
@@ -130,6 +141,13 @@ for _ in $(seq 100); do
 done
 curl -fs "http://127.0.0.1:$ANALYTICS_METRICS_PORT/readyz" >/dev/null \
   || { echo "analytics-query is not ready; see var/log/analytics-query.log" >&2; exit 1; }
+
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$WS_METRICS_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$WS_METRICS_PORT/readyz" >/dev/null \
+  || { echo "ws-gateway is not ready; see var/log/ws-gateway.log" >&2; exit 1; }
 
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$EAGLE_METRICS_PORT/readyz" >/dev/null 2>&1 && break
@@ -157,6 +175,7 @@ Learntrail is up (data and logs under var/; stop it with: make down)
   tracking-api      http://127.0.0.1:$TRACKING_PORT/api/tracking   (ops: http://127.0.0.1:$TRACKING_METRICS_PORT/metrics)
   s3-rotator        archive in ${S3_BUCKET:+s3://$S3_BUCKET}${S3_BUCKET:-$ARCHIVE_DIR} every ${ROTATE_INTERVAL:-1m}   (ops: http://127.0.0.1:$ROTATOR_METRICS_PORT/metrics)
   analytics-query   http://127.0.0.1:$ANALYTICS_PORT/api/v1/   gRPC 127.0.0.1:$ANALYTICS_GRPC_PORT   (ops: http://127.0.0.1:$ANALYTICS_METRICS_PORT/metrics)
+  ws-gateway        ws://127.0.0.1:$WS_PORT/ws   (ops: http://127.0.0.1:$WS_METRICS_PORT/metrics)
   keen-forwarder    ${forwarding:-off (set KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS or LRS_URL)}   (ops: http://127.0.0.1:$FORWARDER_METRICS_PORT/metrics)
   eagle-pinger      http://127.0.0.1:$EAGLE_PORT/api/users   (ops: http://127.0.0.1:$EAGLE_METRICS_PORT/metrics; meters 000001-000003 on fake-eagle 127.0.0.1:$FAKE_EAGLE_PORT)
   notebook-scanner  drop a notebook into $var/notebooks/homes/demo/ (learners: $var/notebooks/users.csv; snapshots: $var/snapshots)   (ops: http://127.0.0.1:$NOTEBOOK_METRICS_PORT/metrics)
@@ -170,6 +189,7 @@ Try it:
     -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \\
     -d '{"tracking_event_type":"video_play","node_id":"unit-1","course_slug":"ruby-101","event_data":{"video_id":"intro","current_time":0}}'
   curl -s 'http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1' | grep -A3 '"name": "EVENTS"'   # the event is stored
+  $bin/ws-send "ws://127.0.0.1:$WS_PORT/ws?token=$token" '{"id":"try-1","user":"learner-1","t":'"\$(date +%s000)"',"exp":"spinner","hardware":"spin30","course":"engdes1","type":"log","payload":{"log":"click","data":{"target":"run"}}}' '{"type":"request","user":"learner-1","content":"summary"}'   # a lab log over WebSocket (ack) and learner-1's summary
   curl -s http://127.0.0.1:$EAGLE_PORT/api/event/000001 -H "Authorization: Bearer $token"   # a meter's reading, polled now
   curl -s http://127.0.0.1:$EAGLE_PORT/api/user/000003 -H "Authorization: Bearer $token"   # a refused meter: auth_failed
   cp services/notebook-scanner/tests/fixtures/passing.ipynb $var/notebooks/homes/demo/ps1/problem1.ipynb   # a save: its snapshot (and a backup of the last one) in $var/snapshots/demo/ps1, its NotebookSnapshot event in EVENTS

@@ -11,7 +11,8 @@
 //! - [`analytics`]: analytics-query's projection rate into Redis, summary and Keen count latency;
 //! - [`keen`]: keen-forwarder's delivery rate to a local Keen double and to a webhook;
 //! - [`eagle`]: eagle-pinger's polls/s at a 6 s cadence against fake-eagle, drift p99, CPU;
-//! - [`notebooks`]: notebook-scanner's first scan, rescan and save-to-event latency.
+//! - [`notebooks`]: notebook-scanner's first scan, rescan and save-to-event latency;
+//! - [`ws`]: ws-gateway's idle sockets held open (memory each) and acked lab logs/s.
 
 pub mod analytics;
 pub mod archive;
@@ -22,6 +23,7 @@ pub mod notebooks;
 pub mod report;
 pub mod shim;
 pub mod tracking;
+pub mod ws;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -57,6 +59,8 @@ pub enum Which {
     Keen(keen::Args),
     /// analytics-query: events/s projected into Redis, summary and Keen count latency
     Analytics(analytics::Args),
+    /// ws-gateway: idle sockets held (memory each), acked log messages/s and latency
+    Ws(ws::Args),
     /// Every benchmark, one after the other
     All,
     /// (internal) serve the HTTP ceiling endpoint on ADDR
@@ -73,6 +77,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Which::Eagle(args) => eagle::run(&bench, args).await,
         Which::Notebooks(args) => notebooks::run(&bench, args).await,
         Which::Keen(args) => keen::run(&bench, args).await,
+        Which::Ws(args) => ws::run(&bench, args).await,
         Which::Ceiling { addr } => ceiling::serve(addr).await,
         Which::All => {
             tracking::run(&bench, &tracking::Args::default()).await?;
@@ -81,7 +86,8 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             analytics::run(&bench, &analytics::Args::default()).await?;
             keen::run(&bench, &keen::Args::default()).await?;
             eagle::run(&bench, &eagle::Args::default()).await?;
-            notebooks::run(&bench, &notebooks::Args::default()).await
+            notebooks::run(&bench, &notebooks::Args::default()).await?;
+            ws::run(&bench, &ws::Args::default()).await
         }
     }
 }
