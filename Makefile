@@ -6,7 +6,7 @@ CARGO ?= cargo
 .PHONY: help deps test-deps build up down test smoke lint bench fmt deploy-check test-cluster
 
 # What `make up` runs (and the tools its banner names): one release build of these, nothing else.
-RUN_BINS := --bin tracking-api --bin s3-rotator --bin shim-agent --bin learntrail-token --bin learntrail-admin --bin analytics-query --bin eagle-pinger --bin fake-eagle --bin notebook-scanner --bin ws-gateway --bin ws-send
+RUN_BINS := --bin tracking-api --bin s3-rotator --bin shim-agent --bin learntrail-token --bin learntrail-admin --bin analytics-query --bin eagle-pinger --bin fake-eagle --bin notebook-scanner --bin ws-gateway --bin ws-send --bin keen-forwarder
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
