@@ -12,7 +12,7 @@ use std::{
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use futures_util::{
-    FutureExt, StreamExt,
+    FutureExt, SinkExt, StreamExt,
     future::BoxFuture,
     stream::{FuturesOrdered, FuturesUnordered},
 };
@@ -149,7 +149,15 @@ impl Session {
                     self.close_with(close_code::AWAY, "server shutting down");
                 }
                 Some(frame) = self.replies.next() => {
-                    if socket.send(Message::text(frame)).await.is_err() {
+                    // every reply that is ready goes out in one write
+                    let mut sent = socket.feed(Message::text(frame)).await;
+                    while sent.is_ok() {
+                        let Some(Some(frame)) = self.replies.next().now_or_never() else {
+                            break;
+                        };
+                        sent = socket.feed(Message::text(frame)).await;
+                    }
+                    if sent.is_err() || socket.flush().await.is_err() {
                         return;
                     }
                 }
