@@ -301,10 +301,19 @@ impl<'q> Engine<'q> {
     }
 
     /// Totals over groups for count_unique must union the distinct values, not add counts.
+    /// One interval's totals are a range of the map (a 7-day hourly query asks 168 × groups
+    /// times: a scan of every total each time was quadratic).
     fn merged(&self, interval: Option<usize>, group: Option<&str>) -> Acc {
         let mut out = Acc::default();
-        for ((i, g), acc) in &self.totals {
-            if interval.is_some_and(|want| want != *i) || group.is_some_and(|want| want != g) {
+        let totals: Box<dyn Iterator<Item = (&(usize, String), &Acc)>> = match interval {
+            Some(i) => Box::new(
+                self.totals
+                    .range((i, String::new())..(i + 1, String::new())),
+            ),
+            None => Box::new(self.totals.iter()),
+        };
+        for ((_, g), acc) in totals {
+            if group.is_some_and(|want| want != g) {
                 continue;
             }
             out.count += acc.count;
