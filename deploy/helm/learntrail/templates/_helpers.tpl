@@ -40,8 +40,13 @@ template with dict "root" $ "def" (dict ...):
   secretEnv   list of dict env, key, optional: settings taken from the Secret
   env         dict of fixed settings
   natsClient, redisClient  whether it talks to NATS / Redis
-  egressPorts extra TCP ports it may reach (S3)
+  egressPorts extra TCP ports it may reach anywhere (S3)
+  egressTo    list of dict service, port: another Learntrail service's pods it may reach
+  configKeys  only these keys of the shared ConfigMap (configMapKeyRef), instead of all of it
   volumePath  StatefulSet only: where its persistent volume is mounted
+  volumes, volumeMounts  more volumes of the pod and mounts of the container
+  podAnnotations  more annotations of the pod template (checksums of its own ConfigMaps)
+  podSecurityContext  merged over .Values.podSecurityContext for this service's pods
   headless    its Service has no cluster IP (only metrics behind it)
   parallel    StatefulSet pods start and stop in parallel
   podNameEnv  POD_NAME from the pod's name (a StatefulSet's ordinal)
@@ -99,12 +104,15 @@ spec:
         learntrail.io/metrics: "true"
       annotations:
         checksum/config: {{ include (print $root.Template.BasePath "/config.yaml") $root | sha256sum }}
+        {{- range $name, $value := $def.podAnnotations }}
+        {{ $name }}: {{ $value | quote }}
+        {{- end }}
     spec:
       serviceAccountName: {{ $full }}
       automountServiceAccountToken: false
       terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
       securityContext:
-        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+        {{- toYaml (mergeOverwrite (deepCopy $root.Values.podSecurityContext) ($def.podSecurityContext | default dict)) | nindent 8 }}
       {{- with $root.Values.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
@@ -140,9 +148,16 @@ spec:
             - {name: {{ .name }}, containerPort: {{ .port }}}
             {{- end }}
             - {name: metrics, containerPort: {{ $def.metricsPort }}}
+          {{- if not $def.configKeys }}
           envFrom:
             - configMapRef: {name: {{ include "learntrail.fullname" $root }}-config}
+          {{- end }}
           env:
+            {{- range $def.configKeys }}
+            - name: {{ . }}
+              valueFrom:
+                configMapKeyRef: {name: {{ include "learntrail.fullname" $root }}-config, key: {{ . }}}
+            {{- end }}
             {{- range $def.ports }}
             - {name: {{ .env }}, value: {{ printf "0.0.0.0:%v" .port | quote }}}
             {{- end }}
@@ -166,9 +181,14 @@ spec:
             {{- if $def.natsClient }}
             {{- include "learntrail.natsEnv" $root | nindent 12 }}
             {{- end }}
-          {{- if $def.volumePath }}
+          {{- if or $def.volumePath $def.volumeMounts }}
           volumeMounts:
+            {{- if $def.volumePath }}
             - {name: data, mountPath: {{ $def.volumePath }}}
+            {{- end }}
+            {{- with $def.volumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- end }}
           readinessProbe:
             httpGet: {path: /readyz, port: metrics}
@@ -181,6 +201,10 @@ spec:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
+      {{- with $def.volumes }}
+      volumes:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
   {{- if $def.volumePath }}
   volumeClaimTemplates:
     - metadata:
@@ -256,7 +280,6 @@ spec:
 {{- if $root.Values.networkPolicy.enabled }}
 {{- $public := list }}
 {{- range $def.ports }}{{ if .public }}{{ $public = append $public .name }}{{ end }}{{ end }}
-{{- if or $public $def.egressPorts }}
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -269,11 +292,13 @@ spec:
   podSelector:
     matchLabels:
       {{- toYaml $selector | nindent 6 }}
+  {{- /* no public port and no egress rule: nothing in, nothing out but the shared rules */}}
+  {{- $egress := or $def.egressPorts $def.egressTo }}
   policyTypes:
-    {{- if $public }}
+    {{- if or $public (not $egress) }}
     - Ingress
     {{- end }}
-    {{- if $def.egressPorts }}
+    {{- if or $egress (not $public) }}
     - Egress
     {{- end }}
   {{- if $public }}
@@ -283,13 +308,23 @@ spec:
         - {protocol: TCP, port: {{ . }}}
         {{- end }}
   {{- end }}
-  {{- if $def.egressPorts }}
+  {{- if $egress }}
   egress:
+    {{- if $def.egressPorts }}
     - ports:
         {{- range $def.egressPorts }}
         - {protocol: TCP, port: {{ . }}}
         {{- end }}
+    {{- end }}
+    {{- range $def.egressTo }}
+    - to:
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/name: {{ .service }}
+              app.kubernetes.io/instance: {{ $root.Release.Name }}
+      ports:
+        - {protocol: TCP, port: {{ .port }}}
+    {{- end }}
   {{- end }}
-{{- end }}
 {{- end }}
 {{- end -}}
