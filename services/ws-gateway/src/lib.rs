@@ -126,7 +126,10 @@ pub async fn serve(
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = match (&config.tls_cert_file, &config.tls_key_file) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(
+            tls::acceptor(cert, key)
+                .map_err(|e| learntrail_runtime::cli::ConfigError::new(format!("{e:#}")))?,
+        ),
         _ => None,
     };
     let analytics = analytics::Analytics::new(&config.analytics_grpc_url, config.analytics_timeout)
