@@ -3,7 +3,8 @@
 #   scripts/deps.sh          what `make up` runs: nats-server, redis-server, a C compiler, curl,
 #                            openssl and the Rust toolchain
 #   scripts/deps.sh --test   also what only the tests use: ruby (the shim's real interpreter), strace
-#                            (the shim's write-fsync-rename order is checked with it) and
+#                            (the shim's write-fsync-rename order is checked with it), chromium
+#                            (the dashboard's browser test, headless) and
 #                            Garage (an S3 server, built with cargo: 8-15 minutes cold, then cached
 #                            in ~/.cargo/bin; SKIP_GARAGE=1 skips it)
 # No protoc is needed: the protos are compiled by protox, in Rust.
@@ -24,6 +25,7 @@ if [ $tests = 1 ]; then
   command -v ruby >/dev/null 2>&1 || need+=(ruby)
   command -v make >/dev/null 2>&1 || need+=(make)
   command -v strace >/dev/null 2>&1 || need+=(strace)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod api;
 pub mod cohort;
+pub mod dashboard;
 pub mod fold;
 pub mod grpc;
 pub mod index;
@@ -18,6 +19,7 @@ pub mod keen;
 pub mod keys;
 pub mod metrics;
 pub mod projector;
+pub mod roster;
 pub mod routes;
 pub mod store;
 pub mod summary;
@@ -81,6 +83,9 @@ pub struct Config {
     /// Origins allowed to call the API from a browser, comma-separated ("*" for any; empty for none)
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', default_value = "")]
     pub cors_origins: Vec<String>,
+    /// Roster of real names (`uid,name,email[,actor]`), shown on the dashboard to instructors
+    #[arg(long, env = "ROSTER_CSV")]
+    pub roster_csv: Option<std::path::PathBuf>,
     /// Durable consumer name of the projection (a fresh name rebuilds from the stream)
     #[arg(long, env = "ANALYTICS_CONSUMER", default_value = "analytics-query")]
     pub consumer: String,
@@ -187,13 +192,18 @@ pub async fn serve(
         metrics: metrics.clone(),
         project_id: config.analysis_project_id.clone(),
     };
+    let roster = match &config.roster_csv {
+        Some(path) => roster::Roster::load(path, pseudonym_key(&config))?,
+        None => roster::Roster::default(),
+    };
     let http_metrics = http::HttpMetrics::register(&mut registry);
     let router = routes::router(
         api.clone(),
         &config.cors_origins,
         http_metrics,
         config.request_timeout,
-    )?;
+    )?
+    .merge(dashboard::router(api.clone(), Arc::new(roster)));
     let ready_bus = bus.clone();
     let ops_router = health::router(Arc::new(registry), Arc::new(move || ready_bus.is_ready()));
     tracing::info!(
@@ -240,4 +250,9 @@ pub async fn serve(
     bus.close(Duration::from_secs(2)).await;
     tracing::info!("analytics-query stopped");
     Ok(())
+}
+
+fn pseudonym_key(config: &Config) -> Option<&str> {
+    use secrecy::ExposeSecret as _;
+    config.pseudonym_key.as_ref().map(|k| k.expose_secret())
 }

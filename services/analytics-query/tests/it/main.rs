@@ -3,6 +3,7 @@
 
 mod access;
 mod cluster;
+mod dashboard;
 mod grpc;
 mod helpers;
 mod keen;

@@ -1,0 +1,178 @@
+// A learner's page: Ruby errors over time (stacked by class), top error classes, notebooks,
+// lab, LMS, energy, position in the cohort and the timeline; refreshed live.
+"use strict";
+(function () {
+  const { el, svg, get, time, message, withToken, poll, report } = window.LT;
+  const learner = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
+  const STATUS = { STATUS_PASSED: "✓ passed", STATUS_FAILED: "✗ failed", STATUS_NOT_RUN: "○ not run", STATUS_UNANSWERED: "– unanswered", STATUS_NEEDS_MANUAL_GRADING: "? manual" };
+  const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+  const PATTERNS = ["", "4 2", "1 2", "6 2 1 2"];
+  const n = (v) => Number(v || 0);
+  let lastText = "";
+  let summary = null;
+
+  function rows(id, list) {
+    const body = document.querySelector("#" + id + " tbody");
+    body.replaceChildren(...list);
+  }
+
+  // errors per (UTC day, class) from the recent errors, as a stacked bar chart and its table
+  function errorsChart(recent) {
+    const days = [...new Set(recent.map((e) => (e.occurredAt || "").slice(0, 10)))].sort();
+    const classes = [...new Set(recent.map((e) => e.className))].sort();
+    const count = (d, c) => recent.filter((e) => (e.occurredAt || "").slice(0, 10) === d && e.className === c).length;
+    const box = document.getElementById("errors-chart");
+    if (!recent.length) { box.replaceChildren(el("p", { text: "No Ruby errors." })); return; }
+    const max = Math.max(...days.map((d) => classes.reduce((s, c) => s + count(d, c), 0)));
+    const W = 60 * days.length + 40, H = 180, bar = 36;
+    const chart = svg("svg", { viewBox: "0 0 " + (W + 160) + " " + (H + 30), role: "img", "aria-label": "Ruby errors per day by class", width: W + 160, height: H + 30 });
+    days.forEach((d, i) => {
+      let y = H;
+      classes.forEach((c, j) => {
+        const v = count(d, c);
+        if (!v) return;
+        const h = (v / max) * (H - 10);
+        y -= h;
+        chart.append(svg("rect", { x: 30 + i * 60, y, width: bar, height: h, fill: PALETTE[j % PALETTE.length], stroke: "#fff", "stroke-dasharray": PATTERNS[j % PATTERNS.length], "data-day": d, "data-class": c, "data-count": v },
+          svg("title", { text: d + " " + c + ": " + v })));
+      });
+      chart.append(svg("text", { x: 30 + i * 60, y: H + 16, class: "bar-label", text: d.slice(5) }));
+    });
+    classes.forEach((c, j) => {
+      chart.append(svg("rect", { x: W + 10, y: 10 + j * 18, width: 12, height: 12, fill: PALETTE[j % PALETTE.length] }));
+      chart.append(svg("text", { x: W + 28, y: 21 + j * 18, class: "bar-label", text: c }));
+    });
+    const table = el("table", { id: "errors-data" }, el("caption", { text: "Errors per day and class" }),
+      el("tr", {}, el("th", { scope: "col", text: "Day" }), el("th", { scope: "col", text: "Class" }), el("th", { scope: "col", text: "Errors" })));
+    for (const d of days) for (const c of classes) {
+      const v = count(d, c);
+      if (v) table.append(el("tr", { "data-day": d, "data-class": c, "data-count": String(v) }, el("td", { text: d }), el("td", { text: c }), el("td", { class: "num", text: String(v) })));
+    }
+    box.replaceChildren(chart, el("details", {}, el("summary", { text: "Chart data" }), table));
+  }
+
+  function topErrors(ruby) {
+    const byClass = Object.entries(ruby.errorsByClass || {}).map(([c, v]) => [c, n(v)]).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+    rows("top-errors", byClass.map(([c, v]) => {
+      const last = (ruby.recentErrors || []).find((e) => e.className === c);
+      return el("tr", { "data-class": c, "data-count": String(v) }, el("td", { text: c }), el("td", { class: "num", text: String(v) }),
+        el("td", { text: last ? time(last.occurredAt) : "—" }), el("td", { class: "where", text: last ? last.file + ":" + last.line : "—" }));
+    }));
+  }
+
+  function notebookRows(list) {
+    rows("assignments", list.map((a) => {
+      const problems = Object.entries(a.problems || {}).sort().map(([g, p]) => g + " " + (STATUS[p.status] || p.status) + " " + n(p.points) + "/" + n(p.maxPoints));
+      return el("tr", { "data-assignment": a.assignment, "data-passed": String(a.passed || 0), "data-known": String(a.known || 0) },
+        el("td", { text: a.course }), el("td", { text: a.assignment }), el("td", { class: "num", text: String(a.passed || 0) }),
+        el("td", { class: "num", text: String(a.known || 0) }), el("td", { class: "num", text: Math.round(n(a.completion) * 100) + "%" }), el("td", { text: problems.join(" · ") }));
+    }));
+  }
+
+  function labRows(lab) {
+    const list = Object.entries(lab.experiments || {}).sort();
+    rows("lab", list.map(([x, k]) => {
+      const kinds = Object.entries(k.kinds || {}).sort();
+      const total = kinds.reduce((s, [, v]) => s + n(v), 0);
+      return el("tr", { "data-experiment": x, "data-total": String(total) }, el("td", { text: x }),
+        el("td", { text: kinds.map(([kind, v]) => (kind || "other") + " " + n(v)).join(", ") }), el("td", { class: "num", text: String(total) }));
+    }));
+  }
+
+  function lmsRows(lms) {
+    const v = document.getElementById("videos");
+    v.textContent = "Videos: " + n(lms.videosPlayed) + " played, " + n(lms.videosPaused) + " paused, " + n(lms.videosEnded) + " ended; " + Math.round(n(lms.secondsWatched)) + " s watched.";
+    v.dataset.played = String(n(lms.videosPlayed));
+    v.dataset.seconds = String(n(lms.secondsWatched));
+    rows("assessments", (lms.assessments || []).map((a) => el("tr", { "data-assessment": a.assessmentId, "data-best": String(n(a.bestScore)), "data-max": String(n(a.maxScore)), "data-attempts": String(n(a.attempts)) },
+      el("td", { text: a.course }), el("td", { text: a.assessmentId }), el("td", { class: "num", text: String(n(a.bestScore)) }), el("td", { class: "num", text: String(n(a.maxScore)) }), el("td", { class: "num", text: String(n(a.attempts)) }))));
+  }
+
+  function energyRows(list) {
+    document.getElementById("energy-section").hidden = !list.length;
+    rows("energy", list.map((e) => el("tr", { "data-meter": e.cloudId, "data-kw": String(n(e.latestDemandKw)) }, el("td", { text: e.cloudId }), el("td", { class: "num", text: String(n(e.latestDemandKw)) }),
+      el("td", { text: Object.entries(e.kwhDeliveredPerDay || {}).sort().map(([d, k]) => d + ": " + Math.round(k * 1000) / 1000).join(", ") }))));
+  }
+
+  function describe(e) {
+    const p = e.rubyRun || e.notebookSnapshot || e.labLog || e.lmsEvent || e.energyReading || {};
+    if (e.rubyRun) return "Ruby run" + (p.error ? ": " + p.error.className + " at " + p.error.file + ":" + p.error.line : " (exit " + (p.exitCode ?? 0) + ")");
+    if (e.notebookSnapshot) return "notebook " + p.path + " saved";
+    if (e.labLog) return "lab " + p.experiment + " " + (p.logKind || "");
+    if (e.energyReading) return "meter " + p.cloudId + " " + n(p.demandKw) + " kW";
+    return e.source + " " + e.kind;
+  }
+
+  function timeline(page) {
+    document.getElementById("timeline").replaceChildren(...(page.events || []).map((e) =>
+      el("li", { "data-id": e.id }, el("time", { datetime: e.occurredAt || "", text: time(e.occurredAt) }), e.source + "/" + e.kind + " — " + describe(e))));
+  }
+
+  async function compare() {
+    const course = document.getElementById("compare-course").value;
+    const metric = document.getElementById("compare-metric").value;
+    const box = document.getElementById("compare-chart");
+    if (!course) { box.replaceChildren(el("p", { text: "No course to compare in." })); return; }
+    let c;
+    try { c = await get("/api/v1/learners/" + encodeURIComponent(learner) + "/compare?course=" + encodeURIComponent(course) + "&metric=" + metric); }
+    catch (err) { box.replaceChildren(el("p", { text: "The cohort cannot be shown (" + err.message + ")." })); return; }
+    const ds = c.deciles || [];
+    const lo = Math.min(...ds, c.value), hi = Math.max(...ds, c.value);
+    const x = (v) => 20 + (hi > lo ? ((v - lo) / (hi - lo)) * 360 : 180);
+    const chart = svg("svg", { viewBox: "0 0 400 70", width: 400, height: 70, role: "img", "aria-label": "cohort distribution of " + metric + " with this learner marked" },
+      svg("line", { x1: 20, y1: 30, x2: 380, y2: 30, stroke: "#999" }));
+    ds.forEach((d, i) => chart.append(svg("circle", { cx: x(d), cy: 30, r: 4, fill: "#0072B2", "data-decile": i * 10, "data-value": d }, svg("title", { text: "p" + i * 10 + ": " + d }))));
+    chart.append(svg("line", { x1: x(c.value), y1: 12, x2: x(c.value), y2: 48, class: "marker", "data-learner-value": c.value }, svg("title", { text: "this learner: " + c.value })));
+    chart.append(svg("text", { x: 20, y: 64, class: "bar-label", text: String(Math.round(lo * 100) / 100) }));
+    chart.append(svg("text", { x: 350, y: 64, class: "bar-label", text: String(Math.round(hi * 100) / 100) }));
+    const text = el("p", { id: "compare-text", "data-value": String(c.value), "data-rank": String(c.percentileRank), "data-size": String(c.cohortSize),
+      text: metric + ": " + Math.round(c.value * 1000) / 1000 + " — percentile rank " + Math.round(n(c.percentileRank)) + " among " + c.cohortSize + " learners (▲ red line = this learner; dots = deciles)." });
+    box.replaceChildren(chart, text);
+  }
+
+  async function load() {
+    const [head, s, page] = await Promise.all([
+      get("/api/v1/dashboard/learners/" + encodeURIComponent(learner)),
+      get("/api/v1/learners/" + encodeURIComponent(learner) + "/summary"),
+      get("/api/v1/learners/" + encodeURIComponent(learner) + "/timeline?limit=50"),
+    ]);
+    const text = JSON.stringify([head, s, page]);
+    if (text === lastText) return;
+    lastText = text; summary = s;
+    const who = head.name ? head.name + " (" + learner + ")" : learner;
+    document.getElementById("learner-title").textContent = who;
+    document.title = "Learntrail · " + who;
+    const ruby = s.ruby || {};
+    document.getElementById("overview").textContent = n(s.events) + " events; last activity " + time(s.lastActivity) + "; Ruby runs " + n(ruby.runs) + ", failed " + n(ruby.failedRuns) + "; courses: " + ((s.courses || []).join(", ") || "—");
+    errorsChart(ruby.recentErrors || []);
+    topErrors(ruby);
+    notebookRows(s.assignments || []);
+    labRows(s.lab || {});
+    lmsRows(s.lms || {});
+    energyRows(s.energy || []);
+    timeline(page);
+    const pick = document.getElementById("compare-course");
+    const keep = pick.value;
+    pick.replaceChildren(...(s.courses || []).map((c) => el("option", { value: c, text: c })));
+    if (keep && (s.courses || []).includes(keep)) pick.value = keep;
+    document.getElementById("learner").hidden = false;
+    await compare();
+    requestAnimationFrame(() => { document.body.dataset.painted = "learner"; });
+  }
+
+  withToken(() => {
+    document.getElementById("compare-form").addEventListener("change", () => compare());
+    poll(async () => {
+      try { await load(); message(""); }
+      catch (err) {
+        if (err.status === 403) {
+          document.getElementById("learner").hidden = true;
+          message("Not allowed: you may not see this learner's page (" + err.message + ").", true);
+          document.body.dataset.error = "403";
+          return;
+        }
+        throw err;
+      }
+    }, window.LT.REFRESH_MS);
+  });
+})();
