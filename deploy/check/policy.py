@@ -3,6 +3,9 @@
     policy.py k8s FILE [--full] --bins a,b,c   rendered manifests (kubectl kustomize / helm template)
     policy.py compose FILE --bins a,b,c         deploy/compose.yaml
     policy.py servicemonitors FILE SCHEMA      ServiceMonitors (not in the Kubernetes schemas)
+    policy.py services DOCKERFILE COMPOSE K8S HELM --bins a,b,c --not-services x,y
+                                                every service binary is in the image, compose,
+                                                the kustomize render and the chart's render
 
 Every rule failure is printed; the exit status is 1 when there was one. `--full` is for a
 production render: it must also have default-deny NetworkPolicies, a PodDisruptionBudget per
@@ -170,6 +173,39 @@ def check_servicemonitors(path, schema_path):
                 fail(name_of(o), f"{'/'.join(map(str, err.path))}: {err.message}")
 
 
+def commands(objs):
+    """The binaries the Learntrail containers of rendered objects run."""
+    found = set()
+    for o in objs:
+        if o.get("kind") in WORKLOADS:
+            spec, _ = pod_spec(o)
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                if ours(c) and c.get("command"):
+                    found.add(c["command"][0])
+    return found
+
+
+def check_services(dockerfile, compose, k8s, helm, bins, not_services):
+    """Issue 16: a service is not finished until it is in the image, compose, kustomize and the
+    chart. Every binary the workspace builds is a service unless listed in --not-services."""
+    import re
+
+    services = sorted(bins - not_services)
+    text = open(dockerfile).read()
+    image = set(re.search(r'ARG BINS="([^"]*)"', text).group(1).split())
+    doc = load(compose)[0]
+    composed = {(svc.get("command") or [None])[0] for svc in doc.get("services", {}).values()
+                if "learntrail" in str(svc.get("image", "")) and not svc.get("entrypoint")}
+    places = [("the image's BINS (deploy/docker/Dockerfile)", image),
+              ("deploy/compose.yaml", composed),
+              ("the kustomize base (k8s/base)", commands(load(k8s))),
+              ("the helm chart's default render", commands(load(helm)))]
+    for service in services:
+        for where, found in places:
+            if service not in found:
+                fail(f"service {service}", f"missing from {where}")
+
+
 def main(argv):
     mode, path = argv[0], argv[1]
     bins = set()
@@ -181,6 +217,11 @@ def main(argv):
         check_compose(path, bins)
     elif mode == "servicemonitors":
         check_servicemonitors(path, argv[2])
+    elif mode == "services":
+        not_services = set()
+        if "--not-services" in argv:
+            not_services = set(argv[argv.index("--not-services") + 1].split(","))
+        check_services(argv[1], argv[2], argv[3], argv[4], bins, not_services)
     for p in problems:
         print(f"  policy: {p}", file=sys.stderr)
     return 1 if problems else 0
