@@ -76,8 +76,7 @@ pub struct Config {
     /// Project id of the Keen-compatible API (/3.0/projects/{id}/queries/...)
     #[arg(long, env = "ANALYSIS_PROJECT_ID", default_value = "learntrail")]
     pub analysis_project_id: String,
-    /// HMAC key of learner pseudonyms. Accepted for the roster matching of uids to actors, which
-    /// is not built yet: nothing reads the key today
+    /// HMAC key of learner pseudonyms (matches ROSTER_CSV uids to actors, as the shim makes them)
     #[arg(long, env = "PSEUDONYM_KEY", hide_env_values = true, value_parser = parse_secret)]
     pub pseudonym_key: Option<SecretString>,
     /// Origins allowed to call the API from a browser, comma-separated ("*" for any; empty for none)
@@ -173,8 +172,8 @@ pub async fn serve(
         )
         .into());
     }
-    if config.pseudonym_key.is_some() {
-        tracing::info!("PSEUDONYM_KEY is set; roster matching is not built yet, so it is unused");
+    if config.roster_csv.is_some() && config.pseudonym_key.is_none() {
+        tracing::warn!("ROSTER_CSV without PSEUDONYM_KEY: only rows with an actor cell get names");
     }
     let (bus, provisioning) =
         Bus::start(&config.nats, &config.streams, "analytics-query", &token).await?;
