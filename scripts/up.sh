@@ -167,6 +167,7 @@ forwarding="${KEEN_PROJECT_ID:+Keen project $KEEN_PROJECT_ID, }${WEBHOOK_URLS:+w
 forwarding=${forwarding%, }
 [ -x "$bin/keen-forwarder" ] || forwarding="not built (cargo build --release --bin keen-forwarder)"
 token=$("$bin/learntrail-token" --secret-file "$var/jwt-secret" --sub learner-1 --role student)
+instructor_token=$("$bin/learntrail-token" --secret-file "$var/jwt-secret" --sub make-up-instructor --role instructor)
 cat <<EOT
 
 Learntrail is up (data and logs under var/; stop it with: make down)
@@ -183,6 +184,9 @@ Learntrail is up (data and logs under var/; stop it with: make down)
 
 A student token (24 h):
   TOKEN=$token
+
+The dashboard (paste into a browser; the instructor token in the link moves into the tab's session storage):
+  http://127.0.0.1:$ANALYTICS_PORT/#token=$instructor_token
 
 Try it:
   curl -i -X POST http://127.0.0.1:$TRACKING_PORT/api/tracking \\
