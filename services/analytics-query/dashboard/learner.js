@@ -100,6 +100,13 @@
     if (e.notebookSnapshot) return "notebook " + p.path + " saved";
     if (e.labLog) return "lab " + p.experiment + " " + (p.logKind || "");
     if (e.energyReading) return "meter " + p.cloudId + " " + n(p.demandKw) + " kW";
+    if (e.lmsEvent) {
+      const what = String(p.eventType || "").replace(/^LMS_EVENT_TYPE_/, "").toLowerCase().replace(/_/g, " ");
+      const a = p.assessment, v = p.video;
+      if (a) return what + " " + a.assessmentId + ": " + n(a.score) + "/" + n(a.maxScore);
+      if (v) return what + " " + v.videoId + " at " + n(v.currentTime) + " s";
+      return what + " " + (p.courseSlug || "");
+    }
     return e.source + " " + e.kind;
   }
 
@@ -126,7 +133,7 @@
     chart.append(svg("text", { x: 20, y: 64, class: "bar-label", text: String(Math.round(lo * 100) / 100) }));
     chart.append(svg("text", { x: 350, y: 64, class: "bar-label", text: String(Math.round(hi * 100) / 100) }));
     const text = el("p", { id: "compare-text", "data-value": String(c.value), "data-rank": String(c.percentileRank), "data-size": String(c.cohortSize),
-      text: metric + ": " + Math.round(c.value * 1000) / 1000 + " — percentile rank " + Math.round(n(c.percentileRank)) + " among " + c.cohortSize + " learners (▲ red line = this learner; dots = deciles)." });
+      text: metric + ": " + Math.round(c.value * 1000) / 1000 + " — percentile rank " + Math.round(n(c.percentileRank)) + " among " + c.cohortSize + " learners (red line = this learner; dots = the cohort's deciles)." });
     box.replaceChildren(chart, text);
   }
 

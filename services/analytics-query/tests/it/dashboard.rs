@@ -181,6 +181,16 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
             .await,
         instructor.as_str()
     );
+    let layout = browser
+        .eval("[document.querySelector('th[data-problem=\"hw1/q5\"]').getBoundingClientRect().left, \
+                document.querySelector('tr[data-learner=a1] td[data-problem=\"hw1/q5\"]').getBoundingClientRect().left, \
+                getComputedStyle(document.getElementById('token-form')).display]")
+        .await;
+    assert_eq!(
+        layout[0], layout[1],
+        "each problem's cells sit under its heading"
+    );
+    assert_eq!(layout[2], "none", "no token form once a token is kept");
     let rows = browser.eval(COHORT_ROWS).await;
     let by_learner = |id: &str| {
         rows.as_array()
