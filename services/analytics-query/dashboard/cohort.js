@@ -8,6 +8,7 @@
   let sort = { key: "learner", dir: 1 };
   let lastText = "";
 
+  const esc = (text) => String(text).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
   const failRate = (r) => (r.rubyRuns > 0 ? r.rubyFailed / r.rubyRuns : 0);
   const KEYS = {
     learner: (r) => (r.name || r.learner).toLowerCase(),
@@ -40,26 +41,29 @@
 
   function render() {
     const table = document.getElementById("cohort-table");
+    const problems = data.problems.map(esc);
     const rows = data.rows.slice().sort((a, b) => {
       const x = KEYS[sort.key](a), y = KEYS[sort.key](b);
       return (x < y ? -1 : x > y ? 1 : 0) * sort.dir;
     });
-    const body = document.createDocumentFragment();
+    // one HTML string for the body: 15,000 cells build several times faster than by the DOM
+    const html = [];
     for (const r of rows) {
-      const link = el("a", { href: "/learners/" + encodeURIComponent(r.learner), text: r.name || r.learner });
-      const tr = el("tr", { "data-learner": r.learner },
-        el("th", { scope: "row", class: "learner" }, link),
-        el("td", { class: "num completion", "data-value": String(r.completion), text: Math.round(r.completion * 100) + "% (" + r.passed + "/" + data.problems.length + ")" }),
-        el("td", { class: "last", "data-value": String(r.lastActivity || ""), text: time(r.lastActivity) }),
-        el("td", { class: "num runs", "data-value": String(r.rubyRuns), text: String(r.rubyRuns) }),
-        el("td", { class: "num failure", "data-value": String(failRate(r)), text: r.rubyRuns > 0 ? Math.round(failRate(r) * 100) + "%" : "—" }));
-      r.statuses.forEach((s, i) => {
-        tr.append(el("td", { class: "cell " + s, "data-problem": data.problems[i], "data-status": s, title: data.problems[i] + ": " + LABEL[s], "aria-label": LABEL[s], text: SYMBOL[s] }));
+      const fail = failRate(r);
+      html.push('<tr data-learner="', esc(r.learner), '"><th scope="row" class="learner"><a href="/learners/',
+        esc(encodeURIComponent(r.learner)), '">', esc(r.name || r.learner), "</a></th>",
+        '<td class="num completion" data-value="', r.completion, '">', Math.round(r.completion * 100), "% (", r.passed, "/", data.problems.length, ")</td>",
+        '<td class="last" data-value="', r.lastActivity || "", '">', esc(time(r.lastActivity)), "</td>",
+        '<td class="num runs" data-value="', r.rubyRuns, '">', r.rubyRuns, "</td>",
+        '<td class="num failure" data-value="', fail, '">', r.rubyRuns > 0 ? Math.round(fail * 100) + "%" : "—", "</td>");
+      r.statuses.forEach((st, i) => {
+        const s = SYMBOL[st] ? st : "none";
+        html.push('<td class="cell ', s, '" data-problem="', problems[i], '" data-status="', s, '" title="', problems[i], ": ", LABEL[s], '" aria-label="', LABEL[s], '">', SYMBOL[s], "</td>");
       });
-      body.append(tr);
+      html.push("</tr>");
     }
+    table.tBodies[0].innerHTML = html.join("");
     table.tHead.replaceChildren(header());
-    table.tBodies[0].replaceChildren(body);
     document.getElementById("cohort-title").textContent = data.course + " · " + data.rows.length + " learners · " + data.problems.length + " problems" + (data.names ? "" : " · pseudonyms");
     document.getElementById("cohort").hidden = false;
     requestAnimationFrame(() => { performance.mark("cohort-table"); document.body.dataset.painted = "cohort"; });
