@@ -7,7 +7,20 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, rustls, server::TlsStream};
 
-use crate::helpers::{Rig, registration};
+use clap::Parser as _;
+use learntrail_eagle_pinger::Config;
+
+use crate::helpers::{KEY_A, Rig, TestApp, registration, spawn_app};
+
+/// A test app polling `url`, with a poll timeout long enough for a TLS handshake on a busy
+/// machine (the other tests' 300 ms would fail some handshakes by time, not by certificate).
+async fn spawn_tls(rig: &Rig, extra: &[&str]) -> TestApp {
+    let mut args = rig.args(KEY_A);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut config = Config::parse_from(args);
+    config.poll_timeout = Duration::from_secs(5);
+    spawn_app(config).await
+}
 
 /// Connections that finished a TLS handshake with `acceptor` (failed handshakes are dropped).
 struct TlsListener {
@@ -71,7 +84,7 @@ async fn a_private_relay_over_https_needs_its_ca_file() {
     let body = registration("00c401", Api::Cloud, &rig.fake_addr);
 
     // without the CA the relay's certificate is refused: verification is on
-    let app = rig.spawn(&["--eagle-cloud-url", &url]).await;
+    let app = spawn_tls(&rig, &["--eagle-cloud-url", &url]).await;
     assert_eq!(app.register("00c401", &body).await.0, 201);
     let refused = app.wait_state("00c401", "unreachable").await;
     let error = refused["poll"]["last_error"]
@@ -86,14 +99,16 @@ async fn a_private_relay_over_https_needs_its_ca_file() {
     app.stop().await;
 
     // with it, readings flow over HTTPS
-    let app = rig
-        .spawn(&[
+    let app = spawn_tls(
+        &rig,
+        &[
             "--eagle-cloud-url",
             &url,
             "--eagle-ca-file",
             ca.to_str().unwrap(),
-        ])
-        .await;
+        ],
+    )
+    .await;
     app.wait_state("00c401", "ok").await;
     assert!(rig.fake.requests("00c401") >= 2);
     tokio::time::timeout(Duration::from_secs(5), app.stop())

@@ -133,7 +133,7 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
         .port();
     let at = flags.iter().position(|f| f == "--metrics-addr").unwrap();
     flags[at + 1] = format!("127.0.0.1:{ops_port}");
-    flags.extend(["--shutdown-grace".into(), "3s".into()]);
+    flags.extend(["--shutdown-grace".into(), "10s".into()]);
     let ops = format!("http://127.0.0.1:{ops_port}");
     let bus = bus(&nats).await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_s3-rotator"))
@@ -143,7 +143,13 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // read the log as it comes: a full pipe would stall the process on its next log line
     let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
     let published = events(3);
     publish(&bus, &published[..1]).await;
     wait_archived(&store(&flags), 1).await;
@@ -151,7 +157,8 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
         (readyz(&ops).await == 200).then_some(())
     })
     .await;
-    // an upload hangs (so the drain takes a while), then the segment directory goes bad
+    // an upload hangs (so the drain takes the whole 10 s grace: a window to see /readyz 503 in
+    // even on a busy machine), then the segment directory goes bad
     proxy.fail(|method, _| (method == "PUT").then_some(Fault::Hang));
     publish(&bus, &published[1..2]).await;
     eventually(Duration::from_secs(30), "a segment sealed", || async {
@@ -181,8 +188,7 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
         Some(1),
         "non-zero: the orchestrator restarts it"
     );
-    let mut log = String::new();
-    stderr.read_to_string(&mut log).unwrap();
+    let log = log.join().unwrap();
     assert!(
         log.contains("cannot write segments") && log.contains("\"level\":\"ERROR\""),
         "{log}"
