@@ -139,7 +139,9 @@ fn the_child_sees_a_terminal_on_stderr() {
 #[test]
 fn ctrl_c_reaches_the_program_once() {
     let lab = Lab::new();
-    let script = "trap(:INT) { puts 'got INT'; $stdout.flush; exit 7 }; puts 'ready'; $stdout.flush; sleep 30";
+    // unbuffered writes: a trap handler's `puts` can meet the main thread's own `puts` still
+    // holding stdout's lock and die of Ruby's "deadlock; recursive locking" (ThreadError)
+    let script = "trap(:INT) { $stdout.syswrite(\"got INT\\n\"); exit 7 }; $stdout.syswrite(\"ready\\n\"); sleep 30";
     for shim in [false, true] {
         lab.clear_spool();
         let mut terminal = Terminal::start(&lab, shim, &["-e", script]);
