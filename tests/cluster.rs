@@ -140,7 +140,10 @@ fn archived(dir: &Path) -> HashMap<String, usize> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.to_string_lossy().ends_with(".ndjson.gz") {
+            } else if path.to_string_lossy().ends_with(".ndjson.gz")
+                && !entry.file_name().to_string_lossy().starts_with(".tmp-")
+            {
+                // (`.tmp-*` files are objects being written: linked into place, then removed)
                 let mut text = String::new();
                 let file = std::fs::File::open(&path).unwrap();
                 GzDecoder::new(file).read_to_string(&mut text).unwrap();
