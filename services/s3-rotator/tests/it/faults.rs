@@ -161,13 +161,22 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
     // even on a busy machine), then the segment directory goes bad
     proxy.fail(|method, _| (method == "PUT").then_some(Fault::Hang));
     publish(&bus, &published[1..2]).await;
-    eventually(Duration::from_secs(30), "a segment sealed", || async {
-        std::fs::read_dir(&segments)
-            .ok()?
-            .flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "sealed"))
-            .then_some(())
-    })
+    // the sealed segment must be the second event's: the first event's may still be on disk
+    // (deleted only once its acks are confirmed), and replacing the directory while the second
+    // event sits in an open segment would let the third event join that open file
+    let second = published[1].id.clone();
+    eventually(
+        Duration::from_secs(30),
+        "the second event's segment sealed",
+        || async {
+            std::fs::read_dir(&segments)
+                .ok()?
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "sealed"))
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|text| text.contains(&second)))
+                .then_some(())
+        },
+    )
     .await;
     std::fs::rename(&segments, dirs.path().join("moved")).unwrap();
     std::fs::write(&segments, b"a file where the directory was").unwrap();
