@@ -12,14 +12,13 @@
 
 use std::{
     collections::VecDeque,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, client::conn::http1::SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use hyper::Request;
 use learntrail_proto::{
     Event, Message, Payload, id, time,
     v1::{
@@ -32,8 +31,8 @@ use learntrail_runtime::{
     bus::{Bus, NatsArgs, StreamArgs},
 };
 use learntrail_testkit::{NatsServer, RedisServer, eventually};
-use tokio::net::TcpStream;
 
+use crate::harness::{Service, connect, cores, exchange, free_addr, metric};
 use crate::{
     Bench,
     report::{Phase, verdict},
@@ -83,26 +82,6 @@ const CLASSES: [&str; 5] = [
     "",
 ];
 const WEEK_MS: i64 = 7 * 24 * 3_600_000;
-
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
-    let text = http.get(url).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 /// Event `i` of the load: learner `i % learners`, 60% Ruby runs (a fifth of them clean), 20% lab
 /// actions, 20% video plays, spread evenly over the 7 days before `now_ms`.
@@ -388,32 +367,4 @@ where
     }
     total.elapsed = started.elapsed();
     total
-}
-
-async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the service");
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(connection);
-    sender
-}
-
-/// One request: its status and body, `None` when the connection failed.
-async fn exchange(
-    sender: &mut SendRequest<Full<Bytes>>,
-    request: Request<Full<Bytes>>,
-) -> Option<(u16, Bytes)> {
-    sender.ready().await.ok()?;
-    let response = sender.send_request(request).await.ok()?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, body))
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

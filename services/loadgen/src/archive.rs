@@ -13,6 +13,7 @@ use learntrail_proto::{Event, Message, Payload, id, time, v1::LmsEvent};
 use learntrail_runtime::bus::{Bus, NatsArgs, StreamArgs};
 use learntrail_testkit::{GarageServer, NatsServer, eventually, garage};
 
+use crate::harness::{Service, metric};
 use crate::{Bench, report::verdict};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -26,21 +27,6 @@ impl Default for Args {
     fn default() -> Self {
         Self { events: 1_000_000 }
     }
-}
-
-struct Service(std::process::Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
-    let text = http.get(url).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
 }
 
 pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! until its `delivered` counter covers every event. Target: >= 50,000 events/s to Keen.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -18,6 +18,7 @@ use learntrail_proto::{Event, Message, Payload, id, time, v1::RubyRun};
 use learntrail_runtime::bus::{Bus, NatsArgs, StreamArgs};
 use learntrail_testkit::{NatsServer, eventually};
 
+use crate::harness::Service;
 use crate::{Bench, report::verdict};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -30,15 +31,6 @@ pub struct Args {
 impl Default for Args {
     fn default() -> Self {
         Self { events: 300_000 }
-    }
-}
-
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

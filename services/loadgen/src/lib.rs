@@ -18,6 +18,7 @@ pub mod analytics;
 pub mod archive;
 pub mod ceiling;
 pub mod eagle;
+pub mod harness;
 pub mod keen;
 pub mod notebooks;
 pub mod report;

@@ -18,6 +18,7 @@ use std::{
 
 use learntrail_testkit::{NatsServer, eventually};
 
+use crate::harness::{Service, metric};
 use crate::{
     Bench,
     report::{Phase, verdict},
@@ -45,15 +46,6 @@ impl Default for Args {
             notebook_kib: 100,
             saves: 200,
         }
-    }
-}
-
-struct Service(std::process::Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -86,12 +78,6 @@ fn notebook(salt: usize, version: usize, kib: usize) -> Vec<u8> {
         ]
     });
     serde_json::to_vec(&nb).expect("json")
-}
-
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
-    let text = http.get(url).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
 }
 
 fn start(binary: &Path, nats: &NatsServer, root: &Path, ops: &str) -> anyhow::Result<Service> {

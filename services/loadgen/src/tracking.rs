@@ -16,9 +16,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, client::conn::http1::SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use hyper::Request;
 use learntrail_proto::{Message, id};
 use learntrail_runtime::{
     auth::{self, Claims, Role},
@@ -28,6 +27,7 @@ use learntrail_testkit::{NatsServer, eventually};
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use crate::harness::{Service, connect, cores, exchange, free_addr};
 use crate::{
     Bench,
     report::{Phase, verdict},
@@ -58,20 +58,6 @@ impl Default for Args {
             raw_inflight: 1024,
         }
     }
-}
-
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 fn sample_event(i: usize) -> serde_json::Value {
@@ -460,33 +446,6 @@ where
     total
 }
 
-async fn connect(addr: &str) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the service");
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(connection);
-    sender
-}
-
-async fn exchange(
-    sender: &mut SendRequest<Full<Bytes>>,
-    request: Request<Full<Bytes>>,
-) -> Option<(u16, Bytes)> {
-    sender.ready().await.ok()?;
-    let response = sender.send_request(request).await.ok()?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, body))
-}
-
 fn humanize(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -12,7 +12,7 @@
 
 use std::{
     collections::VecDeque,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -27,6 +27,7 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest, protocol::WebSocketConfig},
 };
 
+use crate::harness::{Service, free_addr};
 use crate::{
     Bench,
     report::{Phase, verdict},
@@ -55,21 +56,7 @@ impl Default for Args {
     }
 }
 
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
 
 pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     let nats = NatsServer::start();
