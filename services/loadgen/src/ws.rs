@@ -59,6 +59,9 @@ impl Default for Args {
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
+    // the bench and the gateway (which inherits the limit) each hold a descriptor per socket;
+    // raised where this process may (as root), else the figure says how many were held
+    let _ = learntrail_runtime::limits::raise_open_file_limit(args.held as u64 + 1_024);
     let nats = NatsServer::start();
     let secret = format!("bench-{}", id::new_id());
     let (http_addr, ops_addr) = (free_addr(), free_addr());

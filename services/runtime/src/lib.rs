@@ -18,6 +18,7 @@ pub mod bus;
 pub mod cli;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod retry;
 pub mod shutdown;

@@ -110,6 +110,17 @@ pub struct Listeners {
 
 /// Binds both listeners, then serves until `token` is cancelled.
 pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()> {
+    // one descriptor per socket, plus room for NATS, gRPC and the listeners
+    let want = config.max_connections as u64 + 1_024;
+    match learntrail_runtime::limits::raise_open_file_limit(want) {
+        Ok(limit) if limit < want => tracing::warn!(
+            open_file_limit = limit,
+            max_connections = config.max_connections,
+            "the open-file limit is below WS_MAX_CONNECTIONS plus headroom: sockets past it are refused"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-file limit"),
+    }
     let listeners = Listeners {
         http: http::bind("HTTP_ADDR", config.http_addr).await?,
         ops: http::bind("METRICS_ADDR", config.metrics_addr).await?,
