@@ -61,7 +61,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     // the bench and the gateway (which inherits the limit) each hold a descriptor per socket;
     // raised where this process may (as root), else the figure says how many were held
-    let _ = learntrail_runtime::limits::raise_open_file_limit(args.held as u64 + 1_024);
+    let limit = learntrail_runtime::limits::raise_open_file_limit(args.held as u64 + 1_024)
+        .unwrap_or(1_024) as usize;
     let nats = NatsServer::start();
     let secret = format!("bench-{}", id::new_id());
     let (http_addr, ops_addr) = (free_addr(), free_addr());
@@ -110,7 +111,6 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    let limit = open_file_limit();
     let held = args.held.min(limit.saturating_sub(200));
     let before = rss_kib(service.0.id());
     let sockets = open(&url, held).await;
@@ -258,14 +258,4 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// This process's open-file limit (soft), which the gateway inherits.
-fn open_file_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .unwrap_or_default()
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .and_then(|line| line.split_whitespace().nth(3)?.parse().ok())
-        .unwrap_or(1024)
 }

@@ -11,14 +11,10 @@ pub fn raise_open_file_limit(want: u64) -> std::io::Result<u64> {
     if current >= want {
         return Ok(current);
     }
-    let mut last = None;
-    for (soft, max) in [(want, hard.max(want)), (want.min(hard), hard)] {
-        match setrlimit(Resource::RLIMIT_NOFILE, soft, max) {
-            Ok(()) => return Ok(soft),
-            Err(err) => last = Some(err),
-        }
-    }
-    Err(last.map_or_else(std::io::Error::last_os_error, std::io::Error::from))
+    let raised = |soft: u64, max: u64| setrlimit(Resource::RLIMIT_NOFILE, soft, max).map(|()| soft);
+    raised(want, hard.max(want))
+        .or_else(|_| raised(want.min(hard), hard))
+        .map_err(std::io::Error::from)
 }
 
 #[cfg(test)]
