@@ -2,7 +2,8 @@
 # make smoke: `make up` as a user meets it. Starts the stack in a scratch folder, runs the sample
 # curl that the banner prints, and checks that the answer is 202 with an event id, that the event
 # is in the EVENTS stream, that the banner's analytics-query curls (learner-1's summary, a
-# Keen-style count) count it, and that s3-rotator archived it; stops the stack afterwards.
+# Keen-style count) count it, that the banner's dashboard link shows it (and the demo notebook
+# learner, with the roster's names), and that s3-rotator archived it; stops the stack afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEARNTRAIL_VAR=$(mktemp -d /tmp/learntrail-smoke.XXXXXX)
@@ -43,6 +44,30 @@ answer=$(eval "$count -w '\\n%{http_code}'") || true
 [ "$(tail -n1 <<<"$answer")" = 200 ] && grep -q '"result":1' <<<"$answer" \
   || fail "the Keen-style count does not count the video play: $answer"
 echo "smoke: the Keen-style count counts it"
+
+# the banner's dashboard link: the cohort of ruby-101 lists learner-1 (the posted video play) and
+# the demo notebook learner, with the roster's names for this instructor token; learner-1's
+# timeline holds the event; and a headless browser opening the link paints both rows
+link=$(grep -o 'http://[^ ]*/?course=ruby-101#token=[^ ]*' <<<"$banner" | head -n1)
+[ -n "$link" ] || fail "the banner shows no dashboard link"
+base=${link%%/?course=*}
+instructor=${link##*#token=}
+for _ in $(seq 300); do
+  cohort=$(curl -fs "$base/api/v1/dashboard/cohorts/ruby-101" -H "Authorization: Bearer $instructor") || true
+  grep -q '"learner":"learner-1"' <<<"$cohort" && grep -q '"name":"Demo Learner"' <<<"$cohort" && break
+  sleep 0.1
+done
+grep -q '"learner":"learner-1"' <<<"$cohort" || fail "the dashboard's ruby-101 cohort does not list learner-1: $cohort"
+grep -q '"name":"Sample Learner"' <<<"$cohort" || fail "the cohort shows no roster name for learner-1: $cohort"
+grep -q '"name":"Demo Learner"' <<<"$cohort" || fail "the demo notebook learner is not in the cohort under its roster name: $cohort"
+curl -fs "$base/api/v1/learners/learner-1/timeline" -H "Authorization: Bearer $instructor" | grep -q "\"$id\"" \
+  || fail "learner-1's timeline does not hold event $id"
+chromium=$(command -v chromium || command -v chromium-browser) || fail "no chromium (make test-deps installs it)"
+dom=$(timeout 60 "$chromium" --headless --no-sandbox --disable-gpu --no-first-run \
+  --user-data-dir="$LEARNTRAIL_VAR/chromium" --virtual-time-budget=15000 --dump-dom "$link" 2>/dev/null) || true
+grep -q 'data-learner="learner-1"' <<<"$dom" && grep -q 'Sample Learner' <<<"$dom" && grep -q 'Demo Learner' <<<"$dom" \
+  || fail "the dashboard page, opened from the banner's link, does not show both learners: ${dom:0:2000}"
+echo "smoke: the banner's dashboard link shows learner-1 and the demo learner, with their names"
 
 for _ in $(seq 300); do
   if find "$LEARNTRAIL_VAR/archive" -name '*.ndjson.gz' -exec zcat {} + 2>/dev/null | grep -q "\"$id\""; then

@@ -79,10 +79,16 @@ PORTS
   . "$var/ports.env"
 fi
 [ -f "$var/pseudonym-key" ] || (umask 077; openssl rand -hex 32 > "$var/pseudonym-key")
+# (nbgrader's student layout <course>/<assignment>/<notebook>: the demo learner is in ruby-101)
 if [ ! -f "$var/notebooks/users.csv" ]; then
-  mkdir -p "$var/notebooks/homes/demo/ps1"
+  mkdir -p "$var/notebooks/homes/demo/ruby-101/ps1"
   printf 'uid,notebooks,name\ndemo,homes/demo,Demo Learner\n' > "$var/notebooks/users.csv"
-  cp services/notebook-scanner/tests/fixtures/unanswered.ipynb "$var/notebooks/homes/demo/ps1/problem1.ipynb"
+  cp services/notebook-scanner/tests/fixtures/unanswered.ipynb "$var/notebooks/homes/demo/ruby-101/ps1/problem1.ipynb"
+fi
+# the dashboard's roster: real names for instructors. `demo` is found through its pseudonym (the
+# same PSEUDONYM_KEY as the notebook scanner); learner-1, the banner's token, by its actor cell
+if [ ! -f "$var/roster.csv" ]; then
+  printf 'uid,name,email,actor\ndemo,Demo Learner,demo@example.org,\nlearner-1,Sample Learner,learner-1@example.org,learner-1\n' > "$var/roster.csv"
 fi
 
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
@@ -114,7 +120,8 @@ start tracking-api HTTP_ADDR="127.0.0.1:$TRACKING_PORT" METRICS_ADDR="127.0.0.1:
 start s3-rotator METRICS_ADDR="127.0.0.1:$ROTATOR_METRICS_PORT" SEGMENT_DIR="$var/rotator" \
   ROTATE_INTERVAL="${ROTATE_INTERVAL:-1m}"
 start analytics-query HTTP_ADDR="127.0.0.1:$ANALYTICS_PORT" GRPC_ADDR="127.0.0.1:$ANALYTICS_GRPC_PORT" \
-  METRICS_ADDR="127.0.0.1:$ANALYTICS_METRICS_PORT"
+  METRICS_ADDR="127.0.0.1:$ANALYTICS_METRICS_PORT" ROSTER_CSV="$var/roster.csv" \
+  PSEUDONYM_KEY="$(cat "$var/pseudonym-key")"
 start ws-gateway HTTP_ADDR="127.0.0.1:$WS_PORT" METRICS_ADDR="127.0.0.1:$WS_METRICS_PORT" \
   ANALYTICS_GRPC_URL="http://127.0.0.1:$ANALYTICS_GRPC_PORT"
 # forwarding is off unless configured: KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS, LRS_URL
@@ -185,8 +192,9 @@ Learntrail is up (data and logs under var/; stop it with: make down)
 A student token (24 h):
   TOKEN=$token
 
-The dashboard (paste into a browser; the instructor token in the link moves into the tab's session storage):
-  http://127.0.0.1:$ANALYTICS_PORT/#token=$instructor_token
+The dashboard, course ruby-101 (paste into a browser; the instructor token in the link moves into the
+tab's session storage; names come from $var/roster.csv; the requests below show up within seconds):
+  http://127.0.0.1:$ANALYTICS_PORT/?course=ruby-101#token=$instructor_token
 
 Try it:
   curl -i -X POST http://127.0.0.1:$TRACKING_PORT/api/tracking \\
@@ -196,7 +204,7 @@ Try it:
   $bin/ws-send "ws://127.0.0.1:$WS_PORT/ws?token=$token" '{"id":"try-1","user":"learner-1","t":'"\$(date +%s000)"',"exp":"spinner","hardware":"spin30","course":"engdes1","type":"log","payload":{"log":"click","data":{"target":"run"}}}' '{"type":"request","user":"learner-1","content":"summary"}'   # a lab log over WebSocket (ack) and learner-1's summary
   curl -s http://127.0.0.1:$EAGLE_PORT/api/event/000001 -H "Authorization: Bearer $token"   # a meter's reading, polled now
   curl -s http://127.0.0.1:$EAGLE_PORT/api/user/000003 -H "Authorization: Bearer $token"   # a refused meter: auth_failed
-  cp services/notebook-scanner/tests/fixtures/passing.ipynb $var/notebooks/homes/demo/ps1/problem1.ipynb   # a save: its snapshot (and a backup of the last one) in $var/snapshots/demo/ps1, its NotebookSnapshot event in EVENTS
+  cp services/notebook-scanner/tests/fixtures/passing.ipynb $var/notebooks/homes/demo/ruby-101/ps1/problem1.ipynb   # a save: its snapshot (and a backup of the last one) in $var/snapshots/demo/ruby-101/ps1, its NotebookSnapshot event in EVENTS; the dashboard shows the cells pass
   curl -s http://127.0.0.1:$ANALYTICS_PORT/api/v1/learners/learner-1/summary -H "Authorization: Bearer $token"   # learner-1's summary
   curl -s 'http://127.0.0.1:$ANALYTICS_PORT/3.0/projects/learntrail/queries/count?event_collection=lms.video&timeframe=this_1_days&interval=hourly&group_by=lmsEvent.eventType' -H "Authorization: $token"   # Keen-style count
 EOT

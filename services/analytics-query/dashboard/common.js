@@ -1,5 +1,5 @@
 // Shared by both pages: the token (from the URL fragment or the form, kept in sessionStorage),
-// authorised JSON requests, DOM and SVG helpers, polling.
+// authorised JSON requests, a DOM helper, polling.
 "use strict";
 (function () {
   const KEY = "learntrail.token";
@@ -17,16 +17,6 @@
       if (v === null || v === undefined) continue;
       if (k === "class") node.className = v;
       else if (k === "text") node.textContent = v;
-      else node.setAttribute(k, v);
-    }
-    for (const c of children) node.append(c);
-    return node;
-  }
-
-  function svg(tag, attrs, ...children) {
-    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "text") node.textContent = v;
       else node.setAttribute(k, v);
     }
     for (const c of children) node.append(c);
@@ -73,15 +63,27 @@
     });
   }
 
-  // Calls load() now and every `ms` while the page is visible; counts refreshes on <body>.
+  // Calls load() now and again `ms` after each answer while the page is visible (never two at
+  // once); after a server or network failure it tries again within a second. Counts refreshes on
+  // <body>.
   function poll(load, ms) {
     let count = 0;
+    let failed = false;
     const run = async () => {
-      try { await load(); count += 1; document.body.dataset.refreshes = String(count); }
-      catch (err) { report(err); }
+      let wait = ms;
+      if (!document.hidden) {
+        try {
+          await load();
+          count += 1; document.body.dataset.refreshes = String(count);
+          if (failed) { failed = false; message(""); delete document.body.dataset.error; }
+        } catch (err) {
+          report(err); failed = true;
+          if (!err.status || err.status >= 500) wait = Math.min(ms, 1000);
+        }
+      }
+      setTimeout(run, wait);
     };
     run();
-    setInterval(() => { if (!document.hidden) run(); }, ms);
   }
 
   function report(err) {
@@ -91,5 +93,5 @@
     document.body.dataset.error = String(err.status || "network");
   }
 
-  window.LT = { el, svg, get, time, message, withToken, poll, report, REFRESH_MS: 3000 };
+  window.LT = { el, get, time, message, withToken, poll, report, REFRESH_MS: 3000 };
 })();

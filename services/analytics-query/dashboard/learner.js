@@ -2,11 +2,10 @@
 // lab, LMS, energy, position in the cohort and the timeline; refreshed live.
 "use strict";
 (function () {
-  const { el, svg, get, time, message, withToken, poll, report } = window.LT;
+  const { el, get, time, message, withToken, poll, report } = window.LT;
   const learner = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
   const STATUS = { STATUS_PASSED: "✓ passed", STATUS_FAILED: "✗ failed", STATUS_NOT_RUN: "○ not run", STATUS_UNANSWERED: "– unanswered", STATUS_NEEDS_MANUAL_GRADING: "? manual" };
   const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
-  const PATTERNS = ["", "4 2", "1 2", "6 2 1 2"];
   const n = (v) => Number(v || 0);
   let lastText = "";
   let summary = null;
@@ -16,39 +15,65 @@
     body.replaceChildren(...list);
   }
 
+  // Colour-blind readers: the Okabe-Ito colours, and each error class also gets its own fill
+  // pattern (solid, stripes, dots, cross-hatch), so classes differ in shape as well as colour;
+  // every chart's numbers are in a table beside it.
+  const charts = {};
+  function pattern(colour, kind) {
+    if (kind === 0) return colour;
+    const tile = document.createElement("canvas");
+    tile.width = tile.height = 8;
+    const g = tile.getContext("2d");
+    g.fillStyle = colour; g.fillRect(0, 0, 8, 8);
+    g.strokeStyle = g.fillStyle = "rgba(255,255,255,0.85)"; g.lineWidth = 1.5;
+    if (kind === 1) { g.beginPath(); g.moveTo(0, 8); g.lineTo(8, 0); g.stroke(); }
+    else if (kind === 2) { g.beginPath(); g.arc(4, 4, 1.6, 0, 2 * Math.PI); g.fill(); }
+    else { g.beginPath(); g.moveTo(0, 4); g.lineTo(8, 4); g.moveTo(4, 0); g.lineTo(4, 8); g.stroke(); }
+    return g.createPattern(tile, "repeat");
+  }
+  // Draws `config` on a fresh canvas in `box` before `rest`; replaces the chart drawn there before.
+  function draw(box, label, config, ...rest) {
+    if (charts[box.id]) { charts[box.id].destroy(); delete charts[box.id]; }
+    const canvas = el("canvas", { role: "img", "aria-label": label });
+    box.replaceChildren(el("div", { class: "chart-box" }, canvas), ...rest);
+    config.options = Object.assign({ animation: false, responsive: true, maintainAspectRatio: false }, config.options);
+    charts[box.id] = new window.Chart(canvas, config);
+  }
+
   // errors per (UTC day, class) from the recent errors, as a stacked bar chart and its table
   function errorsChart(recent) {
     const days = [...new Set(recent.map((e) => (e.occurredAt || "").slice(0, 10)))].sort();
     const classes = [...new Set(recent.map((e) => e.className))].sort();
     const count = (d, c) => recent.filter((e) => (e.occurredAt || "").slice(0, 10) === d && e.className === c).length;
     const box = document.getElementById("errors-chart");
-    if (!recent.length) { box.replaceChildren(el("p", { text: "No Ruby errors." })); return; }
-    const max = Math.max(...days.map((d) => classes.reduce((s, c) => s + count(d, c), 0)));
-    const W = 60 * days.length + 40, H = 180, bar = 36;
-    const chart = svg("svg", { viewBox: "0 0 " + (W + 160) + " " + (H + 30), role: "img", "aria-label": "Ruby errors per day by class", width: W + 160, height: H + 30 });
-    days.forEach((d, i) => {
-      let y = H;
-      classes.forEach((c, j) => {
-        const v = count(d, c);
-        if (!v) return;
-        const h = (v / max) * (H - 10);
-        y -= h;
-        chart.append(svg("rect", { x: 30 + i * 60, y, width: bar, height: h, fill: PALETTE[j % PALETTE.length], stroke: "#fff", "stroke-dasharray": PATTERNS[j % PATTERNS.length], "data-day": d, "data-class": c, "data-count": v },
-          svg("title", { text: d + " " + c + ": " + v })));
-      });
-      chart.append(svg("text", { x: 30 + i * 60, y: H + 16, class: "bar-label", text: d.slice(5) }));
-    });
-    classes.forEach((c, j) => {
-      chart.append(svg("rect", { x: W + 10, y: 10 + j * 18, width: 12, height: 12, fill: PALETTE[j % PALETTE.length] }));
-      chart.append(svg("text", { x: W + 28, y: 21 + j * 18, class: "bar-label", text: c }));
-    });
+    if (!recent.length) {
+      if (charts[box.id]) { charts[box.id].destroy(); delete charts[box.id]; }
+      box.replaceChildren(el("p", { text: "No Ruby errors." }));
+      return;
+    }
     const table = el("table", { id: "errors-data" }, el("caption", { text: "Errors per day and class" }),
       el("tr", {}, el("th", { scope: "col", text: "Day" }), el("th", { scope: "col", text: "Class" }), el("th", { scope: "col", text: "Errors" })));
     for (const d of days) for (const c of classes) {
       const v = count(d, c);
       if (v) table.append(el("tr", { "data-day": d, "data-class": c, "data-count": String(v) }, el("td", { text: d }), el("td", { text: c }), el("td", { class: "num", text: String(v) })));
     }
-    box.replaceChildren(chart, el("details", {}, el("summary", { text: "Chart data" }), table));
+    draw(box, "Ruby errors per day, stacked by error class (the numbers are in the table below)", {
+      type: "bar",
+      data: {
+        labels: days,
+        datasets: classes.map((c, j) => ({
+          label: c,
+          data: days.map((d) => count(d, c)),
+          backgroundColor: pattern(PALETTE[j % PALETTE.length], j % 4),
+          borderColor: PALETTE[j % PALETTE.length],
+          borderWidth: 1,
+        })),
+      },
+      options: {
+        scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 }, title: { display: true, text: "errors" } } },
+        plugins: { legend: { position: "bottom" } },
+      },
+    }, el("details", {}, el("summary", { text: "Chart data" }), table));
   }
 
   function topErrors(ruby) {
@@ -124,17 +149,25 @@
     try { c = await get("/api/v1/learners/" + encodeURIComponent(learner) + "/compare?course=" + encodeURIComponent(course) + "&metric=" + metric); }
     catch (err) { box.replaceChildren(el("p", { text: "The cohort cannot be shown (" + err.message + ")." })); return; }
     const ds = c.deciles || [];
-    const lo = Math.min(...ds, c.value), hi = Math.max(...ds, c.value);
-    const x = (v) => 20 + (hi > lo ? ((v - lo) / (hi - lo)) * 360 : 180);
-    const chart = svg("svg", { viewBox: "0 0 400 70", width: 400, height: 70, role: "img", "aria-label": "cohort distribution of " + metric + " with this learner marked" },
-      svg("line", { x1: 20, y1: 30, x2: 380, y2: 30, stroke: "#999" }));
-    ds.forEach((d, i) => chart.append(svg("circle", { cx: x(d), cy: 30, r: 4, fill: "#0072B2", "data-decile": i * 10, "data-value": d }, svg("title", { text: "p" + i * 10 + ": " + d }))));
-    chart.append(svg("line", { x1: x(c.value), y1: 12, x2: x(c.value), y2: 48, class: "marker", "data-learner-value": c.value }, svg("title", { text: "this learner: " + c.value })));
-    chart.append(svg("text", { x: 20, y: 64, class: "bar-label", text: String(Math.round(lo * 100) / 100) }));
-    chart.append(svg("text", { x: 350, y: 64, class: "bar-label", text: String(Math.round(hi * 100) / 100) }));
     const text = el("p", { id: "compare-text", "data-value": String(c.value), "data-rank": String(c.percentileRank), "data-size": String(c.cohortSize),
-      text: metric + ": " + Math.round(c.value * 1000) / 1000 + " — percentile rank " + Math.round(n(c.percentileRank)) + " among " + c.cohortSize + " learners (red line = this learner; dots = the cohort's deciles)." });
-    box.replaceChildren(chart, text);
+      text: metric + ": " + Math.round(c.value * 1000) / 1000 + " — percentile rank " + Math.round(n(c.percentileRank)) + " among " + c.cohortSize + " learners (triangle = this learner; dots = the cohort's deciles, 0th to 100th)." });
+    draw(box, "The cohort's distribution of " + metric + " (deciles) with this learner marked", {
+      type: "scatter",
+      data: {
+        datasets: [
+          { label: "cohort deciles", data: ds.map((d, i) => ({ x: d, y: 0, decile: i * 10 })), pointStyle: "circle", pointRadius: 5, backgroundColor: PALETTE[0], borderColor: PALETTE[0] },
+          { label: "this learner", data: [{ x: c.value, y: 0 }], pointStyle: "triangle", pointRadius: 11, backgroundColor: PALETTE[5], borderColor: "#000" },
+        ],
+      },
+      options: {
+        layout: { padding: { left: 12, right: 14 } },
+        scales: { y: { display: false, min: -1, max: 1 }, x: { title: { display: true, text: metric } } },
+        plugins: {
+          legend: { position: "bottom", labels: { usePointStyle: true } },
+          tooltip: { callbacks: { label: (t) => (t.raw.decile !== undefined ? "p" + t.raw.decile + ": " : "this learner: ") + t.raw.x } },
+        },
+      },
+    }, text);
   }
 
   async function load() {

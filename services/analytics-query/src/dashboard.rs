@@ -1,6 +1,7 @@
 //! The dashboard (issue 11): the cohort page at `/`, each learner's page at
 //! `/learners/{learner}`, their static files at `/dashboard/{file}` (plain HTML, CSS and
-//! JavaScript compiled into the binary, no build step), and the two JSON answers the pages need
+//! JavaScript compiled into the binary, no build step; the one charting library, Chart.js, vendored
+//! under `dashboard/vendor/`), and the two JSON answers the pages need
 //! beyond `/api/v1/...`: the courses a caller may pick, and a cohort table with last activity,
 //! Ruby runs and (for instructor and service tokens) the roster's names.
 
@@ -53,6 +54,8 @@ const ASSETS: &[Asset] = &[
     asset!("common.js", "text/javascript; charset=utf-8"),
     asset!("cohort.js", "text/javascript; charset=utf-8"),
     asset!("learner.js", "text/javascript; charset=utf-8"),
+    // Chart.js 4.6.1 as npm publishes it (vendor/VENDORED.md: source, licence, hash)
+    asset!("vendor/chart.umd.min.js", "text/javascript; charset=utf-8"),
 ];
 
 #[derive(Clone)]
@@ -71,7 +74,7 @@ pub fn router(api: Api, roster: Arc<Roster>) -> Router {
             "/learners/{learner}",
             get(|_: Path<String>| async { page("learner.html") }),
         )
-        .route("/dashboard/{file}", get(file))
+        .route("/dashboard/{*file}", get(file))
         .route("/api/v1/dashboard/courses", get(courses))
         .route("/api/v1/dashboard/cohorts/{course}", get(cohort_table))
         .route("/api/v1/dashboard/learners/{learner}", get(learner))
@@ -384,5 +387,20 @@ mod tests {
             .map(|i| names[i].as_str())
             .collect();
         assert_eq!(sorted, ["hw1/q1", "hw1/q2", "hw1/q10", "hw2/q1", "hw10/q1"]);
+    }
+
+    #[test]
+    fn the_vendored_chart_library_is_the_file_its_record_names() {
+        use sha2::{Digest, Sha256};
+        let record = include_str!("../dashboard/vendor/VENDORED.md");
+        let served = find("vendor/chart.umd.min.js").expect("the chart library is served");
+        let hash = hex::encode(Sha256::digest(served.body));
+        assert!(
+            record.contains(&format!("sha256 of `chart.umd.min.js`: `{hash}`")),
+            "vendor/chart.umd.min.js (sha256 {hash}) is not the file VENDORED.md records"
+        );
+        let head = String::from_utf8_lossy(&served.body[..200]);
+        assert!(head.contains("Chart.js v4.6.1") && head.contains("MIT"));
+        assert!(include_str!("../dashboard/vendor/chart.js.LICENSE.md").contains("MIT License"));
     }
 }

@@ -5,13 +5,14 @@
 use std::{
     borrow::Cow,
     collections::{HashMap, HashSet},
+    time::Duration,
 };
 
 use futures_util::future::try_join_all;
 use redis::{
     Pipeline, RedisResult, Value,
-    aio::{ConnectionLike, ConnectionManager},
-    cluster::ClusterClient,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
 };
 
@@ -102,17 +103,31 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How long one command or pipeline may wait for Redis's answer. redis-rs's default is 500 ms,
+/// which a 500-learner cohort read or a projection batch's script can pass on a busy machine: the
+/// answer then is a 503 (a read) or a redelivered batch (the projection), though Redis was only
+/// slow. Past this, Redis counts as down.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Store {
     /// Connects to `urls` (one server, or any nodes of a cluster when `cluster`).
     pub async fn connect(urls: &[String], cluster: bool) -> RedisResult<Self> {
         let store = if cluster {
-            let client = ClusterClient::new(urls.to_vec())?;
+            let client = ClusterClientBuilder::new(urls.to_vec())
+                .response_timeout(RESPONSE_TIMEOUT)
+                .build()?;
             Self::Cluster(client.get_async_connection().await?)
         } else {
             let url = urls
                 .first()
                 .map_or("redis://127.0.0.1:6379", |u| u.as_str());
-            Self::Single(redis::Client::open(url)?.get_connection_manager().await?)
+            let config =
+                ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+            Self::Single(
+                redis::Client::open(url)?
+                    .get_connection_manager_with_config(config)
+                    .await?,
+            )
         };
         store.load_script().await?;
         Ok(store)

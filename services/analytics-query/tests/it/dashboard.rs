@@ -286,8 +286,12 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
             .await,
         "Alice Example (a1)"
     );
+    // the chart's own data points, read back from Chart.js: (day, class, count) per bar segment
     let points = browser
-        .eval("[...document.querySelectorAll('#errors-chart rect[data-day]')].map(r => [r.dataset.day, r.dataset.class, Number(r.dataset.count)])")
+        .eval("(() => { const c = Chart.getChart(document.querySelector('#errors-chart canvas')); \
+               return c.config.type === 'bar' && c.options.scales.y.stacked \
+                 ? c.data.labels.flatMap((d, i) => c.data.datasets.filter(s => s.data[i] > 0).map(s => [d, s.label, s.data[i]])) \
+                 : 'not a stacked bar chart'; })()")
         .await;
     let expected = json!([
         [day(d1), "NameError", 1],
@@ -339,8 +343,9 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
         .eval("(async () => { const s = document.getElementById('compare-metric'); s.value = 'ruby_runs'; s.dispatchEvent(new Event('change', {bubbles: true})); \
                for (let i = 0; i < 400 && !(document.getElementById('compare-text') && document.getElementById('compare-text').textContent.startsWith('ruby_runs')); i++) await new Promise(r => setTimeout(r, 25)); \
                const t = document.getElementById('compare-text'); \
-               return [Number(t.dataset.value), Number(t.dataset.size), Number(document.querySelector('#compare-chart line.marker').dataset.learnerValue), \
-                       [...document.querySelectorAll('#compare-chart circle')].map(c => Number(c.dataset.value))]; })()")
+               const c = Chart.getChart(document.querySelector('#compare-chart canvas')); \
+               return [Number(t.dataset.value), Number(t.dataset.size), c.data.datasets[1].data.map(p => p.x)[0], \
+                       c.data.datasets[0].data.map(p => p.x)]; })()")
         .await;
     assert_eq!(compare[0], 4.0);
     assert_eq!(compare[1], 3.0);
@@ -349,6 +354,11 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
     assert_eq!(
         (deciles.first(), deciles.last()),
         (Some(&json!(0)), Some(&json!(4)))
+    );
+    assert_eq!(
+        browser.eval("window.cspViolations").await,
+        json!([]),
+        "the vendored chart library runs under the strict policy"
     );
     browser
         .screenshot(&screenshots().join("learner.png"), true)
@@ -418,6 +428,7 @@ async fn pages_carry_a_strict_csp_cache_headers_and_no_inline_script() {
         ("/learners/a1", "no-cache"),
         ("/dashboard/cohort.js", "public, max-age=3600"),
         ("/dashboard/style.css", "public, max-age=3600"),
+        ("/dashboard/vendor/chart.umd.min.js", "public, max-age=3600"),
     ] {
         let response = app
             .http

@@ -72,12 +72,23 @@ impl Browser {
         })
         .await;
         let (ws, _) = connect_async(url.as_str()).await.unwrap();
-        Self {
+        let mut browser = Self {
             _child: child,
             ws,
             next_id: 0,
             _profile: profile,
-        }
+        };
+        // every page records what its Content-Security-Policy blocked, in `window.cspViolations`
+        browser.call("Page.enable", json!({})).await;
+        browser
+            .call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({ "source": "window.cspViolations = []; \
+                    document.addEventListener('securitypolicyviolation', \
+                    e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));" }),
+            )
+            .await;
+        browser
     }
 
     /// Sends a DevTools command and returns its result (events in between are skipped).
