@@ -127,10 +127,14 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
             member: event.actor.clone(),
         });
         let mut learner = Learner::new(event, ms, settings);
-        let cells_key = keys::learner_cells(&event.actor, &collection, hour);
-        let minute_key = keys::learner_minute_cells(&event.actor, &collection, hour);
-        cells(&mut learner.ops, &cells_key, "", &tuple, &measures);
-        cells(&mut learner.ops, &minute_key, &minute, &tuple, &measures);
+        // the learner's own analysis data: the event itself (one member), not pre-aggregated
+        // cells, which cost ten and more operations per event and rarely merge
+        learner.ops.push(Op::ZAdd {
+            key: keys::learner_events(&event.actor, &collection),
+            score: ms as f64,
+            member: analysis_member(&event.id, &tuple, &measures),
+            keep: 0,
+        });
         learner.fold();
         writes.push(Write {
             tag: keys::learner(&event.actor),
@@ -147,6 +151,29 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
         ops: agg_ops,
     });
     writes
+}
+
+/// One event in a learner's analysis log: `<event id>SEP<dimension tuple JSON>SEP<measures JSON>`
+/// (the id keeps two events with the same values apart).
+pub fn analysis_member(id: &str, tuple: &str, measures: &[(&str, f64)]) -> Vec<u8> {
+    let measures: serde_json::Map<String, serde_json::Value> = measures
+        .iter()
+        .map(|&(name, value)| (name.to_string(), json!(value)))
+        .collect();
+    format!(
+        "{id}{SEP}{tuple}{SEP}{}",
+        serde_json::Value::Object(measures)
+    )
+    .into_bytes()
+}
+
+/// The dimension tuple (JSON) and the measures of an [`analysis_member`].
+pub fn parse_analysis_member(
+    member: &str,
+) -> Option<(&str, serde_json::Map<String, serde_json::Value>)> {
+    let mut parts = member.splitn(3, SEP);
+    let (_id, tuple, measures) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((tuple, serde_json::from_str(measures).ok()?))
 }
 
 /// The event without its large fields: they are neither indexed nor shown in a timeline.
@@ -521,6 +548,26 @@ mod tests {
             field: format!("|s|rubyRun.durationMs|{tuple}"),
             by: 40.0
         }));
+        // the learner's own analysis data: the event, once, with its tuple and measures
+        let own: Vec<&Vec<u8>> = learner
+            .iter()
+            .filter_map(|op| match op {
+                Op::ZAdd { key, member, .. } if key == "{l:a1}:ke:shim.ruby_run" => Some(member),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(own.len(), 1);
+        let member = std::str::from_utf8(own[0]).unwrap();
+        assert!(member.starts_with("e1\u{1f}"), "{member}");
+        let (own_tuple, measures) = parse_analysis_member(member).unwrap();
+        assert_eq!(own_tuple, tuple);
+        assert_eq!(measures["rubyRun.durationMs"], 40.0);
+        assert!(
+            !learner
+                .iter()
+                .any(|op| matches!(op, Op::Incr { key, .. } if key.contains(":k"))),
+            "no per-learner cells"
+        );
     }
 
     fn op_key(op: &Op) -> &str {

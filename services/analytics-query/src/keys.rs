@@ -3,7 +3,7 @@
 //!
 //! | tag | keys | what |
 //! |---|---|---|
-//! | `{l:<actor>}` | `:seen` `:n` `:rcls` `:rerr` `:tl` `:nb` `:prob` `:lab` `:vid` `:enr` `:as` `:en` `:crs` `:bc` `:k:<coll>:<hour>` `:km:<coll>:<hour>` | one learner: seen event ids, counters, summaries, timeline, the learner's own analysis cells |
+//! | `{l:<actor>}` | `:seen` `:n` `:rcls` `:rerr` `:tl` `:nb` `:prob` `:lab` `:vid` `:enr` `:as` `:en` `:crs` `:bc` `:ke:<coll>` | one learner: seen event ids, counters, summaries, timeline, the learner's own events of each collection for the analysis API |
 //! | `{a:<coll>:<hour>}` | `:seen` `:h` `:m` `:u` | one collection-hour: seen ids, hourly and per-minute analysis cells, actors |
 //! | `{c:<course>}` | `:l` `:p` | one course: its learners, its known problems (`assignment\x1fgrade_id`) |
 //!
@@ -32,14 +32,10 @@ pub fn seen(tag: &str) -> String {
     format!("{tag}:seen")
 }
 
-/// A learner's hourly analysis cells of one collection.
-pub fn learner_cells(actor: &str, collection: &str, hour: i64) -> String {
-    format!("{}:k:{collection}:{hour}", learner(actor))
-}
-
-/// A learner's per-minute analysis cells of one collection-hour.
-pub fn learner_minute_cells(actor: &str, collection: &str, hour: i64) -> String {
-    format!("{}:km:{collection}:{hour}", learner(actor))
+/// A learner's events of one collection, for the analysis API: one sorted-set member per event
+/// (score: occurred ms; member: [`crate::fold::analysis_member`]).
+pub fn learner_events(actor: &str, collection: &str) -> String {
+    format!("{}:ke:{collection}", learner(actor))
 }
 
 /// Whole hours since the epoch of a time in milliseconds.

@@ -1,19 +1,19 @@
-//! Answers a [`Query`] from the pre-aggregated cells of [`crate::fold`]: the hourly cells when
-//! every interval edge falls on an hour, the per-minute cells otherwise. Without `actor` in the
-//! query, the shared cells of each collection-hour are read (168 hashes for a 7-day query, in one
-//! round trip); with `actor eq`/`in` (every student query), only those learners' own cells; with
-//! `actor` otherwise (group_by, count_unique, other operators), the actors of each hour first,
-//! then their cells.
+//! Answers a [`Query`] from what [`crate::fold`] keeps. Without `actor` in the query, from the
+//! shared pre-aggregated cells of each collection-hour (168 hashes for a 7-day query, in one
+//! round trip): the hourly cells when every interval edge falls on an hour, the per-minute cells
+//! otherwise. With `actor eq`/`in` (every student query), from those learners' own events of the
+//! collection (one sorted-set range each, exact times); with `actor` otherwise (group_by,
+//! count_unique, other operators), the actors active in the timeframe's hours first, then theirs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
 use super::{
-    query::{Analysis, Filter, Operator, Query},
+    query::{Analysis, Operator, Query},
     timeframe::{edges, keen_time},
 };
-use crate::{index::ACTOR, keys, store::Store};
+use crate::{fold, index::ACTOR, keys, store::Store};
 
 const HOUR_MS: i64 = 3_600_000;
 const MINUTE_MS: i64 = 60_000;
@@ -87,22 +87,11 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Value> {
     let hours: Vec<i64> = (first_hour..=last_hour).collect();
     let suffix = if hourly { "h" } else { "m" };
 
-    // (actor, hour) of each hash read, and the pipelines
-    let mut sources: Vec<Vec<(Option<String>, i64)>> = Vec::new();
+    // what each pipeline reads: a collection-hour's shared cells, or a learner's events
+    let mut sources: Vec<Source> = Vec::new();
     let mut pipelines = Vec::new();
-    let learner_pipeline = |actor: &str, hours: &[i64]| {
-        let mut pipe = redis::pipe();
-        for &hour in hours {
-            let key = if hourly {
-                keys::learner_cells(actor, &query.collection, hour)
-            } else {
-                keys::learner_minute_cells(actor, &query.collection, hour)
-            };
-            pipe.hgetall(key);
-        }
-        pipe
-    };
-    match plan(query) {
+    let (from, to) = (edges_ms[0], edges_ms[edges_ms.len() - 1] - 1);
+    let actors = match plan(query) {
         Plan::Shared => {
             for &hour in &hours {
                 let mut pipe = redis::pipe();
@@ -111,40 +100,60 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Value> {
                     keys::aggregate(&query.collection, hour)
                 ));
                 pipelines.push(pipe);
-                sources.push(vec![(None, hour)]);
+                sources.push(Source::Hour(hour));
             }
+            Vec::new()
         }
-        Plan::Learners(actors) => {
-            for actor in actors {
-                pipelines.push(learner_pipeline(&actor, &hours));
-                sources.push(hours.iter().map(|&h| (Some(actor.clone()), h)).collect());
-            }
-        }
-        Plan::AllLearners => {
-            let active = active_learners(store, &query.collection, &hours).await?;
-            for (actor, hours) in active {
-                pipelines.push(learner_pipeline(&actor, &hours));
-                sources.push(hours.iter().map(|&h| (Some(actor.clone()), h)).collect());
-            }
-        }
+        Plan::Learners(actors) => actors,
+        Plan::AllLearners => active_learners(store, &query.collection, &hours).await?,
+    };
+    for actor in actors {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(keys::learner_events(&actor, &query.collection))
+            .arg(from)
+            .arg(to)
+            .arg("WITHSCORES");
+        pipelines.push(pipe);
+        sources.push(Source::Learner(actor));
     }
     let answers = store.query_groups(&pipelines).await?;
     let mut engine = Engine::new(query, &edges_ms, hourly);
-    for (answer, sources) in answers.into_iter().zip(sources) {
-        for (value, (actor, hour)) in answer.into_iter().zip(sources) {
-            let cells: HashMap<String, String> = redis::from_redis_value(value)?;
-            engine.add(&cells, actor.as_deref(), hour);
+    for (answer, source) in answers.into_iter().zip(sources) {
+        for value in answer {
+            match &source {
+                Source::Hour(hour) => {
+                    let cells: HashMap<String, String> = redis::from_redis_value(value)?;
+                    engine.add(&cells, *hour);
+                }
+                Source::Learner(actor) => {
+                    let events: Vec<(String, f64)> = redis::from_redis_value(value)?;
+                    for (member, ms) in events {
+                        if let Some((tuple, measures)) = fold::parse_analysis_member(&member) {
+                            engine.add_event(ms as i64, tuple, &measures, actor);
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(engine.result())
 }
 
-/// The learners active in each hour, as learner → hours.
+/// What one pipeline of a query reads.
+enum Source {
+    /// The shared cells of a collection-hour.
+    Hour(i64),
+    /// A learner's events of the collection.
+    Learner(String),
+}
+
+/// The learners active in any of `hours`, sorted.
 async fn active_learners(
     store: &Store,
     collection: &str,
     hours: &[i64],
-) -> redis::RedisResult<BTreeMap<String, Vec<i64>>> {
+) -> redis::RedisResult<Vec<String>> {
     let pipelines: Vec<redis::Pipeline> = hours
         .iter()
         .map(|&hour| {
@@ -154,16 +163,12 @@ async fn active_learners(
         })
         .collect();
     let answers = store.query_groups(&pipelines).await?;
-    let mut active: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (answer, &hour) in answers.into_iter().zip(hours) {
-        for value in answer {
-            let actors: Vec<String> = redis::from_redis_value(value)?;
-            for actor in actors {
-                active.entry(actor).or_default().push(hour);
-            }
-        }
+    let mut active = std::collections::BTreeSet::new();
+    for value in answers.into_iter().flatten() {
+        let actors: Vec<String> = redis::from_redis_value(value)?;
+        active.extend(actors);
     }
-    Ok(active)
+    Ok(active.into_iter().collect())
 }
 
 /// Folds cells into per-(interval, group) totals.
@@ -172,8 +177,13 @@ struct Engine<'q> {
     edges: &'q [i64],
     hourly: bool,
     tuples: HashMap<String, Option<Map<String, Value>>>,
-    totals: BTreeMap<(usize, String), Acc>,
-    groups: BTreeMap<String, Vec<Value>>,
+    /// The group of each tuple of the shared cells (`None`: filtered out): a 7-day query meets
+    /// the same few hundred tuples in thousands of fields.
+    shared_groups: HashMap<String, Option<usize>>,
+    /// Totals by (interval, group id).
+    totals: BTreeMap<(usize, usize), Acc>,
+    /// Each group's key (its values as JSON, the answer's order), id and values.
+    groups: BTreeMap<String, (usize, Vec<Value>)>,
 }
 
 impl<'q> Engine<'q> {
@@ -183,6 +193,7 @@ impl<'q> Engine<'q> {
             edges,
             hourly,
             tuples: HashMap::new(),
+            shared_groups: HashMap::new(),
             totals: BTreeMap::new(),
             groups: BTreeMap::new(),
         }
@@ -196,7 +207,8 @@ impl<'q> Engine<'q> {
         Some(self.edges.partition_point(|&edge| edge <= ms) - 1)
     }
 
-    fn add(&mut self, cells: &HashMap<String, String>, actor: Option<&str>, hour: i64) {
+    /// Adds a collection-hour's shared cells (hourly, or per minute when not `hourly`).
+    fn add(&mut self, cells: &HashMap<String, String>, hour: i64) {
         let measure = self.query.target.clone().unwrap_or_default();
         for (field, value) in cells {
             let Some((prefix, rest)) = field.split_once('|') else {
@@ -218,13 +230,21 @@ impl<'q> Engine<'q> {
                 },
                 None => continue,
             };
-            let Some(group) = self.group_of(tuple, actor) else {
+            let group = match self.shared_groups.get(tuple) {
+                Some(&group) => group,
+                None => {
+                    let group = self.group_of(tuple, None);
+                    self.shared_groups.insert(tuple.to_string(), group);
+                    group
+                }
+            };
+            let Some(group) = group else {
                 continue;
             };
             let number: f64 = value.parse().unwrap_or(0.0);
             let distinct = match (stat, self.query.analysis) {
                 ("c", Analysis::CountUnique) if number > 0.0 => {
-                    self.value_of(tuple, actor, &measure).map(|v| v.to_string())
+                    self.value_of(tuple, None, &measure).map(|v| v.to_string())
                 }
                 _ => None,
             };
@@ -243,6 +263,35 @@ impl<'q> Engine<'q> {
         }
     }
 
+    /// Adds one of `actor`'s events (occurred at `ms`): exact times, so any interval edge works.
+    fn add_event(&mut self, ms: i64, tuple: &str, measures: &Map<String, Value>, actor: &str) {
+        let Some(interval) = self.interval(ms) else {
+            return;
+        };
+        let Some(group) = self.group_of(tuple, Some(actor)) else {
+            return;
+        };
+        let measure = self.query.target.clone().unwrap_or_default();
+        let distinct = match self.query.analysis {
+            Analysis::CountUnique => self
+                .value_of(tuple, Some(actor), &measure)
+                .map(|v| v.to_string()),
+            _ => None,
+        };
+        let value = measures.get(&measure).and_then(Value::as_f64);
+        let acc = self.totals.entry((interval, group)).or_default();
+        acc.count += 1;
+        if let Some(v) = value {
+            acc.sum += v;
+            acc.n += 1;
+            acc.lo = Some(acc.lo.map_or(v, |lo| lo.min(v)));
+            acc.hi = Some(acc.hi.map_or(v, |hi| hi.max(v)));
+        }
+        if let Some(value) = distinct {
+            acc.distinct.insert(value);
+        }
+    }
+
     fn tuple(&mut self, tuple: &str) -> Option<&Map<String, Value>> {
         self.tuples
             .entry(tuple.to_string())
@@ -257,23 +306,23 @@ impl<'q> Engine<'q> {
         self.tuple(tuple)?.get(property).cloned()
     }
 
-    /// The group of a cell (its group_by values as JSON), or `None` when a filter drops it.
-    fn group_of(&mut self, tuple: &str, actor: Option<&str>) -> Option<String> {
-        let filters: Vec<Filter> = self.query.filters.clone();
-        for filter in &filters {
+    /// The group id of a cell or event, or `None` when a filter drops it.
+    fn group_of(&mut self, tuple: &str, actor: Option<&str>) -> Option<usize> {
+        let query: &'q Query = self.query;
+        for filter in &query.filters {
             let value = self.value_of(tuple, actor, &filter.property);
             if !filter.matches(value.as_ref()) {
                 return None;
             }
         }
-        let group_by = self.query.group_by.clone();
-        let values: Vec<Value> = group_by
+        let values: Vec<Value> = query
+            .group_by
             .iter()
             .map(|g| self.value_of(tuple, actor, g).unwrap_or(Value::Null))
             .collect();
         let key = Value::Array(values.clone()).to_string();
-        self.groups.entry(key.clone()).or_insert(values);
-        Some(key)
+        let next = self.groups.len();
+        Some(self.groups.entry(key).or_insert((next, values)).0)
     }
 
     fn value(&self, acc: Option<&Acc>) -> Value {
@@ -293,7 +342,7 @@ impl<'q> Engine<'q> {
     /// One group's object: each group_by property and `result`.
     fn group_object(&self, key: &str, result: Value) -> Value {
         let mut object = Map::new();
-        for (name, value) in self.query.group_by.iter().zip(&self.groups[key]) {
+        for (name, value) in self.query.group_by.iter().zip(&self.groups[key].1) {
             object.insert(name.clone(), value.clone());
         }
         object.insert("result".into(), result);
@@ -303,16 +352,13 @@ impl<'q> Engine<'q> {
     /// Totals over groups for count_unique must union the distinct values, not add counts.
     /// One interval's totals are a range of the map (a 7-day hourly query asks 168 × groups
     /// times: a scan of every total each time was quadratic).
-    fn merged(&self, interval: Option<usize>, group: Option<&str>) -> Acc {
+    fn merged(&self, interval: Option<usize>, group: Option<usize>) -> Acc {
         let mut out = Acc::default();
-        let totals: Box<dyn Iterator<Item = (&(usize, String), &Acc)>> = match interval {
-            Some(i) => Box::new(
-                self.totals
-                    .range((i, String::new())..(i + 1, String::new())),
-            ),
+        let totals: Box<dyn Iterator<Item = (&(usize, usize), &Acc)>> = match interval {
+            Some(i) => Box::new(self.totals.range((i, 0)..(i + 1, 0))),
             None => Box::new(self.totals.iter()),
         };
-        for ((_, g), acc) in totals {
+        for (&(_, g), acc) in totals {
             if group.is_some_and(|want| want != g) {
                 continue;
             }
@@ -348,8 +394,10 @@ impl<'q> Engine<'q> {
         let grouped = !self.query.group_by.is_empty();
         let groups_in = |interval: Option<usize>| -> Vec<Value> {
             self.groups
-                .keys()
-                .map(|g| self.group_object(g, self.value(Some(&self.merged(interval, Some(g))))))
+                .iter()
+                .map(|(key, &(id, _))| {
+                    self.group_object(key, self.value(Some(&self.merged(interval, Some(id)))))
+                })
                 .collect()
         };
         let result = match (self.query.interval.is_some(), grouped) {
@@ -412,6 +460,50 @@ mod tests {
     }
 
     #[test]
+    fn a_learners_events_fold_at_their_exact_times() {
+        let q = query(
+            json!({"event_collection": "shim.ruby_run",
+                   "timeframe": {"start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:03:00Z"},
+                   "interval": "minutely", "target_property": "rubyRun.durationMs",
+                   "filters": [{"property_name": "rubyRun.error.className", "operator": "ne", "property_value": "TypeError"}]}),
+            "average",
+        );
+        let edges: Vec<i64> = edges(q.span, q.interval)
+            .iter()
+            .map(|t| t.timestamp_millis())
+            .collect();
+        let mut engine = Engine::new(&q, &edges, false);
+        let member = |class: &str, ms: f64| {
+            let tuple = json!({ "rubyRun.error.className": class }).to_string();
+            String::from_utf8(fold::analysis_member(
+                "e",
+                &tuple,
+                &[("rubyRun.durationMs", ms)],
+            ))
+            .unwrap()
+        };
+        let start = edges[0];
+        for (at, class, ms) in [
+            (start + 59_999, "NameError", 10.0),
+            (start + 60_000, "NameError", 20.0),
+            (start + 61_000, "NameError", 40.0),
+            (start + 62_000, "TypeError", 1000.0),
+            (start + 180_000, "NameError", 99.0),
+        ] {
+            let text = member(class, ms);
+            let (tuple, measures) = fold::parse_analysis_member(&text).unwrap();
+            engine.add_event(at, tuple, &measures, "a1");
+        }
+        let values: Vec<Value> = engine.result()["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["value"].clone())
+            .collect();
+        assert_eq!(values, [json!(10), json!(30), Value::Null]);
+    }
+
+    #[test]
     fn cells_fold_into_keen_shapes() {
         let q = query(
             json!({"event_collection": "shim.ruby_run",
@@ -439,9 +531,9 @@ mod tests {
                 "9".to_string(),
             ),
         ]);
-        engine.add(&cells, None, hour);
-        engine.add(&cells, None, hour + 1);
-        engine.add(&cells, None, hour + 2);
+        engine.add(&cells, hour);
+        engine.add(&cells, hour + 1);
+        engine.add(&cells, hour + 2);
         let result = engine.result();
         assert_eq!(result["result"].as_array().unwrap().len(), 2);
         assert_eq!(

@@ -155,6 +155,33 @@ async fn keen_counts_match_the_events() {
         )
         .await;
     assert_eq!(own, json!({"result": 4}));
+    // and their own average duration per hour, from their events' exact times
+    let (_, own) = app
+        .keen(
+            "average",
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours&interval=hourly&target_property=rubyRun.durationMs",
+            &token("k1", Role::Student),
+        )
+        .await;
+    let values: Vec<&Value> = own["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["value"])
+        .collect();
+    assert_eq!(values, [&json!(75), &Value::Null, &json!(12.5)], "{own}");
+    // the sum per learner (every learner's events)
+    let (_, per) = app
+        .keen(
+            "sum",
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours&target_property=rubyRun.durationMs&group_by=actor",
+            &key,
+        )
+        .await;
+    assert_eq!(
+        per,
+        json!({"result": [{"actor": "k1", "result": 175}, {"actor": "k2", "result": 370}, {"actor": "k3", "result": 1_000}]})
+    );
     let (status, err) = app
         .keen(
             "count",
