@@ -188,7 +188,9 @@ fn stripped(event: &Event) -> Event {
     event
 }
 
-/// Count, and per measure sum, count, minimum and maximum, of one analysis cell.
+/// Count, and per measure sum, count, minimum and maximum, of one analysis cell. Counts go to
+/// `key`, each measure's figures to [`keys::measure_cells`]`(key, measure)`: a count reads only
+/// the counts, a sum only its measure.
 fn cells(ops: &mut Vec<Op>, key: &str, prefix: &str, tuple: &str, measures: &[(&str, f64)]) {
     let name = |stat: &str, measure: Option<&str>| match measure {
         None => format!("{prefix}|{stat}|{tuple}"),
@@ -201,23 +203,24 @@ fn cells(ops: &mut Vec<Op>, key: &str, prefix: &str, tuple: &str, measures: &[(&
     });
     for &(measure, value) in measures {
         let m = Some(measure);
+        let key = keys::measure_cells(key, measure);
         ops.push(Op::IncrF {
-            key: key.into(),
+            key: key.clone(),
             field: name("s", m),
             by: value,
         });
         ops.push(Op::Incr {
-            key: key.into(),
+            key: key.clone(),
             field: name("n", m),
             by: 1,
         });
         ops.push(Op::Min {
-            key: key.into(),
+            key: key.clone(),
             field: name("lo", m),
             value,
         });
         ops.push(Op::Max {
-            key: key.into(),
+            key,
             field: name("hi", m),
             value,
         });
@@ -543,8 +546,13 @@ mod tests {
         }));
         let agg = &writes[2].ops;
         let tuple = r#"{"context.course":"ruby-101","kind":"ruby_run","rubyRun.error.className":"NoMethodError","rubyRun.exitCode":1,"source":"shim"}"#;
-        assert!(agg.contains(&Op::IncrF {
+        assert!(agg.contains(&Op::Incr {
             key: format!("{{a:shim.ruby_run:{hour}}}:h"),
+            field: format!("|c|{tuple}"),
+            by: 1
+        }));
+        assert!(agg.contains(&Op::IncrF {
+            key: format!("{{a:shim.ruby_run:{hour}}}:h:rubyRun.durationMs"),
             field: format!("|s|rubyRun.durationMs|{tuple}"),
             by: 40.0
         }));

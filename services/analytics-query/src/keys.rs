@@ -4,7 +4,7 @@
 //! | tag | keys | what |
 //! |---|---|---|
 //! | `{l:<actor>}` | `:seen` `:n` `:rcls` `:rerr` `:tl` `:nb` `:prob` `:lab` `:vid` `:enr` `:as` `:en` `:crs` `:bc` `:ke:<coll>` | one learner: seen event ids, counters, summaries, timeline, the learner's own events of each collection for the analysis API |
-//! | `{a:<coll>:<hour>}` | `:seen` `:h` `:m` `:u` | one collection-hour: seen ids, hourly and per-minute analysis cells, actors |
+//! | `{a:<coll>:<hour>}` | `:seen` `:h` `:m` `:h:<measure>` `:m:<measure>` `:u` | one collection-hour: seen ids, hourly and per-minute analysis cells (counts; each measure's sum, count, minimum, maximum), actors |
 //! | `{c:<course>}` | `:l` `:p` | one course: its learners, its known problems (`assignment\x1fgrade_id`) |
 //!
 //! `<hour>` is whole hours since the Unix epoch of the event's `occurred_at`.
@@ -36,6 +36,11 @@ pub fn seen(tag: &str) -> String {
 /// (score: occurred ms; member: [`crate::fold::analysis_member`]).
 pub fn learner_events(actor: &str, collection: &str) -> String {
     format!("{}:ke:{collection}", learner(actor))
+}
+
+/// The cells of one measure beside the count cells at `key`.
+pub fn measure_cells(key: &str, measure: &str) -> String {
+    format!("{key}:{measure}")
 }
 
 /// Whole hours since the epoch of a time in milliseconds.

@@ -93,12 +93,18 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Value> {
     let (from, to) = (edges_ms[0], edges_ms[edges_ms.len() - 1] - 1);
     let actors = match plan(query) {
         Plan::Shared => {
+            // counts for count and count_unique, the measure's own cells otherwise
+            let measure = match query.analysis {
+                Analysis::Count | Analysis::CountUnique => None,
+                _ => query.target.as_deref(),
+            };
             for &hour in &hours {
+                let counts = format!("{}:{suffix}", keys::aggregate(&query.collection, hour));
                 let mut pipe = redis::pipe();
-                pipe.hgetall(format!(
-                    "{}:{suffix}",
-                    keys::aggregate(&query.collection, hour)
-                ));
+                pipe.hgetall(match measure {
+                    Some(m) => keys::measure_cells(&counts, m),
+                    None => counts,
+                });
                 pipelines.push(pipe);
                 sources.push(Source::Hour(hour));
             }

@@ -319,4 +319,36 @@ pub fn signal(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid}");
+    if signal == "STOP" {
+        wait_stopped(pid);
+    }
+}
+
+/// kill(2) only queues SIGSTOP: the process stops when one of its threads next runs, and until
+/// then its other threads keep serving (on a busy machine, for milliseconds). Waits until every
+/// thread of `pid` is in state T.
+fn wait_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let state = |stat: String| {
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+    };
+    loop {
+        let mut tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten();
+        if tasks.all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(state)
+                == Some('T')
+        }) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

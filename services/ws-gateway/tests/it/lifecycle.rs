@@ -72,6 +72,11 @@ async fn reading_pauses_at_the_unacked_bound() {
     })
     .await;
     assert_eq!(
+        gateway.counter("ws_messages_acked").await,
+        0,
+        "nothing acked while NATS is stopped"
+    );
+    assert_eq!(
         gateway.counter("ws_messages_received").await,
         5,
         "no more read while five wait for their ack"
