@@ -160,7 +160,7 @@ fn client_config() -> WebSocketConfig {
 
 async fn connect(url: &str) -> anyhow::Result<Socket> {
     let request = url.into_client_request()?;
-    let (socket, _) = connect_async_with_config(request, Some(client_config()), false).await?;
+    let (socket, _) = connect_async_with_config(request, Some(client_config()), true).await?;
     Ok(socket)
 }
 

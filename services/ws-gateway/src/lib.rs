@@ -23,6 +23,7 @@ pub mod tls;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use learntrail_runtime::{
     CancellationToken,
     auth::AuthArgs,
@@ -180,7 +181,12 @@ pub async fn serve(
                     .await
             }
             None => {
-                axum::serve(listeners.http, router)
+                // small frames both ways: each ack goes out when written, not after the peer's
+                // delayed ACK (Nagle)
+                let listener = listeners.http.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, router)
                     .with_graceful_shutdown(stopped)
                     .await
             }

@@ -59,6 +59,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
