@@ -91,6 +91,10 @@ pub struct Config {
     /// Most events pulled and written in one round trip
     #[arg(long, env = "PROJECTION_BATCH", default_value_t = 1000)]
     pub batch: usize,
+    /// Pull batches folded and written at once (their effects commute): Redis works on one
+    /// while the next is decoded and folded
+    #[arg(long, env = "PROJECTION_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
     /// JetStream redelivery timeout of an unacknowledged event
     #[arg(long, env = "ANALYTICS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
@@ -166,9 +170,9 @@ pub async fn serve(
     listeners: Listeners,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    if config.batch == 0 {
+    if config.batch == 0 || config.concurrency == 0 {
         return Err(learntrail_runtime::cli::ConfigError::new(
-            "PROJECTION_BATCH must be at least 1",
+            "PROJECTION_BATCH and PROJECTION_CONCURRENCY must be at least 1",
         )
         .into());
     }
@@ -216,6 +220,7 @@ pub async fn serve(
     let settings = projector::Settings {
         consumer: config.consumer.clone(),
         batch: config.batch,
+        concurrency: config.concurrency,
         ack_wait: config.ack_wait,
         fold: fold::FoldSettings {
             index,

@@ -1,6 +1,7 @@
 //! The projection consumer: a durable pull consumer (`analytics-query` by default) on EVENTS.
 //! Each pull batch is folded ([`crate::fold`]) and written to Redis in one round trip
-//! ([`Store::apply`]); its messages are acknowledged only after the write. Several replicas may
+//! ([`Store::apply`]); its messages are acknowledged only after the write. Up to
+//! `PROJECTION_CONCURRENCY` batches are in hand at once (their effects commute). Several replicas may
 //! share the consumer: every write commutes and is applied once per event id.
 
 use std::{
@@ -12,7 +13,7 @@ use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, pull},
 };
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use learntrail_proto::{Event, Message as _, subject};
 use learntrail_runtime::{CancellationToken, bus::Bus, retry::Delays};
 
@@ -27,11 +28,13 @@ use crate::{
 pub struct Settings {
     pub consumer: String,
     pub batch: usize,
+    /// Batches in hand at once.
+    pub concurrency: usize,
     pub ack_wait: Duration,
     pub fold: FoldSettings,
 }
 
-/// Runs until `token` is cancelled; the batch in hand is finished first.
+/// Runs until `token` is cancelled; the batches in hand are finished first.
 pub async fn run(
     bus: Bus,
     store: Store,
@@ -40,7 +43,7 @@ pub async fn run(
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut delays = Delays::new(Duration::from_millis(200), Duration::from_secs(5));
-    'connect: while !token.is_cancelled() {
+    while !token.is_cancelled() {
         let messages = match consumer(&bus, &settings).await {
             Ok(consumer) => consumer
                 .stream()
@@ -64,20 +67,28 @@ pub async fn run(
         };
         delays.reset();
         let mut chunks = messages.ready_chunks(settings.batch);
-        loop {
+        // batches in hand: Redis writes one while the next ones are decoded and folded
+        let mut in_hand = FuturesUnordered::new();
+        let ended = loop {
             tokio::select! {
-                _ = token.cancelled() => break 'connect,
-                next = chunks.next() => match next {
+                _ = token.cancelled() => break true,
+                Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+                next = chunks.next(), if in_hand.len() < settings.concurrency => match next {
                     Some(chunk) => {
                         let messages: Vec<jetstream::Message> = chunk
                             .into_iter()
                             .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "consumer stream error")).ok())
                             .collect();
-                        project(&bus, &store, &settings, &metrics, &token, messages).await;
+                        in_hand.push(project(&bus, &store, &settings, &metrics, &token, messages));
                     }
-                    None => continue 'connect,
+                    None => break false,
                 },
             }
+        };
+        // what is in hand is finished (written and acknowledged, or left for redelivery)
+        while in_hand.next().await.is_some() {}
+        if ended {
+            break;
         }
     }
     Ok(())
@@ -98,7 +109,7 @@ async fn consumer(
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: settings.ack_wait,
                 max_deliver: -1,
-                max_ack_pending: (settings.batch * 8) as i64,
+                max_ack_pending: (settings.batch * 2 * settings.concurrency.max(4)) as i64,
                 filter_subject: subject::EVENTS_SUBJECTS.into(),
                 ..Default::default()
             },
