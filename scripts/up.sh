@@ -80,8 +80,8 @@ PORTS
 fi
 [ -f "$var/pseudonym-key" ] || (umask 077; openssl rand -hex 32 > "$var/pseudonym-key")
 # (nbgrader's student layout <course>/<assignment>/<notebook>: the demo learner is in ruby-101)
+mkdir -p "$var/notebooks/homes/demo/ruby-101/ps1"
 if [ ! -f "$var/notebooks/users.csv" ]; then
-  mkdir -p "$var/notebooks/homes/demo/ruby-101/ps1"
   printf 'uid,notebooks,name\ndemo,homes/demo,Demo Learner\n' > "$var/notebooks/users.csv"
   cp services/notebook-scanner/tests/fixtures/unanswered.ipynb "$var/notebooks/homes/demo/ruby-101/ps1/problem1.ipynb"
 fi

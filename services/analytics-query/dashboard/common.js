@@ -69,15 +69,20 @@
   function poll(load, ms) {
     let count = 0;
     let failed = false;
+    let reported = "";
     const run = async () => {
       let wait = ms;
       if (!document.hidden) {
         try {
           await load();
           count += 1; document.body.dataset.refreshes = String(count);
-          if (failed) { failed = false; message(""); delete document.body.dataset.error; }
+          // clears only the failure this poll reported (a page may report its own, e.g. 403)
+          if (failed) {
+            failed = false;
+            if (document.body.dataset.error === reported) { message(""); delete document.body.dataset.error; }
+          }
         } catch (err) {
-          report(err); failed = true;
+          report(err); failed = true; reported = document.body.dataset.error;
           if (!err.status || err.status >= 500) wait = Math.min(ms, 1000);
         }
       }
