@@ -105,7 +105,8 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
     let ms = occurred_ms(event);
     let hour = keys::hour_of(ms);
     let collection = keen::collection(event);
-    let keen_event = keen::to_keen(&stripped(event)).unwrap_or_default();
+    let small = stripped(event);
+    let keen_event = keen::to_keen(&small).unwrap_or_default();
     let tuple = settings.index.tuple(&keen_event);
     let measures = settings.index.measures_of(&keen_event);
     let minute = format!("{:02}", ms.rem_euclid(3_600_000) / 60_000);
@@ -126,7 +127,8 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
             key: format!("{agg}:u"),
             member: event.actor.clone(),
         });
-        let mut learner = Learner::new(event, ms, settings);
+        let mut learner = Learner::new(event, ms);
+        learner.zadd("tl", small.encode_to_vec(), settings.timeline_len);
         // the learner's own analysis data: the event itself (one member), not pre-aggregated
         // cells, which cost ten and more operations per event and rarely merge
         learner.ops.push(Op::ZAdd {
@@ -255,19 +257,17 @@ struct Learner<'a> {
     tag: String,
     version: String,
     course: Option<&'a str>,
-    settings: &'a FoldSettings,
     ops: Vec<Op>,
 }
 
 impl<'a> Learner<'a> {
-    fn new(event: &'a Event, ms: i64, settings: &'a FoldSettings) -> Self {
+    fn new(event: &'a Event, ms: i64) -> Self {
         Self {
             event,
             ms,
             tag: keys::learner(&event.actor),
             version: format!("{:015}:{}", ms.max(0), event.id),
             course: course_of(event),
-            settings,
             ops: Vec::new(),
         }
     }
@@ -344,8 +344,6 @@ impl<'a> Learner<'a> {
                 member: course.to_string(),
             });
         }
-        let entry = stripped(self.event).encode_to_vec();
-        self.zadd("tl", entry, self.settings.timeline_len);
         match &self.event.payload {
             Some(Payload::RubyRun(_)) => self.ruby(),
             Some(Payload::NotebookSnapshot(_)) => self.notebook(),

@@ -88,11 +88,19 @@ pub struct Config {
     /// Durable consumer name of the projection (a fresh name rebuilds from the stream)
     #[arg(long, env = "ANALYTICS_CONSUMER", default_value = "analytics-query")]
     pub consumer: String,
-    /// Most events pulled and written in one round trip
+    /// Events asked for in one pull request
     #[arg(long, env = "PROJECTION_BATCH", default_value_t = 1000)]
     pub batch: usize,
-    /// Pull batches folded and written at once (their effects commute): Redis works on one
-    /// while the next is decoded and folded
+    /// Most events in one Redis write (one round trip). A write closes as soon as the stream has
+    /// nothing more waiting; while a backlog waits it grows up to this, so a learner's events
+    /// merge into fewer commands
+    #[arg(long, env = "PROJECTION_WRITE_MAX", default_value_t = 20_000)]
+    pub write_max: usize,
+    /// Longest a write stays open for more events while a backlog waits
+    #[arg(long, env = "PROJECTION_LINGER", default_value = "250ms", value_parser = parse_duration)]
+    pub linger: Duration,
+    /// Writes folded and applied at once (their effects commute): Redis applies one while the
+    /// next ones are gathered and folded
     #[arg(long, env = "PROJECTION_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
     /// JetStream redelivery timeout of an unacknowledged event
@@ -170,9 +178,9 @@ pub async fn serve(
     listeners: Listeners,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    if config.batch == 0 || config.concurrency == 0 {
+    if config.batch == 0 || config.concurrency == 0 || config.write_max == 0 {
         return Err(learntrail_runtime::cli::ConfigError::new(
-            "PROJECTION_BATCH and PROJECTION_CONCURRENCY must be at least 1",
+            "PROJECTION_BATCH, PROJECTION_WRITE_MAX and PROJECTION_CONCURRENCY must be at least 1",
         )
         .into());
     }
@@ -220,6 +228,8 @@ pub async fn serve(
     let settings = projector::Settings {
         consumer: config.consumer.clone(),
         batch: config.batch,
+        write_max: config.write_max,
+        linger: config.linger,
         concurrency: config.concurrency,
         ack_wait: config.ack_wait,
         fold: fold::FoldSettings {

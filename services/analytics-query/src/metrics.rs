@@ -30,6 +30,8 @@ pub struct Metrics {
     pub oldest_unprojected_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Failed Redis writes (retried).
     pub write_failures: Counter,
+    /// Events per projection write (one Redis round trip): larger while a backlog waits.
+    pub write_events: Histogram,
     /// Query latency per call.
     pub query_seconds: Family<CallLabel, Histogram>,
 }
@@ -72,6 +74,14 @@ impl Metrics {
                 "analytics_redis_write_failures",
                 "failed projection writes (retried)",
                 Counter::default(),
+            ),
+            write_events: register(
+                registry,
+                "analytics_projection_write_events",
+                "events per projection write (one Redis round trip)",
+                Histogram::new([
+                    1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0,
+                ]),
             ),
             query_seconds: register(
                 registry,

@@ -1,13 +1,19 @@
 //! The projection consumer: a durable pull consumer (`analytics-query` by default) on EVENTS.
-//! Each pull batch is folded ([`crate::fold`]) and written to Redis in one round trip
-//! ([`Store::apply`]); its messages are acknowledged only after the write. Up to
-//! `PROJECTION_CONCURRENCY` batches are in hand at once (their effects commute). Several replicas may
-//! share the consumer: every write commutes and is applied once per event id.
+//! Pulled events are gathered into a write, folded ([`crate::fold`]) and written to Redis in one
+//! round trip ([`Store::apply`]); their messages are acknowledged only after the write. A write
+//! closes as soon as the stream has nothing more waiting (so a quiet stream is projected at
+//! once), or when it holds `PROJECTION_WRITE_MAX` events, or `PROJECTION_LINGER` after its first
+//! event, whichever comes first; while a backlog waits, writes therefore grow and a learner's
+//! events merge into fewer Redis commands. Up to `PROJECTION_CONCURRENCY` writes are in hand at
+//! once (their effects commute). Several replicas may share the consumer: every write commutes
+//! and is applied once per event id.
 
 use std::{
     collections::HashSet,
     time::{Duration, SystemTime},
 };
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::{
     self,
@@ -27,8 +33,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub consumer: String,
+    /// Events per pull request.
     pub batch: usize,
-    /// Batches in hand at once.
+    /// Most events in one write.
+    pub write_max: usize,
+    /// Longest a write stays open for more events while a backlog waits.
+    pub linger: Duration,
+    /// Writes in hand at once.
     pub concurrency: usize,
     pub ack_wait: Duration,
     pub fold: FoldSettings,
@@ -67,24 +78,46 @@ pub async fn run(
         };
         delays.reset();
         let mut chunks = messages.ready_chunks(settings.batch);
-        // batches in hand: Redis writes one while the next ones are decoded and folded
+        // writes in hand: Redis applies one while the next ones are gathered, decoded and folded
         let mut in_hand = FuturesUnordered::new();
+        let mut open: Vec<jetstream::Message> = Vec::new();
+        let mut caught_up = false;
+        let mut deadline = Instant::now();
         let ended = loop {
+            let room = in_hand.len() < settings.concurrency;
+            if room && !open.is_empty() && (caught_up || open.len() >= settings.write_max) {
+                let messages = std::mem::take(&mut open);
+                in_hand.push(project(&bus, &store, &settings, &metrics, &token, messages));
+                continue;
+            }
             tokio::select! {
                 _ = token.cancelled() => break true,
                 Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
-                next = chunks.next(), if in_hand.len() < settings.concurrency => match next {
+                _ = tokio::time::sleep_until(deadline), if room && !open.is_empty() => {
+                    caught_up = true;
+                }
+                next = chunks.next(), if open.len() < settings.write_max => match next {
                     Some(chunk) => {
-                        let messages: Vec<jetstream::Message> = chunk
-                            .into_iter()
-                            .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "consumer stream error")).ok())
-                            .collect();
-                        in_hand.push(project(&bus, &store, &settings, &metrics, &token, messages));
+                        if open.is_empty() {
+                            deadline = Instant::now() + settings.linger;
+                        }
+                        for message in chunk {
+                            match message {
+                                Ok(message) => {
+                                    caught_up = message.info().is_ok_and(|i| i.pending == 0);
+                                    open.push(message);
+                                }
+                                Err(err) => tracing::warn!(error = %err, "consumer stream error"),
+                            }
+                        }
                     }
                     None => break false,
                 },
             }
         };
+        if !open.is_empty() && !token.is_cancelled() {
+            in_hand.push(project(&bus, &store, &settings, &metrics, &token, open));
+        }
         // what is in hand is finished (written and acknowledged, or left for redelivery)
         while in_hand.next().await.is_some() {}
         if ended {
@@ -109,7 +142,9 @@ async fn consumer(
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: settings.ack_wait,
                 max_deliver: -1,
-                max_ack_pending: (settings.batch * 2 * settings.concurrency.max(4)) as i64,
+                // every write in hand, the one being gathered, and a pull on its way
+                max_ack_pending: (settings.write_max * (settings.concurrency + 1) + settings.batch)
+                    as i64,
                 filter_subject: subject::EVENTS_SUBJECTS.into(),
                 ..Default::default()
             },
@@ -175,6 +210,7 @@ async fn project(
         }
     }
     metrics.projected.inc_by(writes.len() as u64);
+    metrics.write_events.observe(messages.len() as f64);
     metrics.oldest_unprojected_seconds.set(0.0);
 }
 

@@ -22,34 +22,40 @@ use crate::fold::{Op, Write};
 /// them all and applies the operations; otherwise applies nothing and returns the ids already
 /// seen, so the caller can rebuild the batch without them. Atomic (one script).
 ///
-/// ARGV: the number of ids, the ids, then operations of five arguments each:
-/// `op, key index, a, b, c`.
+/// ARGV: the number of ids, the ids, then the operations, each `op, key index` and then
+/// `field, by` (`I` HINCRBY, `F` HINCRBYFLOAT), `field, value` (`X` maximum, `N` minimum),
+/// `field, version, value` (`L` latest version), `keep, n, n × (score, member)` (`Z`: one ZADD
+/// of n members, then one trim to the `keep` highest scores; 0 keeps all) or `n, n × member`
+/// (`S`: one SADD of n members).
 const APPLY: &str = r#"
 local nids = tonumber(ARGV[1])
 local seen = {}
-if nids > 0 then
-  local ids = {}
-  for i = 2, nids + 1 do ids[#ids + 1] = ARGV[i] end
-  for from = 1, nids, 1000 do
-    local chunk = {unpack(ids, from, math.min(from + 999, nids))}
-    local marks = redis.call('SMISMEMBER', KEYS[1], unpack(chunk))
+if nids == 1 then
+  if redis.call('SADD', KEYS[1], ARGV[2]) == 0 then return {ARGV[2]} end
+elseif nids > 1 then
+  for from = 2, nids + 1, 1000 do
+    local to = math.min(from + 999, nids + 1)
+    local marks = redis.call('SMISMEMBER', KEYS[1], unpack(ARGV, from, to))
     for j = 1, #marks do
-      if marks[j] == 1 then seen[#seen + 1] = chunk[j] end
+      if marks[j] == 1 then seen[#seen + 1] = ARGV[from + j - 1] end
     end
   end
   if #seen > 0 then return seen end
-  for from = 1, nids, 1000 do
-    redis.call('SADD', KEYS[1], unpack(ids, from, math.min(from + 999, nids)))
+  for from = 2, nids + 1, 1000 do
+    redis.call('SADD', KEYS[1], unpack(ARGV, from, math.min(from + 999, nids + 1)))
   end
 end
 -- minimum/maximum fields, gathered per key: one HMGET and at most one HSET per key
 local extremes, order = {}, {}
 local i = nids + 2
 while i <= #ARGV do
-  local op, k, a, b, c = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  i = i + 5
-  if op == 'I' then redis.call('HINCRBY', k, a, b)
-  elseif op == 'F' then redis.call('HINCRBYFLOAT', k, a, b)
+  local op, k = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'I' then
+    redis.call('HINCRBY', k, ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'F' then
+    redis.call('HINCRBYFLOAT', k, ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
   elseif op == 'X' or op == 'N' then
     local e = extremes[k]
     if not e then
@@ -57,18 +63,32 @@ while i <= #ARGV do
       extremes[k] = e
       order[#order + 1] = k
     end
-    e.fields[#e.fields + 1] = a
-    e.values[#e.values + 1] = b
+    e.fields[#e.fields + 1] = ARGV[i + 2]
+    e.values[#e.values + 1] = ARGV[i + 3]
     e.max[#e.max + 1] = (op == 'X')
+    i = i + 4
   elseif op == 'L' then
+    local a, b, c = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local vf = a .. '|v'
     local cur = redis.call('HGET', k, vf)
     if not cur or b > cur then redis.call('HSET', k, a, c, vf, b) end
+    i = i + 5
   elseif op == 'Z' then
-    redis.call('ZADD', k, b, c)
-    local keep = tonumber(a)
+    local keep, n, first = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), i + 4
+    for from = 0, n - 1, 500 do
+      local to = math.min(from + 499, n - 1)
+      redis.call('ZADD', k, unpack(ARGV, first + 2 * from, first + 2 * to + 1))
+    end
     if keep > 0 then redis.call('ZREMRANGEBYRANK', k, 0, -keep - 1) end
-  elseif op == 'S' then redis.call('SADD', k, a)
+    i = first + 2 * n
+  elseif op == 'S' then
+    local n, first = tonumber(ARGV[i + 2]), i + 3
+    for from = 0, n - 1, 1000 do
+      redis.call('SADD', k, unpack(ARGV, first + from, first + math.min(from + 999, n - 1)))
+    end
+    i = first + n
+  else
+    return redis.error_reply('APPLY: unknown operation ' .. tostring(op))
   end
 end
 for _, k in ipairs(order) do
@@ -310,7 +330,12 @@ struct SlotBatch<'a> {
     key_index: HashMap<&'a str, usize, Fast>,
     merged: HashMap<(u8, usize, &'a str), usize, Fast>,
     ops: Vec<Cow<'a, Op>>,
-    zadds: Vec<&'a Op>,
+    /// Set members per key (key index, members): one SADD each.
+    sets: Vec<(usize, Vec<&'a str>)>,
+    /// Sorted-set members per key (key index, keep, members): one ZADD and one trim each.
+    zsets: Vec<(usize, u32, Vec<(f64, &'a [u8])>)>,
+    /// Key index → position in `sets` or `zsets`.
+    collections: HashMap<usize, usize, Fast>,
 }
 
 /// Groups the events' writes by slot, leaving out slots already done and events a slot has
@@ -367,10 +392,27 @@ impl<'a> SlotBatch<'a> {
             Op::Max { key, field, .. } => (b'X', key, field),
             Op::Min { key, field, .. } => (b'N', key, field),
             Op::Lww { key, field, .. } => (b'L', key, field),
-            Op::SAdd { key, member } => (b'S', key, member),
-            Op::ZAdd { key, .. } => {
-                self.key(key);
-                self.zadds.push(op);
+            Op::SAdd { key, member } => {
+                let index = self.key(key);
+                let at = *self.collections.entry(index).or_insert(self.sets.len());
+                if at == self.sets.len() {
+                    self.sets.push((index, Vec::new()));
+                }
+                self.sets[at].1.push(member);
+                return;
+            }
+            Op::ZAdd {
+                key,
+                score,
+                member,
+                keep,
+            } => {
+                let index = self.key(key);
+                let at = *self.collections.entry(index).or_insert(self.zsets.len());
+                if at == self.zsets.len() {
+                    self.zsets.push((index, *keep, Vec::new()));
+                }
+                self.zsets[at].2.push((*score, member));
                 return;
             }
         };
@@ -402,8 +444,17 @@ impl<'a> SlotBatch<'a> {
         for op in &self.ops {
             self.push_op(&mut invoke, op);
         }
-        for op in &self.zadds {
-            self.push_op(&mut invoke, op);
+        for (index, members) in &self.sets {
+            invoke.arg("S").arg(index).arg(members.len());
+            for member in members {
+                invoke.arg(*member);
+            }
+        }
+        for (index, keep, members) in &self.zsets {
+            invoke.arg("Z").arg(index).arg(keep).arg(members.len());
+            for (score, member) in members {
+                invoke.arg(score).arg(*member);
+            }
         }
         let mut pipe = redis::pipe();
         pipe.add_command(invoke);
@@ -413,14 +464,10 @@ impl<'a> SlotBatch<'a> {
     fn push_op(&self, cmd: &mut redis::Cmd, op: &Op) {
         let index = |key: &String| self.key_index[key.as_str()];
         match op {
-            Op::Incr { key, field, by } => cmd.arg("I").arg(index(key)).arg(field).arg(by).arg(""),
-            Op::IncrF { key, field, by } => cmd.arg("F").arg(index(key)).arg(field).arg(by).arg(""),
-            Op::Max { key, field, value } => {
-                cmd.arg("X").arg(index(key)).arg(field).arg(value).arg("")
-            }
-            Op::Min { key, field, value } => {
-                cmd.arg("N").arg(index(key)).arg(field).arg(value).arg("")
-            }
+            Op::Incr { key, field, by } => cmd.arg("I").arg(index(key)).arg(field).arg(by),
+            Op::IncrF { key, field, by } => cmd.arg("F").arg(index(key)).arg(field).arg(by),
+            Op::Max { key, field, value } => cmd.arg("X").arg(index(key)).arg(field).arg(value),
+            Op::Min { key, field, value } => cmd.arg("N").arg(index(key)).arg(field).arg(value),
             Op::Lww {
                 key,
                 field,
@@ -432,18 +479,8 @@ impl<'a> SlotBatch<'a> {
                 .arg(field)
                 .arg(version)
                 .arg(value),
-            Op::ZAdd {
-                key,
-                score,
-                member,
-                keep,
-            } => cmd
-                .arg("Z")
-                .arg(index(key))
-                .arg(keep)
-                .arg(score)
-                .arg(member),
-            Op::SAdd { key, member } => cmd.arg("S").arg(index(key)).arg(member).arg("").arg(""),
+            // gathered per key in `sets` and `zsets`
+            Op::ZAdd { .. } | Op::SAdd { .. } => cmd,
         };
     }
 }
@@ -505,5 +542,43 @@ mod tests {
         let groups = group_by_slot(&events, &skip);
         assert_eq!(groups[0].ids, ["e1"]);
         assert_eq!(*groups[0].ops[0], incr("a", 1));
+    }
+
+    #[test]
+    fn set_and_sorted_set_members_gather_into_one_command_per_key() {
+        let write = |id: &str| Write {
+            tag: "{t}".into(),
+            marked: true,
+            ops: vec![
+                Op::SAdd {
+                    key: "{t}:u".into(),
+                    member: format!("m-{id}"),
+                },
+                Op::ZAdd {
+                    key: "{t}:tl".into(),
+                    score: 1.0,
+                    member: id.as_bytes().to_vec(),
+                    keep: 5,
+                },
+            ],
+        };
+        let events: Vec<(String, Vec<Write>)> = ["e1", "e2", "e3"]
+            .iter()
+            .map(|id| (id.to_string(), vec![write(id)]))
+            .collect();
+        let groups = group_by_slot(&events, &HashMap::new());
+        assert_eq!(groups[0].sets, [(2, vec!["m-e1", "m-e2", "m-e3"])]);
+        let members: Vec<&[u8]> = groups[0].zsets[0].2.iter().map(|(_, m)| *m).collect();
+        assert_eq!(members, [b"e1", b"e2", b"e3"]);
+        assert_eq!((groups[0].zsets[0].0, groups[0].zsets[0].1), (3, 5));
+        let args = groups[0]
+            .pipeline()
+            .cmd_iter()
+            .next()
+            .unwrap()
+            .args_iter()
+            .count();
+        // EVALSHA sha numkeys seen u tl | 3 ids | S 2 3 ×3 | Z 3 5 3 ×(score, member)
+        assert_eq!(args, 6 + 4 + 6 + 10);
     }
 }

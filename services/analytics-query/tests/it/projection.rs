@@ -123,3 +123,124 @@ async fn summaries_follow_events_and_replays_change_nothing() {
     assert_eq!(ids, ["s3", "s2", "s1"]);
     app.stop().await;
 }
+
+/// A backlog waiting when the service starts is written in writes of many pulls (a learner's
+/// events merge), with the same result as one event at a time: counters, the capped timeline
+/// and recent errors (one ZADD and one trim per key), the course's learners (one SADD).
+#[tokio::test]
+async fn a_backlog_is_written_in_few_large_writes_with_exact_results() {
+    let nats = learntrail_testkit::NatsServer::start();
+    let redis = learntrail_testkit::RedisServer::start();
+    let redis_url = redis.url();
+    let bus = learntrail_runtime::bus::Bus::connect(
+        &learntrail_runtime::bus::NatsArgs::with_url(nats.url()),
+        "backlog",
+        true,
+    )
+    .await
+    .unwrap();
+    bus.provision(&learntrail_runtime::bus::StreamArgs::default())
+        .await
+        .unwrap();
+    let h = this_hour();
+    let (learners, per_learner) = (100, 30);
+    let mut events = Vec::new();
+    for k in 0..per_learner {
+        for l in 0..learners {
+            let class = if k % 3 == 0 {
+                "NameError"
+            } else {
+                "NoMethodError"
+            };
+            let ms = h - (per_learner - k) as i64 * 60_000;
+            events.push(ruby(
+                &format!("b{l}-{k}"),
+                &format!("bl{l}"),
+                ms,
+                1,
+                class,
+                10,
+            ));
+        }
+    }
+    for result in bus.publish_many(&events).await {
+        result.unwrap();
+    }
+    let app = spawn_with(
+        nats,
+        redis_url,
+        Some(redis),
+        &["--batch", "100", "--timeline-len", "5"],
+    )
+    .await;
+    app.caught_up().await;
+
+    for l in [0, 57, 99] {
+        let s = app.summary(&format!("bl{l}")).await;
+        assert_eq!(s["events"], "30", "{s}");
+        assert_eq!(s["ruby"]["failedRuns"], "30");
+        assert_eq!(
+            s["ruby"]["errorsByClass"],
+            json!({"NameError": "10", "NoMethodError": "20"})
+        );
+        let recent: Vec<String> = s["ruby"]["recentErrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["eventId"].as_str().unwrap().to_string())
+            .collect();
+        let newest: Vec<String> = (10..30).rev().map(|k| format!("b{l}-{k}")).collect();
+        assert_eq!(recent, newest, "the 20 newest errors, newest first");
+        let (status, page) = app
+            .get(
+                &format!("/api/v1/learners/bl{l}/timeline?limit=100"),
+                Some(&format!("Bearer {}", service())),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<&str> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        let newest: Vec<String> = (25..30).rev().map(|k| format!("b{l}-{k}")).collect();
+        assert_eq!(ids, newest, "the timeline keeps TIMELINE_LEN entries");
+    }
+    let (status, cohort) = app
+        .get(
+            "/api/v1/cohorts/ruby-101",
+            Some(&format!("Bearer {}", service())),
+        )
+        .await;
+    assert_eq!(status, 200, "{cohort}");
+    assert_eq!(
+        cohort["learners"].as_array().map(Vec::len),
+        Some(learners),
+        "{cohort}"
+    );
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(value("analytics_projection_write_events_sum"), 3000.0);
+    let writes = value("analytics_projection_write_events_count");
+    assert!(
+        writes <= 10.0,
+        "3,000 waiting events in {writes} writes: pulls of 100 were not gathered"
+    );
+    app.stop().await;
+}
