@@ -195,6 +195,31 @@ impl Store {
         }
     }
 
+    /// Runs commands that each stay in one hash slot, in one pipeline on a single server (the
+    /// commands are moved into it, not copied: a projection write is megabytes), concurrently
+    /// on a cluster; answers in the same order.
+    async fn query_each(&self, cmds: impl Iterator<Item = redis::Cmd>) -> RedisResult<Vec<Value>> {
+        match self {
+            Self::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                if pipe.is_empty() {
+                    return Ok(Vec::new());
+                }
+                pipe.query_async(&mut conn.clone()).await
+            }
+            Self::Cluster(conn) => {
+                try_join_all(cmds.map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<Value>(&mut conn).await }
+                }))
+                .await
+            }
+        }
+    }
+
     /// Applies the writes of a batch of events, each slot's share in one atomic step, all in one
     /// round trip (per slot on a cluster). Events already applied to a slot (a redelivery, a
     /// replay, the same event under another message id) change nothing there; their ids are
@@ -207,25 +232,19 @@ impl Store {
             if groups.is_empty() {
                 return Ok(already);
             }
-            let pipelines: Vec<Pipeline> = groups.iter().map(SlotBatch::pipeline).collect();
-            let answers = match self.query_groups(&pipelines).await {
+            let answers = match self.query_each(groups.iter().map(SlotBatch::command)).await {
                 Err(err)
                     if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     self.load_script().await?;
-                    self.query_groups(&pipelines).await?
+                    self.query_each(groups.iter().map(SlotBatch::command))
+                        .await?
                 }
                 other => other?,
             };
             let mut again = false;
             for (group, answer) in groups.iter().zip(answers) {
-                let seen: Vec<String> = answer
-                    .into_iter()
-                    .next()
-                    .map(redis::from_redis_value)
-                    .transpose()
-                    .map_err(redis::RedisError::from)?
-                    .unwrap_or_default();
+                let seen: Vec<String> = redis::from_redis_value(answer)?;
                 if seen.is_empty() {
                     skip.entry(group.tag.to_string())
                         .or_default()
@@ -320,6 +339,9 @@ type Fast = std::hash::BuildHasherDefault<FxHasher>;
 static APPLY_SHA: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| redis::Script::new(APPLY).get_hash().to_string());
 
+/// Sorted-set members (score, member) gathered for one key.
+type ZMembers<'a> = Vec<(f64, &'a [u8])>;
+
 /// One slot's share of a batch: event ids (when marked) and merged operations, borrowed from
 /// the folded events (an operation is copied only when another is merged into it).
 #[derive(Debug, Default)]
@@ -333,7 +355,7 @@ struct SlotBatch<'a> {
     /// Set members per key (key index, members): one SADD each.
     sets: Vec<(usize, Vec<&'a str>)>,
     /// Sorted-set members per key (key index, keep, members): one ZADD and one trim each.
-    zsets: Vec<(usize, u32, Vec<(f64, &'a [u8])>)>,
+    zsets: Vec<(usize, u32, ZMembers<'a>)>,
     /// Key index → position in `sets` or `zsets`.
     collections: HashMap<usize, usize, Fast>,
 }
@@ -428,7 +450,7 @@ impl<'a> SlotBatch<'a> {
         }
     }
 
-    fn pipeline(&self) -> Pipeline {
+    fn command(&self) -> redis::Cmd {
         let mut invoke = redis::cmd("EVALSHA");
         invoke
             .arg(APPLY_SHA.as_str())
@@ -456,9 +478,7 @@ impl<'a> SlotBatch<'a> {
                 invoke.arg(score).arg(*member);
             }
         }
-        let mut pipe = redis::pipe();
-        pipe.add_command(invoke);
-        pipe
+        invoke
     }
 
     fn push_op(&self, cmd: &mut redis::Cmd, op: &Op) {
@@ -571,13 +591,7 @@ mod tests {
         let members: Vec<&[u8]> = groups[0].zsets[0].2.iter().map(|(_, m)| *m).collect();
         assert_eq!(members, [b"e1", b"e2", b"e3"]);
         assert_eq!((groups[0].zsets[0].0, groups[0].zsets[0].1), (3, 5));
-        let args = groups[0]
-            .pipeline()
-            .cmd_iter()
-            .next()
-            .unwrap()
-            .args_iter()
-            .count();
+        let args = groups[0].command().args_iter().count();
         // EVALSHA sha numkeys seen u tl | 3 ids | S 2 3 ×3 | Z 3 5 3 ×(score, member)
         assert_eq!(args, 6 + 4 + 6 + 10);
     }

@@ -236,8 +236,11 @@ async fn a_backlog_is_written_in_few_large_writes_with_exact_results() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} in {metrics}"))
     };
-    assert_eq!(value("analytics_projection_write_events_sum"), 3000.0);
-    let writes = value("analytics_projection_write_events_count");
+    assert_eq!(
+        value("learntrail_analytics_projection_write_events_sum"),
+        3000.0
+    );
+    let writes = value("learntrail_analytics_projection_write_events_count");
     assert!(
         writes <= 10.0,
         "3,000 waiting events in {writes} writes: pulls of 100 were not gathered"
