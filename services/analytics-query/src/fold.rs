@@ -58,6 +58,80 @@ pub enum Op {
     },
     /// SADD.
     SAdd { key: String, member: String },
+    /// One event in an analysis cell: a count at `key`, and each measure's sum, count,
+    /// minimum and maximum at [`keys::measure_cells`]`(key, measure)` (the fields of
+    /// [`cell_field`]). Kept whole until the cells of a write are merged, then expanded into
+    /// those fields once per write ([`Op::expand`] is the meaning of one).
+    Cell {
+        key: String,
+        /// `""` for an hourly cell, the minute (`"07"`) for a per-minute one.
+        prefix: String,
+        /// The dimension tuple (JSON).
+        tuple: String,
+        measures: Vec<Measure>,
+    },
+}
+
+/// One measure of an event in an analysis cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    pub name: String,
+    /// [`keys::measure_cells`] of the cell's key.
+    pub key: String,
+    pub value: f64,
+}
+
+/// The hash field of one statistic (`c` count; `s`, `n`, `lo`, `hi` a measure's sum, count,
+/// minimum, maximum) of the cell of `tuple`.
+pub fn cell_field(prefix: &str, stat: &str, measure: Option<&str>, tuple: &str) -> String {
+    match measure {
+        None => format!("{prefix}|{stat}|{tuple}"),
+        Some(m) => format!("{prefix}|{stat}|{m}|{tuple}"),
+    }
+}
+
+impl Op {
+    /// The plain operations this one stands for (itself, but for a [`Op::Cell`]).
+    pub fn expand(&self) -> Vec<Op> {
+        let Op::Cell {
+            key,
+            prefix,
+            tuple,
+            measures,
+        } = self
+        else {
+            return vec![self.clone()];
+        };
+        let mut ops = vec![Op::Incr {
+            key: key.clone(),
+            field: cell_field(prefix, "c", None, tuple),
+            by: 1,
+        }];
+        for m in measures {
+            let field = |stat| cell_field(prefix, stat, Some(&m.name), tuple);
+            ops.push(Op::IncrF {
+                key: m.key.clone(),
+                field: field("s"),
+                by: m.value,
+            });
+            ops.push(Op::Incr {
+                key: m.key.clone(),
+                field: field("n"),
+                by: 1,
+            });
+            ops.push(Op::Min {
+                key: m.key.clone(),
+                field: field("lo"),
+                value: m.value,
+            });
+            ops.push(Op::Max {
+                key: m.key.clone(),
+                field: field("hi"),
+                value: m.value,
+            });
+        }
+        ops
+    }
 }
 
 /// The writes of one event to one hash slot (`tag`). `marked` groups are applied only once per
@@ -194,39 +268,19 @@ fn stripped(event: &Event) -> Event {
 /// `key`, each measure's figures to [`keys::measure_cells`]`(key, measure)`: a count reads only
 /// the counts, a sum only its measure.
 fn cells(ops: &mut Vec<Op>, key: &str, prefix: &str, tuple: &str, measures: &[(&str, f64)]) {
-    let name = |stat: &str, measure: Option<&str>| match measure {
-        None => format!("{prefix}|{stat}|{tuple}"),
-        Some(m) => format!("{prefix}|{stat}|{m}|{tuple}"),
-    };
-    ops.push(Op::Incr {
+    ops.push(Op::Cell {
         key: key.into(),
-        field: name("c", None),
-        by: 1,
+        prefix: prefix.into(),
+        tuple: tuple.into(),
+        measures: measures
+            .iter()
+            .map(|&(name, value)| Measure {
+                name: name.into(),
+                key: keys::measure_cells(key, name),
+                value,
+            })
+            .collect(),
     });
-    for &(measure, value) in measures {
-        let m = Some(measure);
-        let key = keys::measure_cells(key, measure);
-        ops.push(Op::IncrF {
-            key: key.clone(),
-            field: name("s", m),
-            by: value,
-        });
-        ops.push(Op::Incr {
-            key: key.clone(),
-            field: name("n", m),
-            by: 1,
-        });
-        ops.push(Op::Min {
-            key: key.clone(),
-            field: name("lo", m),
-            value,
-        });
-        ops.push(Op::Max {
-            key,
-            field: name("hi", m),
-            value,
-        });
-    }
 }
 
 fn course_write(event: &Event, course: &str) -> Write {
@@ -527,7 +581,8 @@ mod tests {
                 write
                     .ops
                     .iter()
-                    .all(|op| op_key(op).starts_with(&write.tag)),
+                    .flat_map(Op::expand)
+                    .all(|op| op_key(&op).starts_with(&write.tag)),
                 "every key of a group is in its slot"
             );
         }
@@ -542,7 +597,7 @@ mod tests {
             field: "ruby_failed".into(),
             by: 1
         }));
-        let agg = &writes[2].ops;
+        let agg: Vec<Op> = writes[2].ops.iter().flat_map(Op::expand).collect();
         let tuple = r#"{"context.course":"ruby-101","kind":"ruby_run","rubyRun.error.className":"NoMethodError","rubyRun.exitCode":1,"source":"shim"}"#;
         assert!(agg.contains(&Op::Incr {
             key: format!("{{a:shim.ruby_run:{hour}}}:h"),
@@ -584,7 +639,8 @@ mod tests {
             | Op::Min { key, .. }
             | Op::Lww { key, .. }
             | Op::ZAdd { key, .. }
-            | Op::SAdd { key, .. } => key,
+            | Op::SAdd { key, .. }
+            | Op::Cell { key, .. } => key,
         }
     }
 }

@@ -16,7 +16,7 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
-use crate::fold::{Op, Write};
+use crate::fold::{Op, Write, cell_field};
 
 /// Applies one slot's batch: when none of the event ids is in the seen-mark set (KEYS[1]), marks
 /// them all and applies the operations; otherwise applies nothing and returns the ids already
@@ -358,6 +358,29 @@ struct SlotBatch<'a> {
     zsets: Vec<(usize, u32, ZMembers<'a>)>,
     /// Key index → position in `sets` or `zsets`.
     collections: HashMap<usize, usize, Fast>,
+    /// Analysis cells, merged: (key index, prefix, tuple) → position in `cells`.
+    cell_index: HashMap<(usize, &'a str, &'a str), usize, Fast>,
+    cells: Vec<CellSum<'a>>,
+}
+
+/// The events of one analysis cell in a write, summed.
+#[derive(Debug)]
+struct CellSum<'a> {
+    key: usize,
+    prefix: &'a str,
+    tuple: &'a str,
+    count: i64,
+    measures: Vec<MeasureSum<'a>>,
+}
+
+#[derive(Debug)]
+struct MeasureSum<'a> {
+    name: &'a str,
+    key: usize,
+    sum: f64,
+    n: i64,
+    lo: f64,
+    hi: f64,
 }
 
 /// Groups the events' writes by slot, leaving out slots already done and events a slot has
@@ -423,6 +446,49 @@ impl<'a> SlotBatch<'a> {
                 self.sets[at].1.push(member);
                 return;
             }
+            Op::Cell {
+                key,
+                prefix,
+                tuple,
+                measures,
+            } => {
+                let index = self.key(key);
+                let at = *self
+                    .cell_index
+                    .entry((index, prefix, tuple))
+                    .or_insert(self.cells.len());
+                if at == self.cells.len() {
+                    self.cells.push(CellSum {
+                        key: index,
+                        prefix,
+                        tuple,
+                        count: 0,
+                        measures: Vec::new(),
+                    });
+                }
+                self.cells[at].count += 1;
+                for m in measures {
+                    let key = self.key(&m.key);
+                    let cell = &mut self.cells[at];
+                    match cell.measures.iter_mut().find(|s| s.name == m.name) {
+                        Some(sum) => {
+                            sum.sum += m.value;
+                            sum.n += 1;
+                            sum.lo = sum.lo.min(m.value);
+                            sum.hi = sum.hi.max(m.value);
+                        }
+                        None => cell.measures.push(MeasureSum {
+                            name: &m.name,
+                            key,
+                            sum: m.value,
+                            n: 1,
+                            lo: m.value,
+                            hi: m.value,
+                        }),
+                    }
+                }
+                return;
+            }
             Op::ZAdd {
                 key,
                 score,
@@ -466,6 +532,21 @@ impl<'a> SlotBatch<'a> {
         for op in &self.ops {
             self.push_op(&mut invoke, op);
         }
+        for cell in &self.cells {
+            let field = |stat, measure| cell_field(cell.prefix, stat, measure, cell.tuple);
+            invoke
+                .arg("I")
+                .arg(cell.key)
+                .arg(field("c", None))
+                .arg(cell.count);
+            for m in &cell.measures {
+                let name = Some(m.name);
+                invoke.arg("F").arg(m.key).arg(field("s", name)).arg(m.sum);
+                invoke.arg("I").arg(m.key).arg(field("n", name)).arg(m.n);
+                invoke.arg("N").arg(m.key).arg(field("lo", name)).arg(m.lo);
+                invoke.arg("X").arg(m.key).arg(field("hi", name)).arg(m.hi);
+            }
+        }
         for (index, members) in &self.sets {
             invoke.arg("S").arg(index).arg(members.len());
             for member in members {
@@ -499,8 +580,8 @@ impl<'a> SlotBatch<'a> {
                 .arg(field)
                 .arg(version)
                 .arg(value),
-            // gathered per key in `sets` and `zsets`
-            Op::ZAdd { .. } | Op::SAdd { .. } => cmd,
+            // gathered in `sets`, `zsets` and `cells`
+            Op::ZAdd { .. } | Op::SAdd { .. } | Op::Cell { .. } => cmd,
         };
     }
 }
@@ -594,5 +675,56 @@ mod tests {
         let args = groups[0].command().args_iter().count();
         // EVALSHA sha numkeys seen u tl | 3 ids | S 2 3 ×3 | Z 3 5 3 ×(score, member)
         assert_eq!(args, 6 + 4 + 6 + 10);
+    }
+
+    #[test]
+    fn cells_of_a_write_merge_into_one_count_and_one_set_of_figures_per_measure() {
+        let cell = |tuple: &str, value: f64| Write {
+            tag: "{a}".into(),
+            marked: true,
+            ops: vec![Op::Cell {
+                key: "{a}:h".into(),
+                prefix: String::new(),
+                tuple: tuple.into(),
+                measures: vec![crate::fold::Measure {
+                    name: "d".into(),
+                    key: "{a}:h:d".into(),
+                    value,
+                }],
+            }],
+        };
+        let events: Vec<(String, Vec<Write>)> = [("x", 5.0), ("x", 2.0), ("y", 1.0), ("x", 9.0)]
+            .iter()
+            .enumerate()
+            .map(|(i, (tuple, value))| (format!("e{i}"), vec![cell(tuple, *value)]))
+            .collect();
+        let groups = group_by_slot(&events, &HashMap::new());
+        let cells = &groups[0].cells;
+        assert_eq!(cells.len(), 2);
+        assert_eq!((cells[0].tuple, cells[0].count), ("x", 3));
+        let m = &cells[0].measures[0];
+        assert_eq!((m.sum, m.n, m.lo, m.hi), (16.0, 3, 2.0, 9.0));
+        assert_eq!(groups[0].keys, ["{a}:h", "{a}:h:d"]);
+        let args: Vec<Vec<u8>> = groups[0]
+            .command()
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // after EVALSHA sha 3 seen-key h h:d, the 4 ids: the x cell's five statistics
+        let ops = &text[11..31];
+        assert_eq!(
+            ops,
+            [
+                "I", "2", "|c|x", "3", "F", "3", "|s|d|x", "16.0", "I", "3", "|n|d|x", "3", "N",
+                "3", "|lo|d|x", "2.0", "X", "3", "|hi|d|x", "9.0"
+            ]
+        );
     }
 }
