@@ -101,7 +101,7 @@ pub struct Config {
     pub linger: Duration,
     /// Writes folded and applied at once (their effects commute): Redis applies one while the
     /// next ones are gathered and folded
-    #[arg(long, env = "PROJECTION_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "PROJECTION_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
     /// JetStream redelivery timeout of an unacknowledged event
     #[arg(long, env = "ANALYTICS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]

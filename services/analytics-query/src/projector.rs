@@ -16,7 +16,7 @@ use std::{
 use tokio::time::Instant;
 
 use async_nats::jetstream::{
-    self,
+    self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, pull},
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
@@ -178,25 +178,35 @@ async fn project(
         .unwrap_or_default();
     metrics.oldest_unprojected_seconds.set(age.as_secs_f64());
 
-    let mut seen = HashSet::new();
-    let mut writes = Vec::with_capacity(messages.len());
+    let received = messages.len();
+    // past decoding only the events and the ack subjects are kept: a write holds thousands
+    let acks: Vec<async_nats::Subject> = messages.iter().filter_map(|m| m.reply.clone()).collect();
+    let mut ids = HashSet::new();
+    let mut events = Vec::with_capacity(messages.len());
     for message in &messages {
         match Event::decode(message.payload.clone()) {
             Ok(event) => {
-                if seen.insert(event.id.clone()) {
-                    writes.push((event.id.clone(), fold(&event, &settings.fold)));
+                if ids.insert(event.id.clone()) {
+                    events.push(event);
                 }
             }
             Err(err) => deadletter(bus, metrics, message, &err.to_string()).await,
         }
     }
+    drop((messages, ids));
+    let folded = || {
+        events
+            .iter()
+            .map(|event| (event.id.clone(), fold(event, &settings.fold)))
+            .collect::<Vec<_>>()
+    };
     let mut delays = Delays::new(Duration::from_millis(100), Duration::from_secs(5));
     let already = loop {
-        match store.apply(&writes).await {
+        match store.apply(folded).await {
             Ok(already) => break already,
             Err(err) => {
                 metrics.write_failures.inc();
-                tracing::warn!(error = %err, events = writes.len(), "cannot write the projection; retrying");
+                tracing::warn!(error = %err, events = events.len(), "cannot write the projection; retrying");
                 if !delays.wait(token).await {
                     return;
                 }
@@ -204,13 +214,14 @@ async fn project(
         }
     };
     metrics.redeliveries_ignored.inc_by(already.len() as u64);
-    for message in &messages {
-        if let Err(err) = message.ack().await {
+    for reply in acks {
+        // what `jetstream::Message::ack` sends
+        if let Err(err) = bus.client().publish(reply, AckKind::Ack.into()).await {
             tracing::warn!(error = %err, "ack failed; the event will come again (no effect)");
         }
     }
-    metrics.projected.inc_by(writes.len() as u64);
-    metrics.write_events.observe(messages.len() as f64);
+    metrics.projected.inc_by(events.len() as u64);
+    metrics.write_events.observe(received as f64);
     metrics.oldest_unprojected_seconds.set(0.0);
 }
 

@@ -224,35 +224,51 @@ impl Store {
     /// round trip (per slot on a cluster). Events already applied to a slot (a redelivery, a
     /// replay, the same event under another message id) change nothing there; their ids are
     /// returned.
-    pub async fn apply(&self, events: &[(String, Vec<Write>)]) -> RedisResult<HashSet<String>> {
+    ///
+    /// `events` folds the batch. It is called once per round trip and its writes are dropped once
+    /// the commands are built, so a write of thousands of events holds only its commands while
+    /// Redis works; it is called again only when a slot had seen some of the events.
+    pub async fn apply(
+        &self,
+        events: impl Fn() -> Vec<(String, Vec<Write>)>,
+    ) -> RedisResult<HashSet<String>> {
         let mut skip: HashMap<String, HashSet<String>> = HashMap::new();
         let mut already = HashSet::new();
+        let mut reloaded = false;
         loop {
-            let groups = group_by_slot(events, &skip);
-            if groups.is_empty() {
+            let (tags, cmds): (Vec<String>, Vec<redis::Cmd>) = {
+                let events = events();
+                group_by_slot(&events, &skip)
+                    .iter()
+                    .map(|group| (group.tag.to_string(), group.command()))
+                    .unzip()
+            };
+            if tags.is_empty() {
                 return Ok(already);
             }
-            let answers = match self.query_each(groups.iter().map(SlotBatch::command)).await {
+            let answers = match self.query_each(cmds.into_iter()).await {
                 Err(err)
-                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    if !reloaded
+                        && err.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
+                    // nothing ran (Redis lost its scripts: a restart, SCRIPT FLUSH); the commands
+                    // are built again once the script is loaded
                     self.load_script().await?;
-                    self.query_each(groups.iter().map(SlotBatch::command))
-                        .await?
+                    reloaded = true;
+                    continue;
                 }
                 other => other?,
             };
             let mut again = false;
-            for (group, answer) in groups.iter().zip(answers) {
+            for (tag, answer) in tags.into_iter().zip(answers) {
                 let seen: Vec<String> = redis::from_redis_value(answer)?;
                 if seen.is_empty() {
-                    skip.entry(group.tag.to_string())
-                        .or_default()
-                        .insert(DONE.into());
+                    skip.entry(tag).or_default().insert(DONE.into());
                 } else {
                     again = true;
                     already.extend(seen.iter().cloned());
-                    skip.entry(group.tag.to_string()).or_default().extend(seen);
+                    skip.entry(tag).or_default().extend(seen);
                 }
             }
             if !again {
