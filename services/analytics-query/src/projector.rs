@@ -9,7 +9,8 @@
 //! and is applied once per event id.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
+    sync::Mutex,
     time::{Duration, SystemTime},
 };
 
@@ -79,6 +80,7 @@ pub async fn run(
         delays.reset();
         let mut chunks = messages.ready_chunks(settings.batch);
         // writes in hand: Redis applies one while the next ones are gathered, decoded and folded
+        let lag = std::sync::Mutex::new(InHand::default());
         let mut in_hand = FuturesUnordered::new();
         let mut open: Vec<jetstream::Message> = Vec::new();
         let mut caught_up = false;
@@ -87,7 +89,9 @@ pub async fn run(
             let room = in_hand.len() < settings.concurrency;
             if room && !open.is_empty() && (caught_up || open.len() >= settings.write_max) {
                 let messages = std::mem::take(&mut open);
-                in_hand.push(project(&bus, &store, &settings, &metrics, &token, messages));
+                in_hand.push(project(
+                    &bus, &store, &settings, &metrics, &token, &lag, messages,
+                ));
                 continue;
             }
             tokio::select! {
@@ -116,7 +120,9 @@ pub async fn run(
             }
         };
         if !open.is_empty() && !token.is_cancelled() {
-            in_hand.push(project(&bus, &store, &settings, &metrics, &token, open));
+            in_hand.push(project(
+                &bus, &store, &settings, &metrics, &token, &lag, open,
+            ));
         }
         // what is in hand is finished (written and acknowledged, or left for redelivery)
         while in_hand.next().await.is_some() {}
@@ -160,6 +166,7 @@ async fn project(
     settings: &Settings,
     metrics: &Metrics,
     token: &CancellationToken,
+    lag: &Mutex<InHand>,
     messages: Vec<jetstream::Message>,
 ) {
     let Some(oldest) = messages
@@ -173,10 +180,14 @@ async fn project(
     if let Some(info) = messages.last().and_then(|m| m.info().ok()) {
         metrics.pending.set(info.pending as i64);
     }
-    let age = SystemTime::now()
-        .duration_since(SystemTime::from(oldest))
-        .unwrap_or_default();
-    metrics.oldest_unprojected_seconds.set(age.as_secs_f64());
+    let write = {
+        let mut lag = lag.lock().unwrap_or_else(|e| e.into_inner());
+        let write = lag.start(SystemTime::from(oldest));
+        metrics
+            .oldest_unprojected_seconds
+            .set(lag.age(SystemTime::now()).as_secs_f64());
+        write
+    };
 
     let received = messages.len();
     // past decoding only the events and the ack subjects are kept: a write holds thousands
@@ -222,7 +233,41 @@ async fn project(
     }
     metrics.projected.inc_by(events.len() as u64);
     metrics.write_events.observe(received as f64);
-    metrics.oldest_unprojected_seconds.set(0.0);
+    let mut lag = lag.lock().unwrap_or_else(|e| e.into_inner());
+    lag.finish(write);
+    metrics
+        .oldest_unprojected_seconds
+        .set(lag.age(SystemTime::now()).as_secs_f64());
+}
+
+/// The writes in hand and the publish time of each one's oldest event. The age of the oldest
+/// unprojected event is that of the oldest among them, so a write that finishes does not reset
+/// it while an older one is still in hand.
+#[derive(Debug, Default)]
+struct InHand {
+    next: u64,
+    oldest: BTreeMap<u64, SystemTime>,
+}
+
+impl InHand {
+    fn start(&mut self, oldest: SystemTime) -> u64 {
+        self.next += 1;
+        self.oldest.insert(self.next, oldest);
+        self.next
+    }
+
+    fn finish(&mut self, write: u64) {
+        self.oldest.remove(&write);
+    }
+
+    /// 0 when nothing is in hand.
+    fn age(&self, now: SystemTime) -> Duration {
+        self.oldest
+            .values()
+            .min()
+            .and_then(|oldest| now.duration_since(*oldest).ok())
+            .unwrap_or_default()
+    }
 }
 
 async fn deadletter(bus: &Bus, metrics: &Metrics, message: &jetstream::Message, reason: &str) {
@@ -242,5 +287,27 @@ async fn deadletter(bus: &Bus, metrics: &Metrics, message: &jetstream::Message, 
             metrics.deadlettered.inc();
         }
         Err(err) => tracing::warn!(error = %err, "cannot dead-letter a bad message"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_is_the_oldest_write_in_hand() {
+        let now = SystemTime::now();
+        let mut lag = InHand::default();
+        let older = lag.start(now - Duration::from_secs(10));
+        let newer = lag.start(now - Duration::from_secs(5));
+        assert_eq!(lag.age(now), Duration::from_secs(10));
+        lag.finish(newer);
+        assert_eq!(
+            lag.age(now),
+            Duration::from_secs(10),
+            "the older one is still in hand"
+        );
+        lag.finish(older);
+        assert_eq!(lag.age(now), Duration::ZERO);
     }
 }
