@@ -4,7 +4,10 @@
 use std::{
     io::Read as _,
     process::{Command, Stdio},
-    sync::atomic::Ordering,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -157,25 +160,25 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
         (readyz(&ops).await == 200).then_some(())
     })
     .await;
-    // an upload hangs (so the drain takes the whole 10 s grace: a window to see /readyz 503 in
-    // even on a busy machine), then the segment directory goes bad
-    proxy.fail(|method, _| (method == "PUT").then_some(Fault::Hang));
+    // the second event's upload hangs, so the drain takes the whole 10 s grace: a window to see
+    // /readyz 503 in even on a busy machine. Only once that PUT is in the proxy is the segment
+    // directory replaced: replaced earlier, the uploader may find no directory to list, then
+    // nothing holds the drain and the process ends within milliseconds of the failure. A PUT
+    // in flight has read its segment, and the segment is sealed, so the third event cannot join
+    // that file.
+    let hanging = Arc::new(AtomicUsize::new(0));
+    let seen = hanging.clone();
+    proxy.fail(move |method, path| {
+        (method == "PUT" && path.contains("shim")).then(|| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Fault::Hang
+        })
+    });
     publish(&bus, &published[1..2]).await;
-    // the sealed segment must be the second event's: the first event's may still be on disk
-    // (deleted only once its acks are confirmed), and replacing the directory while the second
-    // event sits in an open segment would let the third event join that open file
-    let second = published[1].id.clone();
     eventually(
         Duration::from_secs(30),
-        "the second event's segment sealed",
-        || async {
-            std::fs::read_dir(&segments)
-                .ok()?
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "sealed"))
-                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|text| text.contains(&second)))
-                .then_some(())
-        },
+        "the second event's upload hanging",
+        || async { (hanging.load(Ordering::SeqCst) > 0).then_some(()) },
     )
     .await;
     std::fs::rename(&segments, dirs.path().join("moved")).unwrap();
