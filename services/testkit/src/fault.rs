@@ -5,7 +5,10 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -29,6 +32,7 @@ type Rule = Arc<dyn Fn(&Method, &str) -> Option<Fault> + Send + Sync>;
 pub struct FaultProxy {
     addr: SocketAddr,
     rule: Arc<Mutex<Option<Rule>>>,
+    faulted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -43,14 +47,15 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let rule: Arc<Mutex<Option<Rule>>> = Arc::default();
-        let rules = rule.clone();
+        let faulted = Arc::new(AtomicUsize::new(0));
+        let (rules, count) = (rule.clone(), faulted.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let rules = rules.clone();
+                let (rules, count) = (rules.clone(), count.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let rule = rules.lock().expect("lock").clone();
-                        handle(request, upstream, rule)
+                        handle(request, upstream, rule, count.clone())
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -58,7 +63,12 @@ impl FaultProxy {
                 });
             }
         });
-        Self { addr, rule, task }
+        Self {
+            addr,
+            rule,
+            faulted,
+            task,
+        }
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -69,6 +79,12 @@ impl FaultProxy {
     /// From now on, requests for which `rule(method, path)` is `Some` get that fault.
     pub fn fail(&self, rule: impl Fn(&Method, &str) -> Option<Fault> + Send + Sync + 'static) {
         *self.rule.lock().expect("lock") = Some(Arc::new(rule));
+    }
+
+    /// How many requests have got a fault so far (a test waits on it to know a fault is in
+    /// effect, e.g. that an upload is hanging now).
+    pub fn faulted(&self) -> usize {
+        self.faulted.load(Ordering::SeqCst)
     }
 
     /// Passes every request again (requests already hanging stay so).
@@ -89,9 +105,14 @@ async fn handle(
     request: Request<Incoming>,
     upstream: SocketAddr,
     rule: Option<Rule>,
+    faulted: Arc<AtomicUsize>,
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
-    match rule.and_then(|rule| rule(request.method(), &path)) {
+    let fault = rule.and_then(|rule| rule(request.method(), &path));
+    if fault.is_some() {
+        faulted.fetch_add(1, Ordering::SeqCst);
+    }
+    match fault {
         Some(Fault::Hang) => std::future::pending().await,
         Some(Fault::Status(status)) => Ok(error_response(status)),
         None => Ok(forward(request, upstream)

@@ -4,10 +4,7 @@
 use std::{
     io::Read as _,
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -166,19 +163,12 @@ async fn a_failing_segment_directory_fails_readiness_then_ends_the_process_non_z
     // nothing holds the drain and the process ends within milliseconds of the failure. A PUT
     // in flight has read its segment, and the segment is sealed, so the third event cannot join
     // that file.
-    let hanging = Arc::new(AtomicUsize::new(0));
-    let seen = hanging.clone();
-    proxy.fail(move |method, path| {
-        (method == "PUT" && path.contains("shim")).then(|| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            Fault::Hang
-        })
-    });
+    proxy.fail(|method, path| (method == "PUT" && path.contains("shim")).then_some(Fault::Hang));
     publish(&bus, &published[1..2]).await;
     eventually(
         Duration::from_secs(30),
         "the second event's upload hanging",
-        || async { (hanging.load(Ordering::SeqCst) > 0).then_some(()) },
+        || async { (proxy.faulted() > 0).then_some(()) },
     )
     .await;
     std::fs::rename(&segments, dirs.path().join("moved")).unwrap();
