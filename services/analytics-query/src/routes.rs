@@ -69,12 +69,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-type Answer = Result<Json<Value>, ApiError>;
+type Answer = Result<Response, ApiError>;
 
+/// The JSON body of `value`, written straight from it (no intermediate `Value` tree).
 fn json_of<T: serde::Serialize>(value: &T) -> Answer {
-    serde_json::to_value(value)
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    Ok(Json(value).into_response())
 }
 
 async fn summary(State(api): Shared, Path(learner): Path<String>, headers: HeaderMap) -> Answer {

@@ -405,21 +405,25 @@ fn group_by_slot<'a>(
     events: &'a [(String, Vec<Write>)],
     skip: &HashMap<String, HashSet<String>>,
 ) -> Vec<SlotBatch<'a>> {
-    let mut slots: HashMap<&str, SlotBatch<'a>, Fast> = HashMap::default();
-    let mut order: Vec<&str> = Vec::new();
+    // the batches stay where they are pushed: a batch is large, and a map of batches moved
+    // each one on every rehash and again on the way out
+    let mut at: HashMap<&str, usize, Fast> = HashMap::default();
+    let mut slots: Vec<SlotBatch<'a>> = Vec::new();
     for (id, writes) in events {
         for write in writes {
-            let skipped = skip.get(&write.tag);
-            if skipped.is_some_and(|s| s.contains(DONE) || s.contains(id)) {
+            if let Some(skipped) = skip.get(&write.tag)
+                && (skipped.contains(DONE) || skipped.contains(id))
+            {
                 continue;
             }
-            let batch = slots.entry(&write.tag).or_insert_with(|| {
-                order.push(&write.tag);
-                SlotBatch {
+            let index = *at.entry(&write.tag).or_insert_with(|| {
+                slots.push(SlotBatch {
                     tag: &write.tag,
                     ..Default::default()
-                }
+                });
+                slots.len() - 1
             });
+            let batch = &mut slots[index];
             if write.marked {
                 batch.ids.push(id);
             }
@@ -428,10 +432,7 @@ fn group_by_slot<'a>(
             }
         }
     }
-    order
-        .into_iter()
-        .filter_map(|tag| slots.remove(tag))
-        .collect()
+    slots
 }
 
 impl<'a> SlotBatch<'a> {

@@ -128,10 +128,7 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Value> {
     for (answer, source) in answers.into_iter().zip(sources) {
         for value in answer {
             match &source {
-                Source::Hour(hour) => {
-                    let cells: HashMap<String, String> = redis::from_redis_value(value)?;
-                    engine.add(&cells, *hour);
-                }
+                Source::Hour(hour) => engine.add(hash_pairs(&value)?, *hour),
                 Source::Learner(actor) => {
                     let events: Vec<(String, f64)> = redis::from_redis_value(value)?;
                     for (member, ms) in events {
@@ -144,6 +141,37 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Value> {
         }
     }
     Ok(engine.result())
+}
+
+/// The fields and values of an HGETALL answer (RESP2 list or RESP3 map), borrowed: a 7-day
+/// query reads thousands, and copying each into a map of owned strings was an eighth of its CPU.
+fn hash_pairs(value: &redis::Value) -> redis::RedisResult<Vec<(&str, &str)>> {
+    use redis::Value as V;
+    fn text(v: &V) -> Option<&str> {
+        match v {
+            V::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+            V::SimpleString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+    fn pair<'a>(field: &'a V, value: &'a V) -> Option<(&'a str, &'a str)> {
+        Some((text(field)?, text(value)?))
+    }
+    let pairs = match value {
+        V::Nil => Some(Vec::new()),
+        V::Array(items) if items.len() % 2 == 0 => items
+            .chunks_exact(2)
+            .map(|kv| pair(&kv[0], &kv[1]))
+            .collect(),
+        V::Map(items) => items.iter().map(|(k, v)| pair(k, v)).collect(),
+        _ => None,
+    };
+    pairs.ok_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "an analysis cell hash is not a map of text",
+        ))
+    })
 }
 
 /// What one pipeline of a query reads.
@@ -214,7 +242,7 @@ impl<'q> Engine<'q> {
     }
 
     /// Adds a collection-hour's shared cells (hourly, or per minute when not `hourly`).
-    fn add(&mut self, cells: &HashMap<String, String>, hour: i64) {
+    fn add<'v>(&mut self, cells: impl IntoIterator<Item = (&'v str, &'v str)>, hour: i64) {
         let measure = self.query.target.clone().unwrap_or_default();
         for (field, value) in cells {
             let Some((prefix, rest)) = field.split_once('|') else {
@@ -395,7 +423,10 @@ impl<'q> Engine<'q> {
                         .with_timezone(&zone),
                 )
             };
-            json!({"start": at(self.edges[i]), "end": at(self.edges[i + 1])})
+            object([
+                ("start", Value::String(at(self.edges[i]))),
+                ("end", Value::String(at(self.edges[i + 1]))),
+            ])
         };
         let grouped = !self.query.group_by.is_empty();
         let groups_in = |interval: Option<usize>| -> Vec<Value> {
@@ -411,17 +442,34 @@ impl<'q> Engine<'q> {
             (false, true) => Value::Array(groups_in(None)),
             (true, false) => Value::Array(
                 (0..intervals)
-                    .map(|i| json!({"value": self.value(Some(&self.merged(Some(i), None))), "timeframe": timeframe(i)}))
+                    .map(|i| {
+                        let value = self.value(Some(&self.merged(Some(i), None)));
+                        object([("value", value), ("timeframe", timeframe(i))])
+                    })
                     .collect(),
             ),
             (true, true) => Value::Array(
                 (0..intervals)
-                    .map(|i| json!({"value": groups_in(Some(i)), "timeframe": timeframe(i)}))
+                    .map(|i| {
+                        let value = Value::Array(groups_in(Some(i)));
+                        object([("value", value), ("timeframe", timeframe(i))])
+                    })
                     .collect(),
             ),
         };
-        json!({ "result": result })
+        object([("result", result)])
     }
+}
+
+/// An object of values already built: `json!` would copy each one through `to_value`, which
+/// for a 7-day hourly group_by answer was a third of the query's CPU.
+fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect(),
+    )
 }
 
 /// A number as Keen writes it: whole numbers without a fraction.
@@ -523,23 +571,28 @@ mod tests {
             .collect();
         let mut engine = Engine::new(&q, &edges, true);
         let hour = edges[0] / HOUR_MS;
-        let cells = HashMap::from([
-            (
-                r#"|c|{"rubyRun.error.className":"NameError"}"#.to_string(),
-                "2".to_string(),
-            ),
-            (
-                r#"|c|{"rubyRun.error.className":"TypeError"}"#.to_string(),
-                "1".to_string(),
-            ),
-            (
-                r#"|s|rubyRun.durationMs|{"rubyRun.error.className":"TypeError"}"#.to_string(),
-                "9".to_string(),
-            ),
-        ]);
-        engine.add(&cells, hour);
-        engine.add(&cells, hour + 1);
-        engine.add(&cells, hour + 2);
+        // as HGETALL answers them (RESP2: a flat list of fields and values)
+        let answer = redis::Value::Array(
+            [
+                r#"|c|{"rubyRun.error.className":"NameError"}"#,
+                "2",
+                r#"|c|{"rubyRun.error.className":"TypeError"}"#,
+                "1",
+                r#"|s|rubyRun.durationMs|{"rubyRun.error.className":"TypeError"}"#,
+                "9",
+            ]
+            .map(|s| redis::Value::BulkString(s.as_bytes().to_vec()))
+            .to_vec(),
+        );
+        let cells = hash_pairs(&answer).unwrap();
+        assert_eq!(cells.len(), 3);
+        engine.add(cells.iter().copied(), hour);
+        engine.add(cells.iter().copied(), hour + 1);
+        engine.add(cells.iter().copied(), hour + 2);
+        assert!(
+            hash_pairs(&redis::Value::Array(vec![redis::Value::Int(1)])).is_err(),
+            "not a hash answer"
+        );
         let result = engine.result();
         assert_eq!(result["result"].as_array().unwrap().len(), 2);
         assert_eq!(
