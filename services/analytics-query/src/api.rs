@@ -4,7 +4,6 @@ use std::{collections::BTreeSet, time::Instant};
 
 use learntrail_proto::v1::{CohortComparison, CohortTable, LearnerSummary, LearnerTimeline};
 use learntrail_runtime::auth::Verifier;
-use serde_json::Value;
 
 use crate::{
     access::{Caller, Denied, authenticate},
@@ -93,7 +92,7 @@ impl Api {
         analysis: &str,
         params: &Params,
         api: &'static str,
-    ) -> Result<Value, QueryError> {
+    ) -> Result<Vec<u8>, QueryError> {
         let started = Instant::now();
         let mut query = keen::query::parse(analysis, params, &self.index, chrono::Utc::now())?;
         query.filters.extend(caller.scope());

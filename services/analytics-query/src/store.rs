@@ -312,7 +312,7 @@ impl ConnectionLike for Store {
 /// FxHash (rustc's hash) for the maps of one batch: several times cheaper than SipHash on the
 /// long cell fields, and flooding is bounded by the batch size.
 #[derive(Debug, Default, Clone, Copy)]
-struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 impl FxHasher {
     fn add(&mut self, word: u64) {
@@ -349,7 +349,7 @@ impl std::hash::Hasher for FxHasher {
     }
 }
 
-type Fast = std::hash::BuildHasherDefault<FxHasher>;
+pub(crate) type Fast = std::hash::BuildHasherDefault<FxHasher>;
 
 /// The SHA1 of [`APPLY`], computed once.
 static APPLY_SHA: std::sync::LazyLock<String> =

@@ -13,7 +13,12 @@ use super::{
     query::{Analysis, Operator, Query},
     timeframe::{edges, keen_time},
 };
-use crate::{fold, index::ACTOR, keys, store::Store};
+use crate::{
+    fold,
+    index::ACTOR,
+    keys,
+    store::{Fast, Store},
+};
 
 const HOUR_MS: i64 = 3_600_000;
 const MINUTE_MS: i64 = 60_000;
@@ -75,8 +80,8 @@ struct Acc {
     distinct: HashSet<String>,
 }
 
-/// Runs `query`; the answer is Keen's body (`{"result": ...}`).
-pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Value> {
+/// Runs `query`; the answer is Keen's body (`{"result": ...}`), as JSON.
+pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Vec<u8>> {
     let edges_ms: Vec<i64> = edges(query.span, query.interval)
         .iter()
         .map(|t| t.timestamp_millis())
@@ -140,7 +145,7 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Value> {
             }
         }
     }
-    Ok(engine.result())
+    Ok(engine.to_json())
 }
 
 /// The fields and values of an HGETALL answer (RESP2 list or RESP3 map), borrowed: a 7-day
@@ -210,10 +215,10 @@ struct Engine<'q> {
     query: &'q Query,
     edges: &'q [i64],
     hourly: bool,
-    tuples: HashMap<String, Option<Map<String, Value>>>,
+    tuples: HashMap<String, Option<Map<String, Value>>, Fast>,
     /// The group of each tuple of the shared cells (`None`: filtered out): a 7-day query meets
     /// the same few hundred tuples in thousands of fields.
-    shared_groups: HashMap<String, Option<usize>>,
+    shared_groups: HashMap<String, Option<usize>, Fast>,
     /// Totals by (interval, group id).
     totals: BTreeMap<(usize, usize), Acc>,
     /// Each group's key (its values as JSON, the answer's order), id and values.
@@ -226,8 +231,8 @@ impl<'q> Engine<'q> {
             query,
             edges,
             hourly,
-            tuples: HashMap::new(),
-            shared_groups: HashMap::new(),
+            tuples: HashMap::default(),
+            shared_groups: HashMap::default(),
             totals: BTreeMap::new(),
             groups: BTreeMap::new(),
         }
@@ -373,16 +378,6 @@ impl<'q> Engine<'q> {
         }
     }
 
-    /// One group's object: each group_by property and `result`.
-    fn group_object(&self, key: &str, result: Value) -> Value {
-        let mut object = Map::new();
-        for (name, value) in self.query.group_by.iter().zip(&self.groups[key].1) {
-            object.insert(name.clone(), value.clone());
-        }
-        object.insert("result".into(), result);
-        Value::Object(object)
-    }
-
     /// Totals over groups for count_unique must union the distinct values, not add counts.
     /// One interval's totals are a range of the map (a 7-day hourly query asks 168 × groups
     /// times: a scan of every total each time was quadratic).
@@ -412,64 +407,111 @@ impl<'q> Engine<'q> {
         out
     }
 
+    /// The start and end of interval `i`, as Keen writes them.
+    fn timeframe(&self, i: usize) -> (String, String) {
+        let zone = *self.query.span.start.offset();
+        let at = |ms: i64| {
+            keen_time(
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .unwrap_or_default()
+                    .with_timezone(&zone),
+            )
+        };
+        (at(self.edges[i]), at(self.edges[i + 1]))
+    }
+
+    /// Keen's body (`{"result": ...}`) as JSON, written straight from the totals: a 7-day hourly
+    /// group_by answer is a thousand objects, and building them as a `Value` tree first, then
+    /// writing that, was a third of the query's CPU.
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&Body(self)).expect("a Keen answer serialises")
+    }
+
+    #[cfg(test)]
     fn result(&self) -> Value {
-        let intervals = self.edges.len() - 1;
-        let timeframe = |i: usize| {
-            let zone = *self.query.span.start.offset();
-            let at = |ms: i64| {
-                keen_time(
-                    chrono::DateTime::from_timestamp_millis(ms)
-                        .unwrap_or_default()
-                        .with_timezone(&zone),
-                )
-            };
-            object([
-                ("start", Value::String(at(self.edges[i]))),
-                ("end", Value::String(at(self.edges[i + 1]))),
-            ])
-        };
-        let grouped = !self.query.group_by.is_empty();
-        let groups_in = |interval: Option<usize>| -> Vec<Value> {
-            self.groups
-                .iter()
-                .map(|(key, &(id, _))| {
-                    self.group_object(key, self.value(Some(&self.merged(interval, Some(id)))))
-                })
-                .collect()
-        };
-        let result = match (self.query.interval.is_some(), grouped) {
-            (false, false) => self.value(Some(&self.merged(None, None))),
-            (false, true) => Value::Array(groups_in(None)),
-            (true, false) => Value::Array(
-                (0..intervals)
-                    .map(|i| {
-                        let value = self.value(Some(&self.merged(Some(i), None)));
-                        object([("value", value), ("timeframe", timeframe(i))])
-                    })
-                    .collect(),
-            ),
-            (true, true) => Value::Array(
-                (0..intervals)
-                    .map(|i| {
-                        let value = Value::Array(groups_in(Some(i)));
-                        object([("value", value), ("timeframe", timeframe(i))])
-                    })
-                    .collect(),
-            ),
-        };
-        object([("result", result)])
+        serde_json::to_value(Body(self)).expect("a Keen answer serialises")
     }
 }
 
-/// An object of values already built: `json!` would copy each one through `to_value`, which
-/// for a 7-day hourly group_by answer was a third of the query's CPU.
-fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Object(
-        entries
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
-            .collect(),
-    )
+/// Keen's body, `{"result": ...}`, in its four shapes (scalar, group_by, interval, interval with
+/// group_by). Object keys are written in sorted order, as a `serde_json::Map` writes them.
+struct Body<'e, 'q>(&'e Engine<'q>);
+
+/// One interval's `{"timeframe": {"end", "start"}, "value": ...}`.
+struct IntervalOf<'e, 'q>(&'e Engine<'q>, usize);
+
+/// The group objects of one interval (or of the whole timeframe).
+struct GroupsIn<'e, 'q>(&'e Engine<'q>, Option<usize>);
+
+impl serde::Serialize for Body<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let engine = self.0;
+        let mut body = s.serialize_map(Some(1))?;
+        let grouped = !engine.query.group_by.is_empty();
+        match (engine.query.interval.is_some(), grouped) {
+            (false, false) => {
+                body.serialize_entry("result", &engine.value(Some(&engine.merged(None, None))))?
+            }
+            (false, true) => body.serialize_entry("result", &GroupsIn(engine, None))?,
+            (true, _) => body.serialize_entry(
+                "result",
+                &Seq((0..engine.edges.len() - 1).map(|i| IntervalOf(engine, i))),
+            )?,
+        }
+        body.end()
+    }
+}
+
+impl serde::Serialize for IntervalOf<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (engine, i) = (self.0, self.1);
+        let (start, end) = engine.timeframe(i);
+        let mut object = s.serialize_map(Some(2))?;
+        object.serialize_entry(
+            "timeframe",
+            &BTreeMap::from([("end", end), ("start", start)]),
+        )?;
+        if engine.query.group_by.is_empty() {
+            object.serialize_entry("value", &engine.value(Some(&engine.merged(Some(i), None))))?;
+        } else {
+            object.serialize_entry("value", &GroupsIn(engine, Some(i)))?;
+        }
+        object.end()
+    }
+}
+
+impl serde::Serialize for GroupsIn<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (engine, interval) = (self.0, self.1);
+        s.collect_seq(engine.groups.values().map(|(id, values)| {
+            let result = engine.value(Some(&engine.merged(interval, Some(*id))));
+            // each group_by property and `result` (which wins a clash, as it did in a map)
+            let mut object: BTreeMap<&str, Value> = engine
+                .query
+                .group_by
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().cloned())
+                .collect();
+            object.insert("result", result);
+            object
+        }))
+    }
+}
+
+/// A sequence written from an iterator (serde wants `Serialize` items and a cloneable source).
+struct Seq<I>(I);
+
+impl<I, T> serde::Serialize for Seq<I>
+where
+    I: Iterator<Item = T> + Clone,
+    T: serde::Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
 }
 
 /// A number as Keen writes it: whole numbers without a fraction.
