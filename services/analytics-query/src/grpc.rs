@@ -89,10 +89,13 @@ impl AnalyticsQuery for Service {
         let r = request.get_ref();
         let params = params_of(r)?;
         let body = self.0.count(&caller, &r.analysis, &params, "grpc").await?;
-        let mut body: serde_json::Value =
+        // Keen's body, `{"result": ...}`, read straight into the message's JSON value
+        #[derive(serde::Deserialize)]
+        struct Body<T> {
+            result: T,
+        }
+        let Body { result } =
             serde_json::from_slice(&body).map_err(|e| Status::internal(e.to_string()))?;
-        let result = serde_json::from_value(body["result"].take())
-            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(CountResponse {
             result: Some(result),
         }))

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::ser::SerializeMap;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -437,6 +438,9 @@ impl<'q> Engine<'q> {
 /// group_by). Object keys are written in sorted order, as a `serde_json::Map` writes them.
 struct Body<'e, 'q>(&'e Engine<'q>);
 
+/// Every interval's object, in order.
+struct Intervals<'e, 'q>(&'e Engine<'q>);
+
 /// One interval's `{"timeframe": {"end", "start"}, "value": ...}`.
 struct IntervalOf<'e, 'q>(&'e Engine<'q>, usize);
 
@@ -445,7 +449,6 @@ struct GroupsIn<'e, 'q>(&'e Engine<'q>, Option<usize>);
 
 impl serde::Serialize for Body<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
         let engine = self.0;
         let mut body = s.serialize_map(Some(1))?;
         let grouped = !engine.query.group_by.is_empty();
@@ -454,18 +457,21 @@ impl serde::Serialize for Body<'_, '_> {
                 body.serialize_entry("result", &engine.value(Some(&engine.merged(None, None))))?
             }
             (false, true) => body.serialize_entry("result", &GroupsIn(engine, None))?,
-            (true, _) => body.serialize_entry(
-                "result",
-                &Seq((0..engine.edges.len() - 1).map(|i| IntervalOf(engine, i))),
-            )?,
+            (true, _) => body.serialize_entry("result", &Intervals(engine))?,
         }
         body.end()
     }
 }
 
+impl serde::Serialize for Intervals<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let engine = self.0;
+        s.collect_seq((0..engine.edges.len() - 1).map(|i| IntervalOf(engine, i)))
+    }
+}
+
 impl serde::Serialize for IntervalOf<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
         let (engine, i) = (self.0, self.1);
         let (start, end) = engine.timeframe(i);
         let mut object = s.serialize_map(Some(2))?;
@@ -498,19 +504,6 @@ impl serde::Serialize for GroupsIn<'_, '_> {
             object.insert("result", result);
             object
         }))
-    }
-}
-
-/// A sequence written from an iterator (serde wants `Serialize` items and a cloneable source).
-struct Seq<I>(I);
-
-impl<I, T> serde::Serialize for Seq<I>
-where
-    I: Iterator<Item = T> + Clone,
-    T: serde::Serialize,
-{
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.clone())
     }
 }
 
