@@ -7,6 +7,7 @@ use learntrail_proto::{
     v1::{Context, LabLog},
     wkt::Struct,
 };
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -141,31 +142,34 @@ pub fn client_id_of(value: &Value) -> Option<String> {
 pub fn parse(text: &str) -> Result<Incoming, Refusal> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Refusal::new(ErrorCode::InvalidJson, format!("not JSON: {e}")))?;
-    parse_value(&value)
+    parse_value(value)
 }
 
-/// Parses one message already read as JSON.
-pub fn parse_value(value: &Value) -> Result<Incoming, Refusal> {
+/// Parses one message already read as JSON (taken, so a log's payload is moved, not copied).
+pub fn parse_value(value: Value) -> Result<Incoming, Refusal> {
+    let client_id = client_id_of(&value);
     let Value::Object(object) = value else {
         return Err(Refusal::new(
             ErrorCode::InvalidJson,
             "a message is a JSON object",
         ));
     };
-    let kind = required_str(object, "type")?;
-    let client_id = client_id_of(value);
+    let kind = required_str(&object, "type")?;
+    if let Some(log_type) = LOG_TYPES.iter().find(|log_type| **log_type == kind) {
+        return parse_log(object, log_type, client_id).map(Incoming::Log);
+    }
     match kind {
         "auth" => Ok(Incoming::Auth {
-            token: required_str(object, "token")?.to_string(),
+            token: required_str(&object, "token")?.to_string(),
         }),
         "request" => Ok(Incoming::Request(RequestMessage {
-            user: user(object)?,
-            content: required_str(object, "content")
-                .or_else(|_| payload_str(object, "content"))?
+            user: user(&object)?,
+            content: required_str(&object, "content")
+                .or_else(|_| payload_str(&object, "content"))?
                 .to_string(),
-            course: optional_str(object, "course")?,
+            course: optional_str(&object, "course")?,
             metric: {
-                let metric = optional_str(object, "metric")?;
+                let metric = optional_str(&object, "metric")?;
                 if metric.is_empty() {
                     "lab_actions".into()
                 } else {
@@ -174,7 +178,6 @@ pub fn parse_value(value: &Value) -> Result<Incoming, Refusal> {
             },
             client_id,
         })),
-        kind if LOG_TYPES.contains(&kind) => parse_log(object, kind, client_id).map(Incoming::Log),
         other => Err(Refusal::new(
             ErrorCode::UnknownType,
             format!("unknown type {other:?}: one of auth, log, analytics, feedback, request"),
@@ -183,7 +186,7 @@ pub fn parse_value(value: &Value) -> Result<Incoming, Refusal> {
 }
 
 fn parse_log(
-    object: &Map<String, Value>,
+    mut object: Map<String, Value>,
     log_type: &str,
     client_id: Option<String>,
 ) -> Result<LogMessage, Refusal> {
@@ -196,10 +199,9 @@ fn parse_log(
         Some(_) => return Err(Refusal::field("t", "must be a number (ms since the epoch)")),
         None => return Err(Refusal::field("t", "is required (Date.now())")),
     };
-    let Some(Value::Object(payload)) = object.get("payload") else {
+    let Some(Value::Object(mut data)) = object.remove("payload") else {
         return Err(Refusal::field("payload", "must be an object"));
     };
-    let mut data = payload.clone();
     let log_kind = match data.remove("log") {
         Some(Value::String(kind)) => kind,
         None if log_type == "feedback" => String::new(),
@@ -207,12 +209,12 @@ fn parse_log(
         None => return Err(Refusal::field("payload.log", "is required")),
     };
     Ok(LogMessage {
-        user: user(object)?,
+        user: user(&object)?,
         t,
         log_type: log_type.to_string(),
-        experiment: required_str(object, "exp")?.to_string(),
-        hardware: optional_str(object, "hardware")?,
-        course: optional_str(object, "course")?,
+        experiment: required_str(&object, "exp")?.to_string(),
+        hardware: optional_str(&object, "hardware")?,
+        course: optional_str(&object, "course")?,
         log_kind,
         data,
         client_id,
@@ -263,23 +265,17 @@ pub fn event_id(user: &str, client_id: Option<&str>) -> String {
     hash.update(user.as_bytes());
     hash.update([0]);
     hash.update(client_id.as_bytes());
-    let mut bytes: [u8; 16] = hash.finalize()[..16].try_into().expect("16 of 32 bytes");
-    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
-    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let bytes: [u8; 16] = hash.finalize()[..16].try_into().expect("16 of 32 bytes");
+    // sets the version (8) and the RFC 4122 variant bits
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// The `LabLog` event of a message received at `received_ms` (server clock). `occurred_at` and
 /// `client_time` are the browser's `t`; `received_at` is the server's.
-pub fn to_event(message: &LogMessage, received_ms: i64) -> Event {
+pub fn to_event(message: LogMessage, received_ms: i64) -> Event {
     let client_time = time::from_millis(message.t);
     Event {
         id: event_id(&message.user, message.client_id.as_deref()),
@@ -287,39 +283,48 @@ pub fn to_event(message: &LogMessage, received_ms: i64) -> Event {
         received_at: time::from_millis(received_ms),
         source: subject::source::LAB.into(),
         kind: subject::kind::LOG.into(),
-        actor: message.user.clone(),
+        actor: message.user,
         context: (!message.course.is_empty()).then(|| Context {
-            course: message.course.clone(),
+            course: message.course,
             ..Default::default()
         }),
         payload: Some(Payload::LabLog(LabLog {
-            experiment: message.experiment.clone(),
-            hardware: message.hardware.clone(),
-            log_type: message.log_type.clone(),
-            log_kind: message.log_kind.clone(),
-            data: (!message.data.is_empty()).then(|| to_struct(&message.data)),
+            experiment: message.experiment,
+            hardware: message.hardware,
+            log_type: message.log_type,
+            log_kind: message.log_kind,
+            data: (!message.data.is_empty()).then(|| to_struct(message.data)),
             client_time,
-            client_id: message.client_id.clone().unwrap_or_default(),
+            client_id: message.client_id.unwrap_or_default(),
         })),
     }
 }
 
-fn to_struct(map: &Map<String, Value>) -> Struct {
+fn to_struct(map: Map<String, Value>) -> Struct {
     // a JSON object always maps to a Struct (numbers are finite: JSON has no NaN)
-    serde_json::from_value(Value::Object(map.clone())).unwrap_or_default()
+    serde_json::from_value(Value::Object(map)).unwrap_or_default()
 }
 
 /// `{"ack": id, "seq": n}`, with the client's `id` echoed and `duplicate` when the stream
 /// already held it.
 pub fn ack_frame(event_id: &str, seq: u64, client_id: Option<&str>, duplicate: bool) -> String {
-    let mut frame = json!({"ack": event_id, "seq": seq});
-    if let Some(id) = client_id {
-        frame["id"] = json!(id);
+    /// The frame's fields in the order the other frames have them (sorted).
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        ack: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        seq: u64,
     }
-    if duplicate {
-        frame["duplicate"] = json!(true);
-    }
-    frame.to_string()
+    let frame = Ack {
+        ack: event_id,
+        duplicate,
+        id: client_id,
+        seq,
+    };
+    serde_json::to_string(&frame).expect("strings and numbers serialise")
 }
 
 /// `{"error": {"code", "message"}, "seq": n}`, with the client's `id` echoed.
@@ -353,7 +358,7 @@ mod tests {
             panic!("a log")
         };
         assert_eq!(log.user, "8f2d4e23-fd99-44f0-bdbc-82add7c0973c");
-        let event = to_event(&log, 1_677_228_000_500);
+        let event = to_event(log, 1_677_228_000_500);
         assert_eq!(event.subject(), "events.lab.log");
         assert_eq!(event.actor, "8f2d4e23-fd99-44f0-bdbc-82add7c0973c");
         assert_eq!(event.context.as_ref().unwrap().course, "engdes1");
@@ -435,6 +440,8 @@ mod tests {
         assert_ne!(a, event_id("u2", Some("m-1")));
         assert!(learntrail_proto::id::is_valid_id(&a), "{a}");
         assert_eq!(&a[14..15], "8");
+        // the same id as ever for the same user and client id (stored ids stay stable)
+        assert_eq!(a, "fba3ece0-cbcf-8489-8411-7989ee9ae836");
         assert_ne!(event_id("u1", None), event_id("u1", None));
     }
 
@@ -443,6 +450,10 @@ mod tests {
         assert_eq!(
             ack_frame("e1", 3, Some("m-1"), false),
             r#"{"ack":"e1","id":"m-1","seq":3}"#
+        );
+        assert_eq!(
+            ack_frame("e2", 4, None, true),
+            r#"{"ack":"e2","duplicate":true,"seq":4}"#
         );
         let refusal = Refusal::new(ErrorCode::UnknownType, "no");
         let frame: Value = serde_json::from_str(&error_frame(&refusal, 2, None)).unwrap();

@@ -132,6 +132,8 @@ impl Session {
     async fn serve(&mut self, socket: &mut WebSocket) {
         let limits = self.gateway.limits.clone();
         let shutdown = self.gateway.shutdown.clone();
+        // made once, not per turn of the loop (a fresh waiter per message showed in profiles)
+        let mut shutdown = std::pin::pin!(shutdown.cancelled());
         let mut last_heard = Instant::now();
         let mut last_message = Instant::now();
         let mut keepalive = tokio::time::interval_at(
@@ -145,7 +147,7 @@ impl Session {
             let reading = self.closing.is_none() && self.replies.len() < limits.max_unacked;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if self.closing.is_none() => {
+                _ = &mut shutdown, if self.closing.is_none() => {
                     self.close_with(close_code::AWAY, "server shutting down");
                 }
                 Some(frame) = self.replies.next() => {
@@ -259,7 +261,7 @@ impl Session {
             }
         };
         let client_id = protocol::client_id_of(&value);
-        let incoming = match protocol::parse_value(&value) {
+        let incoming = match protocol::parse_value(value) {
             Ok(incoming) => incoming,
             Err(refusal) => return self.refuse(seq, client_id.as_deref(), refusal),
         };
@@ -309,7 +311,8 @@ impl Session {
     /// Publishes at once; the ack (or the error frame) joins the ordered replies.
     async fn publish(&mut self, seq: u64, log: LogMessage) {
         let received_ms = chrono_now_ms();
-        let event = protocol::to_event(&log, received_ms);
+        let client_id = log.client_id.clone();
+        let event = protocol::to_event(log, received_ms);
         let payload = bytes::Bytes::from(event.encode_to_vec());
         let started = Instant::now();
         let sent = self
@@ -317,7 +320,6 @@ impl Session {
             .bus
             .send(event.subject(), &event.id, payload)
             .await;
-        let client_id = log.client_id;
         let gateway = self.gateway.clone();
         let reply = async move {
             let acked = match sent {
