@@ -37,6 +37,8 @@ pub struct Api {
     pub index: Index,
     pub metrics: Metrics,
     pub project_id: String,
+    /// `ANALYSIS_RETENTION`: Keen timeframes may not start before it.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// Largest timeline page.
@@ -94,7 +96,11 @@ impl Api {
         api: &'static str,
     ) -> Result<Vec<u8>, QueryError> {
         let started = Instant::now();
-        let mut query = keen::query::parse(analysis, params, &self.index, chrono::Utc::now())?;
+        let now = chrono::Utc::now();
+        let mut query = keen::query::parse(analysis, params, &self.index, now)?;
+        if let Some(retention) = self.retention {
+            keen::query::within_retention(&query, retention, now)?;
+        }
         query.filters.extend(caller.scope());
         let result = keen::exec::run(&self.store, &query).await?;
         self.metrics.observe("count", api, started);

@@ -58,6 +58,12 @@ pub enum Op {
     },
     /// SADD.
     SAdd { key: String, member: String },
+    /// Drop the sorted set's members scored below `below`, after the write's additions
+    /// (`ANALYSIS_RETENTION` of a learner's analysis events).
+    Trim { key: String, below: f64 },
+    /// Every key of the slot's step, its seen-mark included, expires at `at` (Unix seconds),
+    /// after the write (`ANALYSIS_RETENTION` of a collection-hour).
+    Expire { at: i64 },
     /// One event in an analysis cell: a count at `key`, and each measure's sum, count,
     /// minimum and maximum at [`keys::measure_cells`]`(key, measure)` (the fields of
     /// [`cell_field`]). Kept whole until the cells of a write are merged, then expanded into
@@ -149,6 +155,8 @@ pub struct FoldSettings {
     pub index: Index,
     /// Timeline entries kept per learner.
     pub timeline_len: u32,
+    /// How long analysis data is kept after its hour (`ANALYSIS_RETENTION`); `None` keeps all.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// The course an event belongs to, from wherever its source puts it.
@@ -195,6 +203,12 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
         &tuple,
         &measures,
     );
+    let retention_ms = settings.retention.map(|r| r.as_millis() as i64);
+    if let Some(retention_ms) = retention_ms {
+        agg_ops.push(Op::Expire {
+            at: expiry_secs(hour, retention_ms),
+        });
+    }
     let mut writes = Vec::new();
     if !event.actor.is_empty() {
         agg_ops.push(Op::SAdd {
@@ -205,8 +219,16 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
         learner.zadd("tl", small.encode_to_vec(), settings.timeline_len);
         // the learner's own analysis data: the event itself (one member), not pre-aggregated
         // cells, which cost ten and more operations per event and rarely merge
+        let events_key = keys::learner_events(&event.actor, &collection);
+        if let Some(retention_ms) = retention_ms {
+            // as old as a collection-hour that has expired: a query no longer reaches it
+            learner.ops.push(Op::Trim {
+                key: events_key.clone(),
+                below: (ms - retention_ms) as f64,
+            });
+        }
         learner.ops.push(Op::ZAdd {
-            key: keys::learner_events(&event.actor, &collection),
+            key: events_key,
             score: ms as f64,
             member: analysis_member(&event.id, &tuple, &measures),
             keep: 0,
@@ -227,6 +249,12 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
         ops: agg_ops,
     });
     writes
+}
+
+/// When the keys of collection-hour `hour` expire under a retention of `retention_ms`: that
+/// long after the hour ends (Unix seconds).
+pub fn expiry_secs(hour: i64, retention_ms: i64) -> i64 {
+    ((hour + 1) * 3_600_000 + retention_ms).div_euclid(1_000)
 }
 
 /// One event in a learner's analysis log: `<event id>SEP<dimension tuple JSON>SEP<measures JSON>`
@@ -536,6 +564,7 @@ mod tests {
         FoldSettings {
             index: Index::default(),
             timeline_len: 100,
+            retention: None,
         }
     }
 
@@ -561,6 +590,39 @@ mod tests {
             })),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_retention_expires_the_hour_and_trims_the_learners_analysis_events() {
+        let event = run("e1", "a1", "NoMethodError");
+        assert!(
+            fold(&event, &settings())
+                .iter()
+                .flat_map(|w| &w.ops)
+                .all(|op| !matches!(op, Op::Expire { .. } | Op::Trim { .. })),
+            "nothing expires without a retention"
+        );
+        let settings = FoldSettings {
+            retention: Some(std::time::Duration::from_secs(86_400)),
+            ..settings()
+        };
+        let writes = fold(&event, &settings);
+        let ms = occurred_ms(&event); // 16:30:18: the hour ends at 17:00, plus a day
+        let end = time::parse_rfc3339("2026-11-25T17:00:00Z").unwrap().seconds;
+        let hour = writes.iter().find(|w| w.tag.starts_with("{a:")).unwrap();
+        assert!(hour.ops.contains(&Op::Expire { at: end }), "{hour:?}");
+        let learner = writes.iter().find(|w| w.tag == "{l:a1}").unwrap();
+        assert!(learner.ops.contains(&Op::Trim {
+            key: "{l:a1}:ke:shim.ruby_run".into(),
+            below: (ms - 86_400_000) as f64,
+        }));
+        assert!(
+            learner
+                .ops
+                .iter()
+                .all(|op| !matches!(op, Op::Expire { .. })),
+            "a learner's slot never expires (its summary is all-time)"
+        );
     }
 
     #[test]
@@ -640,7 +702,9 @@ mod tests {
             | Op::Lww { key, .. }
             | Op::ZAdd { key, .. }
             | Op::SAdd { key, .. }
+            | Op::Trim { key, .. }
             | Op::Cell { key, .. } => key,
+            Op::Expire { .. } => "",
         }
     }
 }

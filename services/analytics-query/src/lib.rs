@@ -109,6 +109,12 @@ pub struct Config {
     /// Timeline entries kept per learner
     #[arg(long, env = "TIMELINE_LEN", default_value_t = 1000)]
     pub timeline_len: u32,
+    /// How long the analysis data behind the Keen API (each collection-hour's cells, each
+    /// learner's events of a collection) is kept after the hour of the events' occurred_at; a
+    /// Keen query whose timeframe starts earlier is refused (400) rather than undercounted.
+    /// Summaries, timelines and cohorts are all-time and not affected. 0 keeps everything
+    #[arg(long, env = "ANALYSIS_RETENTION", default_value = "0", value_parser = parse_duration)]
+    pub analysis_retention: Duration,
     /// Extra indexed dimensions (group_by, filters, count_unique), comma-separated Keen properties
     #[arg(
         long,
@@ -202,6 +208,7 @@ pub async fn serve(
         index: index.clone(),
         metrics: metrics.clone(),
         project_id: config.analysis_project_id.clone(),
+        retention: retention(&config),
     };
     let roster = match &config.roster_csv {
         Some(path) => roster::Roster::load(path, pseudonym_key(&config))?,
@@ -235,6 +242,7 @@ pub async fn serve(
         fold: fold::FoldSettings {
             index,
             timeline_len: config.timeline_len,
+            retention: retention(&config),
         },
     };
     let projection = tokio::spawn(projector::run(
@@ -264,6 +272,11 @@ pub async fn serve(
     bus.close(Duration::from_secs(2)).await;
     tracing::info!("analytics-query stopped");
     Ok(())
+}
+
+/// `ANALYSIS_RETENTION`, `None` when 0 (keep everything).
+fn retention(config: &Config) -> Option<Duration> {
+    (!config.analysis_retention.is_zero()).then_some(config.analysis_retention)
 }
 
 fn pseudonym_key(config: &Config) -> Option<&str> {

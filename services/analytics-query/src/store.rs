@@ -25,8 +25,10 @@ use crate::fold::{Op, Write, cell_field};
 /// ARGV: the number of ids, the ids, then the operations, each `op, key index` and then
 /// `field, by` (`I` HINCRBY, `F` HINCRBYFLOAT), `field, value` (`X` maximum, `N` minimum),
 /// `field, version, value` (`L` latest version), `keep, n, n × (score, member)` (`Z`: one ZADD
-/// of n members, then one trim to the `keep` highest scores; 0 keeps all) or `n, n × member`
-/// (`S`: one SADD of n members).
+/// of n members, then one trim to the `keep` highest scores; 0 keeps all), `n, n × member`
+/// (`S`: one SADD of n members), `below` (`T`: drop the members scored below it) or, with key
+/// index 0, `at` (`E`: after everything else, every key of the step expires at `at`, Unix
+/// seconds; a time past deletes them).
 const APPLY: &str = r#"
 local nids = tonumber(ARGV[1])
 local seen = {}
@@ -46,7 +48,7 @@ elseif nids > 1 then
   end
 end
 -- minimum/maximum fields, gathered per key: one HMGET and at most one HSET per key
-local extremes, order = {}, {}
+local extremes, order, expire_at = {}, {}, nil
 local i = nids + 2
 while i <= #ARGV do
   local op, k = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
@@ -81,6 +83,12 @@ while i <= #ARGV do
     end
     if keep > 0 then redis.call('ZREMRANGEBYRANK', k, 0, -keep - 1) end
     i = first + 2 * n
+  elseif op == 'T' then
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. ARGV[i + 2])
+    i = i + 3
+  elseif op == 'E' then
+    expire_at = ARGV[i + 2]
+    i = i + 3
   elseif op == 'S' then
     local n, first = tonumber(ARGV[i + 2]), i + 3
     for from = 0, n - 1, 1000 do
@@ -103,6 +111,9 @@ for _, k in ipairs(order) do
     end
   end
   if #set > 0 then redis.call('HSET', k, unpack(set)) end
+end
+if expire_at then
+  for j = 1, #KEYS do redis.call('EXPIREAT', KEYS[j], expire_at) end
 end
 return seen
 "#;
@@ -372,6 +383,10 @@ struct SlotBatch<'a> {
     sets: Vec<(usize, Vec<&'a str>)>,
     /// Sorted-set members per key (key index, keep, members): one ZADD and one trim each.
     zsets: Vec<(usize, u32, ZMembers<'a>)>,
+    /// Trims by score per key (key index, the highest floor), after the additions.
+    trims: Vec<(usize, f64)>,
+    /// When every key of the step expires (the latest asked).
+    expire_at: Option<i64>,
     /// Key index → position in `sets` or `zsets`.
     collections: HashMap<usize, usize, Fast>,
     /// Analysis cells, merged: (key index, prefix, tuple) → position in `cells`.
@@ -506,6 +521,18 @@ impl<'a> SlotBatch<'a> {
                 }
                 return;
             }
+            Op::Trim { key, below } => {
+                let index = self.key(key);
+                match self.trims.iter_mut().find(|(at, _)| *at == index) {
+                    Some((_, floor)) => *floor = floor.max(*below),
+                    None => self.trims.push((index, *below)),
+                }
+                return;
+            }
+            Op::Expire { at } => {
+                self.expire_at = Some(self.expire_at.map_or(*at, |was| was.max(*at)));
+                return;
+            }
             Op::ZAdd {
                 key,
                 score,
@@ -576,6 +603,12 @@ impl<'a> SlotBatch<'a> {
                 invoke.arg(score).arg(*member);
             }
         }
+        for (index, below) in &self.trims {
+            invoke.arg("T").arg(index).arg(below);
+        }
+        if let Some(at) = self.expire_at {
+            invoke.arg("E").arg(0).arg(at);
+        }
         invoke
     }
 
@@ -598,7 +631,11 @@ impl<'a> SlotBatch<'a> {
                 .arg(version)
                 .arg(value),
             // gathered in `sets`, `zsets` and `cells`
-            Op::ZAdd { .. } | Op::SAdd { .. } | Op::Cell { .. } => cmd,
+            Op::ZAdd { .. }
+            | Op::SAdd { .. }
+            | Op::Cell { .. }
+            | Op::Trim { .. }
+            | Op::Expire { .. } => cmd,
         };
     }
 }
@@ -660,6 +697,38 @@ mod tests {
         let groups = group_by_slot(&events, &skip);
         assert_eq!(groups[0].ids, ["e1"]);
         assert_eq!(*groups[0].ops[0], incr("a", 1));
+    }
+
+    #[test]
+    fn trims_keep_the_highest_floor_and_the_expiry_comes_last() {
+        let write = |below: f64, at: i64| Write {
+            tag: "{t}".into(),
+            marked: true,
+            ops: vec![
+                Op::Trim {
+                    key: "{t}:ke".into(),
+                    below,
+                },
+                Op::Expire { at },
+            ],
+        };
+        let events = vec![
+            ("e1".to_string(), vec![write(5.0, 100)]),
+            ("e2".to_string(), vec![write(9.0, 90)]),
+        ];
+        let groups = group_by_slot(&events, &HashMap::new());
+        assert_eq!(groups[0].trims, [(2, 9.0)]);
+        assert_eq!(groups[0].expire_at, Some(100));
+        let args: Vec<Vec<u8>> = groups[0]
+            .command()
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let tail: Vec<&[u8]> = args[args.len() - 6..].iter().map(Vec::as_slice).collect();
+        assert_eq!(tail, [&b"T"[..], b"2", b"9.0", b"E", b"0", b"100"]);
     }
 
     #[test]

@@ -234,6 +234,28 @@ pub fn parse(
     })
 }
 
+/// Refuses a timeframe that starts before the analysis data kept (`ANALYSIS_RETENTION`): its
+/// answer would be short of what expired, and a wrong answer is worse than none.
+pub fn within_retention(
+    query: &Query,
+    retention: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<(), KeenError> {
+    let kept_from = chrono::TimeDelta::from_std(retention)
+        .ok()
+        .and_then(|r| now.checked_sub_signed(r))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    if query.span.start >= kept_from {
+        return Ok(());
+    }
+    Err(KeenError::bad_request(format!(
+        "timeframe starts at {}, before the analysis data kept (ANALYSIS_RETENTION {}s: from {} on); ask for a later start",
+        query.span.start.to_rfc3339(),
+        retention.as_secs(),
+        kept_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )))
+}
+
 fn check(index: &Index, property: &str, usage: Use, role: &str) -> Result<(), KeenError> {
     if index.allows(property, usage) {
         return Ok(());
@@ -296,6 +318,28 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         Utc::now()
+    }
+
+    #[test]
+    fn a_timeframe_before_the_retention_is_refused_naming_it() {
+        let index = Index::default();
+        let query = |timeframe: &str| {
+            let params = Params::from_pairs([
+                ("event_collection".to_string(), "shim.ruby_run".to_string()),
+                ("timeframe".to_string(), timeframe.to_string()),
+            ]);
+            parse("count", &params, &index, now()).unwrap()
+        };
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        within_retention(&query("this_7_days"), week, now()).unwrap();
+        within_retention(&query("previous_6_days"), week, now()).unwrap();
+        let refused = within_retention(&query("previous_8_days"), week, now()).unwrap_err();
+        assert_eq!((refused.status, refused.code), (400, "BadRequestError"));
+        assert!(
+            refused.message.contains("ANALYSIS_RETENTION 604800s"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]

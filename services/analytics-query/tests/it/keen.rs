@@ -195,3 +195,137 @@ async fn keen_counts_match_the_events() {
     );
     app.stop().await;
 }
+
+/// `ANALYSIS_RETENTION`: a collection-hour's keys (its seen-mark too) expire that long after the
+/// hour, a learner's analysis events older than that are trimmed, and a Keen timeframe that
+/// starts before it is refused; the learner's all-time summary is untouched, and a replay of an
+/// expired hour's event brings neither the hour back nor a second count.
+#[tokio::test]
+async fn retention_expires_old_hours_and_refuses_timeframes_before_it() {
+    let redis = learntrail_testkit::RedisServer::start();
+    let url = redis.url();
+    let app = spawn_with(
+        learntrail_testkit::NatsServer::start(),
+        url.clone(),
+        Some(redis),
+        &["--analysis-retention", "3h"],
+    )
+    .await;
+    let h = this_hour();
+    let old = ruby("old", "k1", h - 5 * H, 1, "NameError", 10);
+    let new = ruby("new", "k1", h - H + 60_000, 1, "NoMethodError", 20);
+    // one write after the other: the newer event's trim is what removes the older member
+    app.publish(std::slice::from_ref(&old)).await;
+    app.caught_up().await;
+    app.publish(std::slice::from_ref(&new)).await;
+    app.caught_up().await;
+
+    let mut redis = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hour_tag = |ms: i64| format!("{{a:shim.ruby_run:{}}}", ms.div_euclid(H));
+    let now_s = chrono::Utc::now().timestamp();
+    let expected = h / 1000 + 3 * 3600 - now_s; // the hour's end plus 3 h, from now
+    for suffix in [":h", ":m", ":u", ":seen", ":h:rubyRun.durationMs"] {
+        let left = int(
+            &mut redis,
+            "TTL",
+            format!("{}{suffix}", hour_tag(new_ms(&new))),
+        )
+        .await;
+        assert!(
+            (expected - 5..=expected).contains(&left),
+            "{suffix}: TTL {left}, expected about {expected}"
+        );
+    }
+    for suffix in [":h", ":m", ":u", ":seen"] {
+        assert_eq!(
+            int(
+                &mut redis,
+                "EXISTS",
+                format!("{}{suffix}", hour_tag(h - 5 * H))
+            )
+            .await,
+            0,
+            "the hour past the retention is gone ({suffix})"
+        );
+    }
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg("{l:k1}:ke:shim.ruby_run")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(members[0].starts_with("new"), "{members:?}");
+
+    let key = service();
+    let (status, body) = app
+        .keen(
+            "count",
+            "event_collection=shim.ruby_run&timeframe=previous_2_hours&group_by=rubyRun.error.className",
+            &key,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"result": [{"rubyRun.error.className": "NoMethodError", "result": 1}]})
+    );
+    let (status, body) = app
+        .keen(
+            "count",
+            "event_collection=shim.ruby_run&timeframe=previous_6_hours",
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (400, Some("BadRequestError")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("ANALYSIS_RETENTION 10800s"),
+        "{body}"
+    );
+    // the student's own query is refused the same way
+    let (status, _) = app
+        .keen(
+            "count",
+            "event_collection=shim.ruby_run&timeframe=previous_6_hours",
+            &token("k1", Role::Student),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // the summary is all-time; a replay of the expired hour changes nothing
+    app.publish_again(std::slice::from_ref(&old), "replay")
+        .await;
+    app.caught_up().await;
+    assert_eq!(app.summary("k1").await["ruby"]["runs"], "2");
+    assert_eq!(
+        int(&mut redis, "EXISTS", format!("{}:h", hour_tag(h - 5 * H))).await,
+        0,
+        "a replay does not bring an expired hour back"
+    );
+    app.stop().await;
+}
+
+async fn int(redis: &mut redis::aio::MultiplexedConnection, command: &str, key: String) -> i64 {
+    redis::cmd(command)
+        .arg(key)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
+fn new_ms(event: &learntrail_proto::Event) -> i64 {
+    let at = event.occurred_at.as_ref().unwrap();
+    at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
+}
