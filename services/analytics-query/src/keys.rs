@@ -7,7 +7,16 @@
 //! | `{a:<coll>:<hour>}` | `:seen` `:h` `:m` `:h:<measure>` `:m:<measure>` `:u` | one collection-hour: seen ids, hourly and per-minute analysis cells (counts; each measure's sum, count, minimum, maximum), actors |
 //! | `{c:<course>}` | `:l` `:p` | one course: its learners, its known problems (`assignment\x1fgrade_id`) |
 //!
-//! `<hour>` is whole hours since the Unix epoch of the event's `occurred_at`.
+//! `<hour>` is whole hours since the Unix epoch of the event's `occurred_at`. [`LAYOUT_KEY`]
+//! holds the layout's version ([`LAYOUT`]).
+
+/// The version of this layout (and of what its fields mean), kept in Redis at [`LAYOUT_KEY`]. A
+/// build that changes either raises it; analytics-query refuses to start on a Redis that holds
+/// another version (its answers would be wrong), until the projection is rebuilt.
+pub const LAYOUT: u32 = 1;
+
+/// Where Redis keeps the version of the layout it holds (set by the first start on it).
+pub const LAYOUT_KEY: &str = "learntrail:analytics:layout";
 
 /// Separates the parts of a composite hash field.
 pub const SEP: char = '\u{1f}';

@@ -178,6 +178,28 @@ async fn connect_store(config: &Config, token: &CancellationToken) -> Option<sto
     }
 }
 
+/// Refuses a Redis that holds the projection in another key layout: this build would misread
+/// it and mix its own writes in.
+async fn check_layout(store: &store::Store) -> anyhow::Result<()> {
+    let held = store.layout().await.with_context(|| {
+        format!(
+            "reading the projection's layout mark ({})",
+            keys::LAYOUT_KEY
+        )
+    })?;
+    if held == keys::LAYOUT {
+        return Ok(());
+    }
+    Err(learntrail_runtime::cli::ConfigError::new(format!(
+        "Redis holds the projection in key layout {held} ({}), this build reads and writes layout {}: \
+         rebuild the projection into an empty Redis database (README, \"Rebuilding the projection\"), \
+         or run the build that wrote it",
+        keys::LAYOUT_KEY,
+        keys::LAYOUT
+    ))
+    .into())
+}
+
 /// Serves on already-bound listeners (tests pass port-0 listeners).
 pub async fn serve(
     config: Config,
@@ -199,6 +221,10 @@ pub async fn serve(
         provisioning.abort();
         return Ok(());
     };
+    if let Err(err) = check_layout(&store).await {
+        provisioning.abort();
+        return Err(err);
+    }
     let mut registry = Registry::with_prefix("learntrail");
     let metrics = metrics::Metrics::register(&mut registry);
     let index = index::Index::with_extra(&config.index_dimensions, &config.index_measures);

@@ -174,6 +174,23 @@ impl Store {
         Ok(())
     }
 
+    /// The key layout this Redis holds ([`crate::keys::LAYOUT_KEY`]); one without a mark is
+    /// marked with this build's first.
+    pub async fn layout(&self) -> RedisResult<u32> {
+        use crate::keys::{LAYOUT, LAYOUT_KEY};
+        let mut conn = self.clone();
+        redis::cmd("SET")
+            .arg(LAYOUT_KEY)
+            .arg(LAYOUT)
+            .arg("NX")
+            .query_async::<Value>(&mut conn)
+            .await?;
+        redis::cmd("GET")
+            .arg(LAYOUT_KEY)
+            .query_async(&mut conn)
+            .await
+    }
+
     /// Runs pipelines that each stay in one hash slot; answers in the same order.
     pub async fn query_groups(&self, groups: &[Pipeline]) -> RedisResult<Vec<Vec<Value>>> {
         if groups.iter().all(|g| g.is_empty()) {

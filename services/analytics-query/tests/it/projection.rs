@@ -247,3 +247,66 @@ async fn a_backlog_is_written_in_few_large_writes_with_exact_results() {
     );
     app.stop().await;
 }
+
+/// A fresh Redis is marked with this build's key layout; a Redis marked with another one is
+/// refused at start, with a message that says what to do, rather than misread.
+#[tokio::test]
+async fn a_redis_of_another_key_layout_is_refused_and_a_fresh_one_is_marked() {
+    use learntrail_analytics_query::{Listeners, keys, serve};
+    let redis = learntrail_testkit::RedisServer::start();
+    let url = redis.url();
+    let app = spawn_with(
+        learntrail_testkit::NatsServer::start(),
+        url.clone(),
+        None,
+        &[],
+    )
+    .await;
+    let mut conn = redis::Client::open(url.clone())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mark: String = redis::cmd("GET")
+        .arg(keys::LAYOUT_KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mark, keys::LAYOUT.to_string());
+    app.stop().await;
+
+    let other = keys::LAYOUT + 1;
+    let _: () = redis::cmd("SET")
+        .arg(keys::LAYOUT_KEY)
+        .arg(other)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let nats = learntrail_testkit::NatsServer::start();
+    let listeners = Listeners {
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ops: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let token = learntrail_runtime::CancellationToken::new();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        serve(config(&nats.url(), &url, &[]), listeners, token),
+    )
+    .await
+    .expect("refused at start, not served")
+    .unwrap_err();
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains(&format!("key layout {other}"))
+            && message.contains("Rebuilding the projection"),
+        "{message}"
+    );
+    assert!(
+        refused
+            .downcast_ref::<learntrail_runtime::cli::ConfigError>()
+            .is_some(),
+        "a configuration error (exit 64, not a crash loop of retries): {message}"
+    );
+    drop(redis);
+}
