@@ -151,7 +151,13 @@
     const ds = c.deciles || [];
     const text = el("p", { id: "compare-text", "data-value": String(c.value), "data-rank": String(c.percentileRank), "data-size": String(c.cohortSize),
       text: metric + ": " + Math.round(c.value * 1000) / 1000 + " — percentile rank " + Math.round(n(c.percentileRank)) + " among " + c.cohortSize + " learners (triangle = this learner; dots = the cohort's deciles, 0th to 100th)." });
-    draw(box, "The cohort's distribution of " + metric + " (deciles) with this learner marked", {
+    const table = el("table", { id: "compare-data" }, el("caption", { text: "The cohort's deciles of " + metric + ", and this learner" }),
+      el("tr", {}, el("th", { scope: "col", text: "Percentile" }), el("th", { scope: "col", text: metric })));
+    ds.forEach((d, i) => table.append(el("tr", { "data-decile": String(i * 10), "data-value": String(d) },
+      el("td", { text: "p" + i * 10 }), el("td", { class: "num", text: String(Math.round(d * 1000) / 1000) }))));
+    table.append(el("tr", { "data-learner": String(c.value) }, el("th", { scope: "row", text: "this learner" }),
+      el("td", { class: "num", text: String(Math.round(c.value * 1000) / 1000) })));
+    draw(box, "The cohort's distribution of " + metric + " (deciles) with this learner marked (the numbers are in the table below)", {
       type: "scatter",
       data: {
         datasets: [
@@ -167,7 +173,7 @@
           tooltip: { callbacks: { label: (t) => (t.raw.decile !== undefined ? "p" + t.raw.decile + ": " : "this learner: ") + t.raw.x } },
         },
       },
-    }, text);
+    }, text, el("details", {}, el("summary", { text: "Chart data" }), table));
   }
 
   async function load() {

@@ -344,8 +344,11 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
                for (let i = 0; i < 400 && !(document.getElementById('compare-text') && document.getElementById('compare-text').textContent.startsWith('ruby_runs')); i++) await new Promise(r => setTimeout(r, 25)); \
                const t = document.getElementById('compare-text'); \
                const c = Chart.getChart(document.querySelector('#compare-chart canvas')); \
+               const rows = [...document.querySelectorAll('#compare-data tr[data-decile]')]; \
                return [Number(t.dataset.value), Number(t.dataset.size), c.data.datasets[1].data.map(p => p.x)[0], \
-                       c.data.datasets[0].data.map(p => p.x)]; })()")
+                       c.data.datasets[0].data.map(p => p.x), \
+                       rows.map(tr => [Number(tr.dataset.decile), Number(tr.dataset.value)]), \
+                       Number(document.querySelector('#compare-data tr[data-learner]').dataset.learner)]; })()")
         .await;
     assert_eq!(compare[0], 4.0);
     assert_eq!(compare[1], 3.0);
@@ -355,6 +358,15 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
         (deciles.first(), deciles.last()),
         (Some(&json!(0)), Some(&json!(4)))
     );
+    // the chart's numbers are in a table beside it: p0 … p100 and the learner
+    let table_rows: Vec<Value> = deciles
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!([i * 10, d]))
+        .collect();
+    assert_eq!(compare[4], json!(table_rows), "the comparison's data table");
+    assert_eq!(deciles.len(), 11, "p0 to p100");
+    assert_eq!(compare[5], 4.0, "the learner's row");
     assert_eq!(
         browser.eval("window.cspViolations").await,
         json!([]),
