@@ -253,7 +253,7 @@ pub fn fold(event: &Event, settings: &FoldSettings) -> Vec<Write> {
 
 /// When the keys of collection-hour `hour` expire under a retention of `retention_ms`: that
 /// long after the hour ends (Unix seconds).
-pub fn expiry_secs(hour: i64, retention_ms: i64) -> i64 {
+fn expiry_secs(hour: i64, retention_ms: i64) -> i64 {
     ((hour + 1) * 3_600_000 + retention_ms).div_euclid(1_000)
 }
 

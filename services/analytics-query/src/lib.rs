@@ -228,13 +228,14 @@ pub async fn serve(
     let mut registry = Registry::with_prefix("learntrail");
     let metrics = metrics::Metrics::register(&mut registry);
     let index = index::Index::with_extra(&config.index_dimensions, &config.index_measures);
+    let retention = retention(&config);
     let api = api::Api {
         store: store.clone(),
         verifier: config.auth.verifier(),
         index: index.clone(),
         metrics: metrics.clone(),
         project_id: config.analysis_project_id.clone(),
-        retention: retention(&config),
+        retention,
     };
     let roster = match &config.roster_csv {
         Some(path) => roster::Roster::load(path, pseudonym_key(&config))?,
@@ -268,7 +269,7 @@ pub async fn serve(
         fold: fold::FoldSettings {
             index,
             timeline_len: config.timeline_len,
-            retention: retention(&config),
+            retention,
         },
     };
     let projection = tokio::spawn(projector::run(

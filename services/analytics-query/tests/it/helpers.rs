@@ -85,6 +85,24 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(NatsServer::start(), url, Some(redis), &[]).await
 }
 
+/// Port-0 listeners for the three servers.
+pub async fn listeners() -> Listeners {
+    Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ops: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    }
+}
+
+/// A connection to the test's Redis, to look at its keys.
+pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 pub async fn spawn_with(
     nats: NatsServer,
     redis_url: String,
@@ -92,11 +110,7 @@ pub async fn spawn_with(
     extra: &[&str],
 ) -> TestApp {
     let config = config(&nats.url(), &redis_url, extra);
-    let listeners = Listeners {
-        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        ops: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
+    let listeners = listeners().await;
     let addr = |l: &TcpListener| format!("http://{}", l.local_addr().unwrap());
     let (api, grpc, ops) = (
         addr(&listeners.http),

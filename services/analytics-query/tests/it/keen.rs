@@ -1,6 +1,8 @@
 use learntrail_runtime::auth::Role;
 use serde_json::{Value, json};
 
+use learntrail_analytics_query::fold::occurred_ms;
+
 use crate::helpers::*;
 
 const H: i64 = 3_600_000;
@@ -220,11 +222,7 @@ async fn retention_expires_old_hours_and_refuses_timeframes_before_it() {
     app.publish(std::slice::from_ref(&new)).await;
     app.caught_up().await;
 
-    let mut redis = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis_connection(&url).await;
     let hour_tag = |ms: i64| format!("{{a:shim.ruby_run:{}}}", ms.div_euclid(H));
     let now_s = chrono::Utc::now().timestamp();
     let expected = h / 1000 + 3 * 3600 - now_s; // the hour's end plus 3 h, from now
@@ -232,7 +230,7 @@ async fn retention_expires_old_hours_and_refuses_timeframes_before_it() {
         let left = int(
             &mut redis,
             "TTL",
-            format!("{}{suffix}", hour_tag(new_ms(&new))),
+            format!("{}{suffix}", hour_tag(occurred_ms(&new))),
         )
         .await;
         assert!(
@@ -323,9 +321,4 @@ async fn int(redis: &mut redis::aio::MultiplexedConnection, command: &str, key: 
         .query_async(redis)
         .await
         .unwrap()
-}
-
-fn new_ms(event: &learntrail_proto::Event) -> i64 {
-    let at = event.occurred_at.as_ref().unwrap();
-    at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
 }

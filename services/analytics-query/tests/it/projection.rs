@@ -252,7 +252,7 @@ async fn a_backlog_is_written_in_few_large_writes_with_exact_results() {
 /// refused at start, with a message that says what to do, rather than misread.
 #[tokio::test]
 async fn a_redis_of_another_key_layout_is_refused_and_a_fresh_one_is_marked() {
-    use learntrail_analytics_query::{Listeners, keys, serve};
+    use learntrail_analytics_query::{keys, serve};
     let redis = learntrail_testkit::RedisServer::start();
     let url = redis.url();
     let app = spawn_with(
@@ -262,11 +262,7 @@ async fn a_redis_of_another_key_layout_is_refused_and_a_fresh_one_is_marked() {
         &[],
     )
     .await;
-    let mut conn = redis::Client::open(url.clone())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_connection(&url).await;
     let mark: String = redis::cmd("GET")
         .arg(keys::LAYOUT_KEY)
         .query_async(&mut conn)
@@ -283,11 +279,7 @@ async fn a_redis_of_another_key_layout_is_refused_and_a_fresh_one_is_marked() {
         .await
         .unwrap();
     let nats = learntrail_testkit::NatsServer::start();
-    let listeners = Listeners {
-        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        ops: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
+    let listeners = listeners().await;
     let token = learntrail_runtime::CancellationToken::new();
     let refused = tokio::time::timeout(
         std::time::Duration::from_secs(30),
