@@ -39,6 +39,8 @@ pub struct Api {
     pub project_id: String,
     /// `ANALYSIS_RETENTION`: Keen timeframes may not start before it.
     pub retention: Option<std::time::Duration>,
+    /// Collection-hours already read by Keen queries (`ANALYSIS_CACHE_MB`).
+    pub cache: keen::cache::HourCache,
 }
 
 /// Largest timeline page.
@@ -102,7 +104,7 @@ impl Api {
             keen::query::within_retention(&query, retention, now)?;
         }
         query.filters.extend(caller.scope());
-        let result = keen::exec::run(&self.store, &query).await?;
+        let result = keen::exec::run(&self.store, &self.cache, &query).await?;
         self.metrics.observe("count", api, started);
         Ok(result)
     }

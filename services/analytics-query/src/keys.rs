@@ -7,7 +7,10 @@
 //! | `{a:<coll>:<hour>}` | `:seen` `:h` `:m` `:h:<measure>` `:m:<measure>` `:u` | one collection-hour: seen ids, hourly and per-minute analysis cells (counts; each measure's sum, count, minimum, maximum), actors |
 //! | `{c:<course>}` | `:l` `:p` | one course: its learners, its known problems (`assignment\x1fgrade_id`) |
 //!
-//! `<hour>` is whole hours since the Unix epoch of the event's `occurred_at`. [`LAYOUT_KEY`]
+//! `<hour>` is whole hours since the Unix epoch of the event's `occurred_at`. Every write to a
+//! collection-hour adds its events' marks to the hour's `:seen` in the same atomic step: the
+//! size of that set is the hour's version, by which the Keen API knows whether what it holds
+//! in memory of the hour is current ([`crate::keen::cache`]). [`LAYOUT_KEY`]
 //! holds the layout's version ([`LAYOUT`]).
 
 /// The version of this layout (and of what its fields mean), kept in Redis at [`LAYOUT_KEY`]. A

@@ -7,6 +7,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::keen::cache::CacheMetrics;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabel {
     /// The query: summary, timeline, count, compare, cohort (a fixed set).
@@ -34,6 +36,8 @@ pub struct Metrics {
     pub write_events: Histogram,
     /// Query latency per call.
     pub query_seconds: Family<CallLabel, Histogram>,
+    /// Collection-hours of Keen queries answered from memory and read from Redis.
+    pub keen_cache: CacheMetrics,
 }
 
 impl Metrics {
@@ -89,6 +93,26 @@ impl Metrics {
                 "query latency per call",
                 latency_family(),
             ),
+            keen_cache: CacheMetrics {
+                hits: register(
+                    registry,
+                    "analytics_keen_cache_hits",
+                    "collection-hour keys of Keen queries answered from memory (unchanged since read)",
+                    Counter::default(),
+                ),
+                misses: register(
+                    registry,
+                    "analytics_keen_cache_misses",
+                    "collection-hour keys of Keen queries read from Redis (not held, or changed)",
+                    Counter::default(),
+                ),
+                answers: register(
+                    registry,
+                    "analytics_keen_cache_answers",
+                    "Keen queries answered whole from memory (every hour they read unchanged since)",
+                    Counter::default(),
+                ),
+            },
         }
     }
 

@@ -1,7 +1,8 @@
 //! Answers a [`Query`] from what [`crate::fold`] keeps. Without `actor` in the query, from the
 //! shared pre-aggregated cells of each collection-hour (168 hashes for a 7-day query, in one
-//! round trip): the hourly cells when every interval edge falls on an hour, the per-minute cells
-//! otherwise. With `actor eq`/`in` (every student query), from those learners' own events of the
+//! round trip; from memory where an hour has not changed since it was last read, see
+//! [`super::cache`]): the hourly cells when every interval edge falls on an hour, the per-minute
+//! cells otherwise. With `actor eq`/`in` (every student query), from those learners' own events of the
 //! collection (one sorted-set range each, exact times); with `actor` otherwise (group_by,
 //! count_unique, other operators), the actors active in the timeframe's hours first, then theirs.
 
@@ -11,6 +12,7 @@ use serde::ser::SerializeMap;
 use serde_json::{Map, Value, json};
 
 use super::{
+    cache::{HourCache, Kind, Wanted},
     query::{Analysis, Operator, Query},
     timeframe::{edges, keen_time},
 };
@@ -82,7 +84,7 @@ struct Acc {
 }
 
 /// Runs `query`; the answer is Keen's body (`{"result": ...}`), as JSON.
-pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Vec<u8>> {
+pub async fn run(store: &Store, cache: &HourCache, query: &Query) -> redis::RedisResult<Vec<u8>> {
     let edges_ms: Vec<i64> = edges(query.span, query.interval)
         .iter()
         .map(|t| t.timestamp_millis())
@@ -93,10 +95,8 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Vec<u8>> {
     let hours: Vec<i64> = (first_hour..=last_hour).collect();
     let suffix = if hourly { "h" } else { "m" };
 
-    // what each pipeline reads: a collection-hour's shared cells, or a learner's events
-    let mut sources: Vec<Source> = Vec::new();
-    let mut pipelines = Vec::new();
     let (from, to) = (edges_ms[0], edges_ms[edges_ms.len() - 1] - 1);
+    let mut engine = Engine::new(query, &edges_ms, hourly);
     let actors = match plan(query) {
         Plan::Shared => {
             // counts for count and count_unique, the measure's own cells otherwise
@@ -104,44 +104,58 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Vec<u8>> {
                 Analysis::Count | Analysis::CountUnique => None,
                 _ => query.target.as_deref(),
             };
-            for &hour in &hours {
-                let counts = format!("{}:{suffix}", keys::aggregate(&query.collection, hour));
-                let mut pipe = redis::pipe();
-                pipe.hgetall(match measure {
-                    Some(m) => keys::measure_cells(&counts, m),
-                    None => counts,
-                });
-                pipelines.push(pipe);
-                sources.push(Source::Hour(hour));
+            let wanted: Vec<Wanted> = hours
+                .iter()
+                .map(|&hour| {
+                    let tag = keys::aggregate(&query.collection, hour);
+                    let counts = format!("{tag}:{suffix}");
+                    let key = match measure {
+                        Some(m) => keys::measure_cells(&counts, m),
+                        None => counts,
+                    };
+                    Wanted {
+                        tag,
+                        key,
+                        kind: Kind::Hash,
+                    }
+                })
+                .collect();
+            let cells = cache.read(store, &wanted).await?;
+            // the same query over hours at the same versions has the same answer
+            let versions: Vec<i64> = cells.iter().map(|c| c.version()).collect();
+            let key = format!("{query:?}");
+            if let Some(body) = cache.answer(&key, &versions) {
+                return Ok(body);
             }
-            Vec::new()
+            for (strings, &hour) in cells.iter().zip(&hours) {
+                engine.add(strings.pairs(), hour);
+            }
+            let body = engine.to_json();
+            cache.keep_answer(&key, versions, &body);
+            return Ok(body);
         }
         Plan::Learners(actors) => actors,
-        Plan::AllLearners => active_learners(store, &query.collection, &hours).await?,
+        Plan::AllLearners => active_learners(store, cache, &query.collection, &hours).await?,
     };
-    for actor in actors {
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZRANGEBYSCORE")
-            .arg(keys::learner_events(&actor, &query.collection))
-            .arg(from)
-            .arg(to)
-            .arg("WITHSCORES");
-        pipelines.push(pipe);
-        sources.push(Source::Learner(actor));
-    }
+    let pipelines: Vec<redis::Pipeline> = actors
+        .iter()
+        .map(|actor| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(keys::learner_events(actor, &query.collection))
+                .arg(from)
+                .arg(to)
+                .arg("WITHSCORES");
+            pipe
+        })
+        .collect();
     let answers = store.query_groups(&pipelines).await?;
-    let mut engine = Engine::new(query, &edges_ms, hourly);
-    for (answer, source) in answers.into_iter().zip(sources) {
+    for (answer, actor) in answers.into_iter().zip(&actors) {
         for value in answer {
-            match &source {
-                Source::Hour(hour) => engine.add(hash_pairs(&value)?, *hour),
-                Source::Learner(actor) => {
-                    let events: Vec<(String, f64)> = redis::from_redis_value(value)?;
-                    for (member, ms) in events {
-                        if let Some((tuple, measures)) = fold::parse_analysis_member(&member) {
-                            engine.add_event(ms as i64, tuple, &measures, actor);
-                        }
-                    }
+            let events: Vec<(String, f64)> = redis::from_redis_value(value)?;
+            for (member, ms) in events {
+                if let Some((tuple, measures)) = fold::parse_analysis_member(&member) {
+                    engine.add_event(ms as i64, tuple, &measures, actor);
                 }
             }
         }
@@ -149,66 +163,27 @@ pub async fn run(store: &Store, query: &Query) -> redis::RedisResult<Vec<u8>> {
     Ok(engine.to_json())
 }
 
-/// The fields and values of an HGETALL answer (RESP2 list or RESP3 map), borrowed: a 7-day
-/// query reads thousands, and copying each into a map of owned strings was an eighth of its CPU.
-fn hash_pairs(value: &redis::Value) -> redis::RedisResult<Vec<(&str, &str)>> {
-    use redis::Value as V;
-    fn text(v: &V) -> Option<&str> {
-        match v {
-            V::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-            V::SimpleString(s) => Some(s.as_str()),
-            _ => None,
-        }
-    }
-    fn pair<'a>(field: &'a V, value: &'a V) -> Option<(&'a str, &'a str)> {
-        Some((text(field)?, text(value)?))
-    }
-    let pairs = match value {
-        V::Nil => Some(Vec::new()),
-        V::Array(items) if items.len() % 2 == 0 => items
-            .chunks_exact(2)
-            .map(|kv| pair(&kv[0], &kv[1]))
-            .collect(),
-        V::Map(items) => items.iter().map(|(k, v)| pair(k, v)).collect(),
-        _ => None,
-    };
-    pairs.ok_or_else(|| {
-        redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "an analysis cell hash is not a map of text",
-        ))
-    })
-}
-
-/// What one pipeline of a query reads.
-enum Source {
-    /// The shared cells of a collection-hour.
-    Hour(i64),
-    /// A learner's events of the collection.
-    Learner(String),
-}
-
 /// The learners active in any of `hours`, sorted.
 async fn active_learners(
     store: &Store,
+    cache: &HourCache,
     collection: &str,
     hours: &[i64],
 ) -> redis::RedisResult<Vec<String>> {
-    let pipelines: Vec<redis::Pipeline> = hours
+    let wanted: Vec<Wanted> = hours
         .iter()
         .map(|&hour| {
-            let mut pipe = redis::pipe();
-            pipe.smembers(format!("{}:u", keys::aggregate(collection, hour)));
-            pipe
+            let tag = keys::aggregate(collection, hour);
+            Wanted {
+                key: format!("{tag}:u"),
+                tag,
+                kind: Kind::Set,
+            }
         })
         .collect();
-    let answers = store.query_groups(&pipelines).await?;
-    let mut active = std::collections::BTreeSet::new();
-    for value in answers.into_iter().flatten() {
-        let actors: Vec<String> = redis::from_redis_value(value)?;
-        active.extend(actors);
-    }
-    Ok(active.into_iter().collect())
+    let sets = cache.read(store, &wanted).await?;
+    let active: std::collections::BTreeSet<&str> = sets.iter().flat_map(|s| s.iter()).collect();
+    Ok(active.into_iter().map(str::to_string).collect())
 }
 
 /// Folds cells into per-(interval, group) totals.
@@ -250,16 +225,22 @@ impl<'q> Engine<'q> {
     /// Adds a collection-hour's shared cells (hourly, or per minute when not `hourly`).
     fn add<'v>(&mut self, cells: impl IntoIterator<Item = (&'v str, &'v str)>, hour: i64) {
         let measure = self.query.target.clone().unwrap_or_default();
+        // hourly cells all fall in the hour's interval
+        let hour_interval = self.hourly.then(|| self.interval(hour * HOUR_MS));
+        if hour_interval == Some(None) {
+            return;
+        }
         for (field, value) in cells {
             let Some((prefix, rest)) = field.split_once('|') else {
                 continue;
             };
-            let bucket = if self.hourly {
-                hour * HOUR_MS
-            } else {
-                hour * HOUR_MS + prefix.parse::<i64>().unwrap_or(0) * MINUTE_MS
+            let interval = match hour_interval {
+                Some(interval) => interval,
+                None => {
+                    self.interval(hour * HOUR_MS + prefix.parse::<i64>().unwrap_or(0) * MINUTE_MS)
+                }
             };
-            let Some(interval) = self.interval(bucket) else {
+            let Some(interval) = interval else {
                 continue;
             };
             let (stat, tuple) = match rest.split_once('|') {
@@ -606,28 +587,18 @@ mod tests {
             .collect();
         let mut engine = Engine::new(&q, &edges, true);
         let hour = edges[0] / HOUR_MS;
-        // as HGETALL answers them (RESP2: a flat list of fields and values)
-        let answer = redis::Value::Array(
-            [
-                r#"|c|{"rubyRun.error.className":"NameError"}"#,
-                "2",
-                r#"|c|{"rubyRun.error.className":"TypeError"}"#,
-                "1",
+        let cells = [
+            (r#"|c|{"rubyRun.error.className":"NameError"}"#, "2"),
+            (r#"|c|{"rubyRun.error.className":"TypeError"}"#, "1"),
+            (
                 r#"|s|rubyRun.durationMs|{"rubyRun.error.className":"TypeError"}"#,
                 "9",
-            ]
-            .map(|s| redis::Value::BulkString(s.as_bytes().to_vec()))
-            .to_vec(),
-        );
-        let cells = hash_pairs(&answer).unwrap();
-        assert_eq!(cells.len(), 3);
-        engine.add(cells.iter().copied(), hour);
-        engine.add(cells.iter().copied(), hour + 1);
-        engine.add(cells.iter().copied(), hour + 2);
-        assert!(
-            hash_pairs(&redis::Value::Array(vec![redis::Value::Int(1)])).is_err(),
-            "not a hash answer"
-        );
+            ),
+        ];
+        engine.add(cells, hour);
+        engine.add(cells, hour + 1);
+        // the hour after the timeframe: outside every interval
+        engine.add(cells, hour + 2);
         let result = engine.result();
         assert_eq!(result["result"].as_array().unwrap().len(), 2);
         assert_eq!(

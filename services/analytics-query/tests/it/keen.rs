@@ -18,11 +18,9 @@ const RUNS: [(i64, &str, &str, u64); 7] = [
     (1, "k1", "NoMethodError", 5),
 ];
 
-async fn seeded() -> (TestApp, i64) {
-    let app = spawn_app().await;
-    let h = this_hour();
-    let events: Vec<_> = RUNS
-        .iter()
+/// The runs of [`RUNS`] as events, hours before `h`.
+fn seeded_events(h: i64) -> Vec<learntrail_proto::Event> {
+    RUNS.iter()
         .enumerate()
         .map(|(i, (ago, actor, class, ms))| {
             let exit = if class.is_empty() { 0 } else { 1 };
@@ -35,8 +33,13 @@ async fn seeded() -> (TestApp, i64) {
                 *ms,
             )
         })
-        .collect();
-    app.publish(&events).await;
+        .collect()
+}
+
+async fn seeded() -> (TestApp, i64) {
+    let app = spawn_app().await;
+    let h = this_hour();
+    app.publish(&seeded_events(h)).await;
     app.caught_up().await;
     (app, h)
 }
@@ -196,6 +199,143 @@ async fn keen_counts_match_the_events() {
         (401, Some("InvalidApiKeyError"))
     );
     app.stop().await;
+}
+
+impl TestApp {
+    /// `learntrail_analytics_keen_cache_{hits|misses}_total` on /metrics.
+    async fn cache_counter(&self, which: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let name = format!("learntrail_analytics_keen_cache_{which}_total ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&name))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Collection-hours a Keen query has read, and its whole answer, are kept in memory while the
+/// hours stay unchanged, and read or computed again once they change: a late event into an hour already read shows in the next
+/// count, count_unique and sum; a replay of it changes neither the answers nor the hour's
+/// version. With `ANALYSIS_CACHE_MB=0` the same answers, every hour read from Redis.
+#[tokio::test]
+async fn an_hour_already_read_is_answered_from_memory_until_it_changes() {
+    for cached in [true, false] {
+        let app = if cached {
+            seeded().await.0
+        } else {
+            let redis = learntrail_testkit::RedisServer::start();
+            let url = redis.url();
+            let app = spawn_with(
+                learntrail_testkit::NatsServer::start(),
+                url,
+                Some(redis),
+                &["--analysis-cache-mb", "0"],
+            )
+            .await;
+            // the same events as `seeded`
+            let seeded_events = seeded_events(this_hour());
+            app.publish(&seeded_events).await;
+            app.caught_up().await;
+            app
+        };
+        let h = this_hour();
+        let key = service();
+        let grouped = "event_collection=shim.ruby_run&timeframe=previous_3_hours&interval=hourly&group_by=rubyRun.error.className";
+        let unique =
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours&target_property=actor";
+        let filters = json!([{"property_name": "rubyRun.error.className", "operator": "eq", "property_value": "NameError"}]);
+        let sum = format!(
+            "event_collection=shim.ruby_run&timeframe=previous_3_hours&target_property=rubyRun.durationMs&filters={}",
+            enc(&filters)
+        );
+        let ask = |analysis: &'static str, query: String| {
+            let (app, key) = (&app, &key);
+            async move {
+                let (status, body) = app.keen(analysis, &query, key).await;
+                assert_eq!(status, 200, "{body}");
+                body
+            }
+        };
+        let first = ask("count", grouped.into()).await;
+        assert_eq!(
+            ask("count_unique", unique.into()).await,
+            json!({"result": 3})
+        );
+        assert_eq!(ask("sum", sum.clone()).await, json!({"result": 50 + 70}));
+        // 3 hours of counts, of actors and of durations read; asked again, all from memory
+        let (hits, misses) = (
+            app.cache_counter("hits").await,
+            app.cache_counter("misses").await,
+        );
+        assert_eq!(ask("count", grouped.into()).await, first);
+        assert_eq!(
+            ask("count_unique", unique.into()).await,
+            json!({"result": 3})
+        );
+        assert_eq!(ask("sum", sum.clone()).await, json!({"result": 120}));
+        if cached {
+            assert_eq!(app.cache_counter("hits").await, hits + 9);
+            assert_eq!(app.cache_counter("misses").await, misses);
+            // the count and the sum whole (count_unique of actor also reads learners' events)
+            assert_eq!(app.cache_counter("answers").await, 2);
+        } else {
+            assert_eq!(app.cache_counter("hits").await, 0);
+            assert_eq!(app.cache_counter("misses").await, misses + 9);
+            assert_eq!(app.cache_counter("answers").await, 0);
+        }
+
+        // a late run, by a new learner, into the hour two hours back
+        let late = ruby("late", "k9", h - 2 * H + 30 * 60_000, 1, "NameError", 400);
+        app.publish(std::slice::from_ref(&late)).await;
+        app.caught_up().await;
+        let after = ask("count", grouped.into()).await;
+        assert_eq!(
+            after["result"][1]["value"][0],
+            json!({"rubyRun.error.className": "NameError", "result": 2}),
+            "{after}"
+        );
+        for unchanged in [0, 2] {
+            assert_eq!(after["result"][unchanged], first["result"][unchanged]);
+        }
+        assert_eq!(
+            ask("count_unique", unique.into()).await,
+            json!({"result": 4})
+        );
+        assert_eq!(ask("sum", sum.clone()).await, json!({"result": 520}));
+        if cached {
+            // of 9 keys, the changed hour's 3 read again
+            assert_eq!(app.cache_counter("hits").await, hits + 9 + 6);
+            assert_eq!(app.cache_counter("misses").await, misses + 3);
+            assert_eq!(app.cache_counter("answers").await, 2, "computed again");
+        }
+
+        // the same run again under another message id: nothing changes, all from memory
+        app.publish_again(std::slice::from_ref(&late), "replay")
+            .await;
+        app.caught_up().await;
+        assert_eq!(ask("count", grouped.into()).await, after);
+        assert_eq!(
+            ask("count_unique", unique.into()).await,
+            json!({"result": 4})
+        );
+        assert_eq!(ask("sum", sum.clone()).await, json!({"result": 520}));
+        if cached {
+            assert_eq!(app.cache_counter("hits").await, hits + 9 + 6 + 9);
+            assert_eq!(app.cache_counter("misses").await, misses + 3);
+            assert_eq!(app.cache_counter("answers").await, 4);
+        }
+        app.stop().await;
+    }
 }
 
 /// `ANALYSIS_RETENTION`: a collection-hour's keys (its seen-mark too) expire that long after the

@@ -1,0 +1,401 @@
+//! Collection-hours already read, kept in memory with their version, so that a dashboard asking
+//! the same 7 days again reads 168 small numbers from Redis instead of every cell of every hour.
+//!
+//! The version of a collection-hour is the size of its seen-mark set (`{a:<coll>:<hour>}:seen`):
+//! the projection adds an event's mark in the same atomic step as its cells and actors, and
+//! nothing else writes them, so every change to the hour grows it, and a redelivery or a replay
+//! (which changes nothing) leaves it alone. A query asks the version of every hour it needs, in
+//! one round trip with the cells of the hours it does not hold; it uses what it holds only at
+//! the same version and reads the others again. A read gives the version first and the cells
+//! after it, on one connection, so what is kept is never older than its version says (newer at
+//! most, which is only read again once more).
+//!
+//! A query over the shared cells (no `actor` in it) keeps its whole answer too, with the
+//! versions of the hours it was computed from: the same query (same parameters, scope and
+//! interval edges) over hours at the same versions is answered with it, without folding a cell.
+//!
+//! Bounded by bytes (`ANALYSIS_CACHE_MB`), least recently used first out; 0 turns it off.
+
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use prometheus_client::metrics::counter::Counter;
+use redis::{RedisResult, Value};
+
+use crate::{keys, store::Store};
+
+/// What a cached key holds, and how it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A hash (HGETALL): fields and values.
+    Hash,
+    /// A set (SMEMBERS): members.
+    Set,
+}
+
+/// One key of a collection-hour to read.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// The collection-hour's hash tag ([`keys::aggregate`]).
+    pub tag: String,
+    /// The key, under that tag.
+    pub key: String,
+    pub kind: Kind,
+}
+
+/// The strings of a hash or set answer, in one buffer.
+#[derive(Debug, Default)]
+pub struct Strings {
+    /// The collection-hour's version when it was read (-1: not known, not kept).
+    version: i64,
+    text: String,
+    /// Where each string ends in `text`.
+    ends: Vec<u32>,
+}
+
+impl Strings {
+    /// The strings of a HGETALL (RESP2 list or RESP3 map) or SMEMBERS (list or set) answer.
+    fn from_value(value: &Value, version: i64) -> RedisResult<Self> {
+        let mut out = Self {
+            version,
+            ..Self::default()
+        };
+        let mut push = |v: &Value| -> Option<()> {
+            let s = match v {
+                Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?,
+                Value::SimpleString(s) => s.as_str(),
+                _ => return None,
+            };
+            out.text.push_str(s);
+            out.ends.push(u32::try_from(out.text.len()).ok()?);
+            Some(())
+        };
+        let ok = match value {
+            Value::Nil => Some(()),
+            Value::Array(items) | Value::Set(items) => items.iter().try_for_each(&mut push),
+            Value::Map(items) => items
+                .iter()
+                .try_for_each(|(k, v)| push(k).and_then(|()| push(v))),
+            _ => None,
+        };
+        ok.ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "an analysis key is not a hash or set of text",
+            ))
+        })?;
+        Ok(out)
+    }
+
+    /// The collection-hour's version it was read at (-1: not known).
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Every string, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(from, to)| &self.text[from as usize..to as usize])
+    }
+
+    /// The fields and values of a hash.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut all = self.iter();
+        std::iter::from_fn(move || Some((all.next()?, all.next()?)))
+    }
+
+    /// What keeping it costs, roughly.
+    fn bytes(&self, key: &str) -> usize {
+        const OVERHEAD: usize = 96;
+        self.text.len() + 4 * self.ends.len() + key.len() + OVERHEAD
+    }
+}
+
+/// Reads hits and misses.
+#[derive(Debug, Clone, Default)]
+pub struct CacheMetrics {
+    /// Keys answered from memory (their collection-hour had not changed).
+    pub hits: Counter,
+    /// Keys read from Redis (not held, or changed since).
+    pub misses: Counter,
+    /// Queries answered whole from memory (every hour they read unchanged since).
+    pub answers: Counter,
+}
+
+/// The cache; cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct HourCache {
+    inner: Option<Arc<Mutex<Held>>>,
+    budget: usize,
+    metrics: CacheMetrics,
+}
+
+#[derive(Debug)]
+struct Held {
+    entries: LruCache<String, Entry>,
+    bytes: usize,
+}
+
+/// What is kept under a key.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// A collection-hour key's contents.
+    Cells(Arc<Strings>),
+    /// A whole answer, and the versions of the hours it was computed from.
+    Answer(Arc<(Vec<i64>, Vec<u8>)>),
+}
+
+impl Entry {
+    fn bytes(&self, key: &str) -> usize {
+        match self {
+            Self::Cells(strings) => strings.bytes(key),
+            Self::Answer(answer) => answer.1.len() + 8 * answer.0.len() + key.len() + 96,
+        }
+    }
+}
+
+impl HourCache {
+    /// A cache of at most `budget` bytes (0: none; every read goes to Redis).
+    pub fn new(budget: usize, metrics: CacheMetrics) -> Self {
+        let inner = (budget > 0).then(|| {
+            Arc::new(Mutex::new(Held {
+                entries: LruCache::unbounded(),
+                bytes: 0,
+            }))
+        });
+        Self {
+            inner,
+            budget,
+            metrics,
+        }
+    }
+
+    /// What is held of each key, in one lock.
+    fn get_all<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<Option<Entry>> {
+        match &self.inner {
+            Some(held) => {
+                let mut held = held.lock().expect("cache lock");
+                keys.map(|key| held.entries.get(key).cloned()).collect()
+            }
+            None => keys.map(|_| None).collect(),
+        }
+    }
+
+    #[cfg(test)]
+    fn get(&self, key: &str) -> Option<Entry> {
+        self.get_all(std::iter::once(key)).pop().flatten()
+    }
+
+    fn put(&self, key: &str, entry: Entry) {
+        let Some(held) = &self.inner else { return };
+        let cost = entry.bytes(key);
+        if cost > self.budget {
+            return;
+        }
+        let mut held = held.lock().expect("cache lock");
+        if let Some(old) = held.entries.put(key.to_string(), entry) {
+            held.bytes -= old.bytes(key);
+        }
+        held.bytes += cost;
+        while held.bytes > self.budget {
+            let Some((k, v)) = held.entries.pop_lru() else {
+                break;
+            };
+            held.bytes -= v.bytes(&k);
+        }
+    }
+
+    /// The answer kept under `key` if it was computed from hours at exactly `versions`.
+    pub fn answer(&self, key: &str, versions: &[i64]) -> Option<Vec<u8>> {
+        match self
+            .get_all(std::iter::once(answer_key(key).as_str()))
+            .pop()??
+        {
+            Entry::Answer(kept) if kept.0 == versions => {
+                self.metrics.answers.inc();
+                Some(kept.1.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps an answer computed from hours at `versions` (none when a version is not known).
+    pub fn keep_answer(&self, key: &str, versions: Vec<i64>, body: &[u8]) {
+        if versions.iter().all(|&v| v >= 0) {
+            let entry = Entry::Answer(Arc::new((versions, body.to_vec())));
+            self.put(&answer_key(key), entry);
+        }
+    }
+
+    /// Bytes held.
+    pub fn held_bytes(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |h| h.lock().expect("cache lock").bytes)
+    }
+
+    /// The current contents of each wanted key, in order: from memory where its collection-hour
+    /// has not changed since it was read, from Redis otherwise (one round trip; a second for the
+    /// keys held at an older version).
+    pub async fn read(&self, store: &Store, wanted: &[Wanted]) -> RedisResult<Vec<Arc<Strings>>> {
+        let mut out: Vec<Option<Arc<Strings>>> = self
+            .get_all(wanted.iter().map(|w| w.key.as_str()))
+            .into_iter()
+            .map(|entry| match entry {
+                Some(Entry::Cells(strings)) => Some(strings),
+                _ => None,
+            })
+            .collect();
+        let mut first = true;
+        loop {
+            // the version of every hour (with the key, for the hours not held); each hour's
+            // commands stay in its slot
+            let todo: Vec<usize> = (0..wanted.len())
+                .filter(|&i| first || out[i].is_none())
+                .collect();
+            if todo.is_empty() {
+                break;
+            }
+            let pipelines: Vec<redis::Pipeline> = todo
+                .iter()
+                .map(|&i| {
+                    let w = &wanted[i];
+                    let mut pipe = redis::pipe();
+                    if self.inner.is_some() {
+                        pipe.scard(keys::seen(&w.tag));
+                    }
+                    if out[i].is_none() {
+                        match w.kind {
+                            Kind::Hash => pipe.hgetall(&w.key),
+                            Kind::Set => pipe.smembers(&w.key),
+                        };
+                    }
+                    pipe
+                })
+                .collect();
+            let answers = store.query_groups(&pipelines).await?;
+            for (&i, answer) in todo.iter().zip(answers) {
+                let mut answer = answer.into_iter();
+                let version = match self.inner {
+                    Some(_) => redis::from_redis_value(answer.next().unwrap_or(Value::Nil))?,
+                    None => -1,
+                };
+                match (answer.next(), &out[i]) {
+                    (Some(data), _) => {
+                        self.metrics.misses.inc();
+                        let strings = Arc::new(Strings::from_value(&data, version)?);
+                        self.put(&wanted[i].key, Entry::Cells(strings.clone()));
+                        out[i] = Some(strings);
+                    }
+                    (None, Some(held)) if held.version == version => {
+                        self.metrics.hits.inc();
+                    }
+                    // held at another version: read again
+                    (None, _) => out[i] = None,
+                }
+            }
+            first = false;
+        }
+        Ok(out.into_iter().map(|s| s.unwrap_or_default()).collect())
+    }
+}
+
+/// Where an answer is kept: apart from every Redis key.
+fn answer_key(key: &str) -> String {
+    format!("\u{0}answer\u{0}{key}")
+}
+
+/// `ANALYSIS_CACHE_MB` in bytes.
+pub fn budget_bytes(megabytes: usize) -> usize {
+    megabytes.saturating_mul(1 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(items: &[&str]) -> Value {
+        Value::Array(
+            items
+                .iter()
+                .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn hash_and_set_answers_read_back_as_written() {
+        let hash = Strings::from_value(&bulk(&["|c|{}", "2", "07|c|{\"a\":1}", "5"]), 3).unwrap();
+        assert_eq!(
+            hash.pairs().collect::<Vec<_>>(),
+            [("|c|{}", "2"), ("07|c|{\"a\":1}", "5")]
+        );
+        let map = Value::Map(vec![(
+            Value::BulkString(b"f".to_vec()),
+            Value::BulkString(b"1".to_vec()),
+        )]);
+        assert_eq!(
+            Strings::from_value(&map, 0)
+                .unwrap()
+                .pairs()
+                .collect::<Vec<_>>(),
+            [("f", "1")]
+        );
+        let set = Strings::from_value(&Value::Set(vec![Value::BulkString(b"a1".to_vec())]), 0);
+        assert_eq!(set.unwrap().iter().collect::<Vec<_>>(), ["a1"]);
+        assert_eq!(
+            Strings::from_value(&Value::Nil, 0).unwrap().iter().count(),
+            0
+        );
+        assert!(Strings::from_value(&Value::Int(1), 0).is_err());
+        assert!(Strings::from_value(&Value::Array(vec![Value::Int(1)]), 0).is_err());
+    }
+
+    #[test]
+    fn the_budget_drops_the_least_recently_used_first() {
+        let strings =
+            |text: &str| Entry::Cells(Arc::new(Strings::from_value(&bulk(&[text]), 1).unwrap()));
+        let one = strings(&"x".repeat(100));
+        let cost = one.bytes("k1");
+        let cache = HourCache::new(2 * cost + cost / 2, CacheMetrics::default());
+        cache.put("k1", one.clone());
+        cache.put("k2", one.clone());
+        assert!(cache.get("k1").is_some(), "k1 used: k2 is now the oldest");
+        cache.put("k3", one.clone());
+        assert!(cache.get("k2").is_none());
+        assert!(cache.get("k1").is_some() && cache.get("k3").is_some());
+        assert_eq!(cache.held_bytes(), 2 * cost);
+        // replacing a key counts it once
+        cache.put("k3", one.clone());
+        assert_eq!(cache.held_bytes(), 2 * cost);
+        // larger than the whole budget: not kept, nothing dropped for it
+        cache.put("big", strings(&"y".repeat(10 * cost)));
+        assert!(cache.get("big").is_none() && cache.get("k1").is_some());
+        let off = HourCache::new(0, CacheMetrics::default());
+        off.put("k1", one);
+        assert!(off.get("k1").is_none());
+        assert_eq!(off.held_bytes(), 0);
+    }
+
+    #[test]
+    fn an_answer_is_given_only_at_the_versions_it_was_computed_from() {
+        let cache = HourCache::new(1 << 20, CacheMetrics::default());
+        cache.keep_answer("q", vec![3, 0, 7], b"{\"result\":1}");
+        assert_eq!(
+            cache.answer("q", &[3, 0, 7]).as_deref(),
+            Some(&b"{\"result\":1}"[..])
+        );
+        assert_eq!(cache.answer("q", &[3, 1, 7]), None, "an hour changed");
+        assert_eq!(cache.answer("q", &[3, 0]), None, "other hours");
+        assert_eq!(cache.answer("other", &[3, 0, 7]), None);
+        assert_eq!(cache.metrics.answers.get(), 1);
+        // a version not known (the cache off when read): not kept
+        cache.keep_answer("r", vec![3, -1], b"{}");
+        assert_eq!(cache.answer("r", &[3, -1]), None);
+        // an answer and a Redis key of the same name are apart
+        cache.put("q", Entry::Cells(Arc::default()));
+        assert!(cache.answer("q", &[3, 0, 7]).is_some());
+    }
+}
