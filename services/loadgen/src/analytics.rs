@@ -255,11 +255,6 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     )
     .await;
     println!("{}", summary.line());
-    let keen_path = |_| {
-        "/3.0/projects/learntrail/queries/count?event_collection=shim.ruby_run\
-         &timeframe=previous_7_days&interval=hourly&group_by=rubyRun.error.className"
-            .to_string()
-    };
     let name = format!(
         "Keen count 7 d hourly group_by ({} conns)",
         args.keen_connections
@@ -270,21 +265,16 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         args.keen_connections,
         bench.duration,
         &name,
-        keen_path,
+        keen_count("previous_7_days"),
     )
     .await;
     println!("{}", keen.line());
 
-    // the same question over the current 7 days while runs arrive: the current hour changes
-    // under most queries, which read it again and compute their answer again
+    // the same question over the current 7 days while runs arrive: a query that finds the
+    // current hour changed since the last answer reads it again and computes its answer again
     let projected_before = metric(&http, &metrics_url, PROJECTED).await.unwrap_or(0.0);
     let stop = CancellationToken::new();
     let arriving = tokio::spawn(arrive(bus.clone(), args.clone(), stop.clone()));
-    let live_path = |_| {
-        "/3.0/projects/learntrail/queries/count?event_collection=shim.ruby_run\
-         &timeframe=this_7_days&interval=hourly&group_by=rubyRun.error.className"
-            .to_string()
-    };
     let name = format!(
         "Keen count this 7 d hourly group_by, {} runs/s arriving ({} conns)",
         args.live_rate, args.keen_connections
@@ -295,7 +285,7 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         args.keen_connections,
         bench.duration,
         &name,
-        live_path,
+        keen_count("this_7_days"),
     )
     .await;
     stop.cancel();
@@ -326,6 +316,16 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     drop(service);
     drop(redis);
     Ok(())
+}
+
+/// The path of a Keen count of Ruby runs over `timeframe`, hourly, grouped by error class.
+fn keen_count(timeframe: &'static str) -> impl Fn(usize) -> String + Clone + Send + 'static {
+    move |_| {
+        format!(
+            "/3.0/projects/learntrail/queries/count?event_collection=shim.ruby_run\
+             &timeframe={timeframe}&interval=hourly&group_by=rubyRun.error.className"
+        )
+    }
 }
 
 /// Publishes Ruby runs that occur now, `live_rate` a second, until `stop`; how many.

@@ -28,8 +28,7 @@ pub fn free_addr() -> String {
 /// The value of the unlabelled sample `name` on a `/metrics` page.
 pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
     let text = http.get(url).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    learntrail_testkit::sample(&text, name)
 }
 
 /// A keep-alive HTTP/1.1 connection to `addr`.

@@ -44,3 +44,22 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The value of the unlabelled sample `name` (its full name, `_total` and all) on a `/metrics`
+/// page's text.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The text of the `/metrics` page of a service whose ops server is at `ops` (`http://host:port`).
+pub async fn metrics_page(http: &reqwest::Client, ops: &str) -> String {
+    http.get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("/metrics text")
+}

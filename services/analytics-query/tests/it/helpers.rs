@@ -201,6 +201,11 @@ impl TestApp {
         .await;
     }
 
+    /// The /metrics page.
+    pub async fn metrics(&self) -> String {
+        learntrail_testkit::metrics_page(&self.http, &self.ops).await
+    }
+
     pub async fn grpc_client(&self) -> AnalyticsQueryClient<Channel> {
         AnalyticsQueryClient::connect(self.grpc.clone())
             .await

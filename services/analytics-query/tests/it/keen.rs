@@ -52,6 +52,14 @@ impl TestApp {
         )
         .await
     }
+
+    /// `learntrail_analytics_keen_cache_{hits|misses|answers}_total` on /metrics.
+    async fn cache_counter(&self, which: &str) -> u64 {
+        let name = format!("learntrail_analytics_keen_cache_{which}_total");
+        let metrics = self.metrics().await;
+        learntrail_testkit::sample(&metrics, &name)
+            .unwrap_or_else(|| panic!("no {name} in /metrics")) as u64
+    }
 }
 
 #[tokio::test]
@@ -199,28 +207,6 @@ async fn keen_counts_match_the_events() {
         (401, Some("InvalidApiKeyError"))
     );
     app.stop().await;
-}
-
-impl TestApp {
-    /// `learntrail_analytics_keen_cache_{hits|misses}_total` on /metrics.
-    async fn cache_counter(&self, which: &str) -> u64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let name = format!("learntrail_analytics_keen_cache_{which}_total ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&name))
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-            .trim()
-            .parse()
-            .unwrap()
-    }
 }
 
 /// Collection-hours a Keen query has read, and its whole answer, are kept in memory while the

@@ -220,21 +220,9 @@ async fn a_backlog_is_written_in_few_large_writes_with_exact_results() {
         "{cohort}"
     );
 
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        learntrail_testkit::sample(&metrics, name).unwrap_or_else(|| panic!("{name} in {metrics}"))
     };
     assert_eq!(
         value("learntrail_analytics_projection_write_events_sum"),

@@ -249,14 +249,7 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        learntrail_testkit::metrics_page(&self.http, &self.ops).await
     }
 
     pub async fn stop(self) {

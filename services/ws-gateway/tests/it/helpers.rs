@@ -147,18 +147,8 @@ pub async fn stored(bus: &Bus) -> Vec<Event> {
 
 /// A sample's value on a Prometheus text page (0 when absent).
 pub async fn metric(http: &reqwest::Client, ops: &str, name: &str) -> u64 {
-    let text = http
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    let text = learntrail_testkit::metrics_page(http, ops).await;
+    learntrail_testkit::sample(&text, name).unwrap_or(0.0) as u64
 }
 
 /// A real WebSocket client.
