@@ -39,8 +39,8 @@ pub struct Api {
     pub project_id: String,
     /// `ANALYSIS_RETENTION`: Keen timeframes may not start before it.
     pub retention: Option<std::time::Duration>,
-    /// Collection-hours already read by Keen queries (`ANALYSIS_CACHE_MB`).
-    pub cache: keen::cache::HourCache,
+    /// What queries have read and answered, while unchanged (`ANALYSIS_CACHE_MB`).
+    pub cache: crate::cache::Cache,
 }
 
 /// Largest timeline page.
@@ -59,8 +59,7 @@ impl Api {
     ) -> Result<LearnerSummary, QueryError> {
         let started = Instant::now();
         caller.may_read_learner(&self.store, learner).await?;
-        let raws = summary::read_many(&self.store, &[learner.to_string()]).await?;
-        let out = summary::build(learner, &raws[0]);
+        let out = summary::summary(&self.store, &self.cache, learner).await?;
         self.metrics.observe("summary", api, started);
         Ok(out)
     }

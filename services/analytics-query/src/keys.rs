@@ -10,7 +10,7 @@
 //! `<hour>` is whole hours since the Unix epoch of the event's `occurred_at`. Every write to a
 //! collection-hour adds its events' marks to the hour's `:seen` in the same atomic step: the
 //! size of that set is the hour's version, by which the Keen API knows whether what it holds
-//! in memory of the hour is current ([`crate::keen::cache`]). [`LAYOUT_KEY`]
+//! in memory of the hour is current ([`crate::cache`]). [`LAYOUT_KEY`]
 //! holds the layout's version ([`LAYOUT`]).
 
 /// The version of this layout (and of what its fields mean), kept in Redis at [`LAYOUT_KEY`]. A

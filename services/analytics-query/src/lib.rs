@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cache;
 pub mod cohort;
 pub mod dashboard;
 pub mod fold;
@@ -115,9 +116,9 @@ pub struct Config {
     /// Summaries, timelines and cohorts are all-time and not affected. 0 keeps everything
     #[arg(long, env = "ANALYSIS_RETENTION", default_value = "0", value_parser = parse_duration)]
     pub analysis_retention: Duration,
-    /// Memory (MiB) for collection-hours of analysis cells already read: a Keen query reads
-    /// again only the hours that changed since (each hour's version is checked in Redis on
-    /// every query, so answers are never stale). 0 reads every hour from Redis every time
+    /// Memory (MiB) for what queries have read and answered: Keen answers and collection-hours,
+    /// learner summaries. Each is used only while what it was computed from is unchanged (its
+    /// version is checked in Redis on every query, so answers are never stale). 0: off
     #[arg(long, env = "ANALYSIS_CACHE_MB", default_value_t = 64)]
     pub analysis_cache_mb: usize,
     /// Extra indexed dimensions (group_by, filters, count_unique), comma-separated Keen properties
@@ -241,9 +242,9 @@ pub async fn serve(
         metrics: metrics.clone(),
         project_id: config.analysis_project_id.clone(),
         retention,
-        cache: keen::cache::HourCache::new(
-            keen::cache::budget_bytes(config.analysis_cache_mb),
-            metrics.keen_cache.clone(),
+        cache: cache::Cache::new(
+            cache::budget_bytes(config.analysis_cache_mb),
+            metrics.cache.clone(),
         ),
     };
     let roster = match &config.roster_csv {

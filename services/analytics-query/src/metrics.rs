@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::keen::cache::CacheMetrics;
+use crate::cache::CacheMetrics;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabel {
@@ -36,8 +36,8 @@ pub struct Metrics {
     pub write_events: Histogram,
     /// Query latency per call.
     pub query_seconds: Family<CallLabel, Histogram>,
-    /// Collection-hours of Keen queries answered from memory and read from Redis.
-    pub keen_cache: CacheMetrics,
+    /// What queries took from memory and what they read from Redis.
+    pub cache: CacheMetrics,
 }
 
 impl Metrics {
@@ -93,7 +93,7 @@ impl Metrics {
                 "query latency per call",
                 latency_family(),
             ),
-            keen_cache: CacheMetrics {
+            cache: CacheMetrics {
                 hits: register(
                     registry,
                     "analytics_keen_cache_hits",
@@ -110,6 +110,12 @@ impl Metrics {
                     registry,
                     "analytics_keen_cache_answers",
                     "Keen queries answered whole from memory (every hour they read unchanged since)",
+                    Counter::default(),
+                ),
+                summaries: register(
+                    registry,
+                    "analytics_summary_cache_hits",
+                    "learner summaries answered from memory (the learner and their courses' known problems unchanged since)",
                     Counter::default(),
                 ),
             },

@@ -1,6 +1,7 @@
 //! Reading a learner back: one pipelined round trip to the learner's slot (and one to the slots
 //! of their courses, for the problems each assignment is known to have), then plain functions
-//! that turn the stored fields into a [`LearnerSummary`].
+//! that turn the stored fields into a [`LearnerSummary`]. A summary asked again while nothing it
+//! came from changed is answered from memory ([`summary`], [`crate::cache`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -17,6 +18,7 @@ use redis::{RedisResult, Value, from_redis_value};
 use serde_json::Value as Json;
 
 use crate::{
+    cache::{Cache, HeldSummary},
     fold::RECENT_ERRORS,
     keys::{self, SEP},
     store::Store,
@@ -27,6 +29,8 @@ type Hash = HashMap<String, String>;
 /// What one learner's slot holds, as read.
 #[derive(Debug, Default)]
 pub struct Raw {
+    /// The size of the learner's seen-mark set, read before the rest ([`crate::cache`]).
+    pub version: i64,
     pub counters: Hash,
     pub error_classes: Hash,
     pub recent_errors: Vec<String>,
@@ -56,6 +60,7 @@ pub async fn read_many(store: &Store, learners: &[String]) -> RedisResult<Vec<Ra
         let mut values = answer.into_iter();
         let mut next = || values.next();
         raws.push(Raw {
+            version: parse(next())?,
             counters: parse(next())?,
             error_classes: parse(next())?,
             recent_errors: parse(next())?,
@@ -88,6 +93,55 @@ pub async fn read_many(store: &Store, learners: &[String]) -> RedisResult<Vec<Ra
     Ok(raws)
 }
 
+/// The summary of `learner`: from memory when neither the learner nor the known problems of
+/// their courses changed since it was built (one round trip of their versions), read and built
+/// otherwise.
+pub async fn summary(store: &Store, cache: &Cache, learner: &str) -> RedisResult<LearnerSummary> {
+    if let Some(held) = cache.summary(learner) {
+        let version = |key: String| {
+            let mut pipe = redis::pipe();
+            pipe.scard(key);
+            pipe
+        };
+        let mut groups = vec![version(keys::seen(&keys::learner(learner)))];
+        groups.extend(held.known.iter().map(|(c, _)| version(known_key(c))));
+        let now: Vec<i64> = store
+            .query_groups(&groups)
+            .await?
+            .into_iter()
+            .map(|answer| parse(answer.into_iter().next()))
+            .collect::<RedisResult<_>>()?;
+        let then = std::iter::once(held.version).chain(held.known.iter().map(|(_, n)| *n));
+        if then.eq(now) {
+            cache.summary_used();
+            return Ok(held.summary.clone());
+        }
+    }
+    let raw = read_many(store, &[learner.to_string()])
+        .await?
+        .pop()
+        .unwrap_or_default();
+    let summary = build(learner, &raw);
+    cache.keep_summary(
+        learner,
+        HeldSummary {
+            version: raw.version,
+            known: raw
+                .courses
+                .iter()
+                .map(|c| (c.clone(), raw.known.get(c).map_or(0, |k| k.len() as i64)))
+                .collect(),
+            summary: summary.clone(),
+        },
+    );
+    Ok(summary)
+}
+
+/// The set of a course's known problems.
+fn known_key(course: &str) -> String {
+    format!("{}:p", keys::course(course))
+}
+
 /// The known problems of each course.
 pub async fn known_problems(
     store: &Store,
@@ -97,7 +151,7 @@ pub async fn known_problems(
         .iter()
         .map(|c| {
             let mut pipe = redis::pipe();
-            pipe.smembers(format!("{}:p", keys::course(c)));
+            pipe.smembers(known_key(c));
             pipe
         })
         .collect();
@@ -113,7 +167,8 @@ fn pipeline(learner: &str) -> redis::Pipeline {
     let tag = keys::learner(learner);
     let key = |suffix: &str| format!("{tag}:{suffix}");
     let mut pipe = redis::pipe();
-    pipe.hgetall(key("n"))
+    pipe.scard(keys::seen(&tag))
+        .hgetall(key("n"))
         .hgetall(key("rcls"))
         .zrevrange(key("rerr"), 0, RECENT_ERRORS as isize - 1)
         .hgetall(key("nb"))

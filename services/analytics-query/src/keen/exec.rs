@@ -1,7 +1,7 @@
 //! Answers a [`Query`] from what [`crate::fold`] keeps. Without `actor` in the query, from the
 //! shared pre-aggregated cells of each collection-hour (168 hashes for a 7-day query, in one
 //! round trip; from memory where an hour has not changed since it was last read, see
-//! [`super::cache`]): the hourly cells when every interval edge falls on an hour, the per-minute
+//! [`crate::cache`]): the hourly cells when every interval edge falls on an hour, the per-minute
 //! cells otherwise. With `actor eq`/`in` (every student query), from those learners' own events of the
 //! collection (one sorted-set range each, exact times); with `actor` otherwise (group_by,
 //! count_unique, other operators), the actors active in the timeframe's hours first, then theirs.
@@ -12,11 +12,11 @@ use serde::ser::SerializeMap;
 use serde_json::{Map, Value, json};
 
 use super::{
-    cache::{HourCache, Kind, Wanted},
     query::{Analysis, Operator, Query},
     timeframe::{edges, keen_time},
 };
 use crate::{
+    cache::{Cache, Kind, Wanted},
     fold,
     index::ACTOR,
     keys,
@@ -84,7 +84,7 @@ struct Acc {
 }
 
 /// Runs `query`; the answer is Keen's body (`{"result": ...}`), as JSON.
-pub async fn run(store: &Store, cache: &HourCache, query: &Query) -> redis::RedisResult<Vec<u8>> {
+pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisResult<Vec<u8>> {
     let edges_ms: Vec<i64> = edges(query.span, query.interval)
         .iter()
         .map(|t| t.timestamp_millis())
@@ -166,7 +166,7 @@ pub async fn run(store: &Store, cache: &HourCache, query: &Query) -> redis::Redi
 /// The learners active in any of `hours`, sorted.
 async fn active_learners(
     store: &Store,
-    cache: &HourCache,
+    cache: &Cache,
     collection: &str,
     hours: &[i64],
 ) -> redis::RedisResult<Vec<String>> {

@@ -3,10 +3,9 @@
 //! `timezone`, answered from pre-aggregated cells, never by scanning events:
 //! - [`query`]: parameters (query string or JSON body) → a checked [`query::Query`];
 //! - [`timeframe`]: Keen's relative and absolute timeframes, intervals and time zones;
-//! - [`exec`]: reads the cells the query needs in one round trip and shapes Keen's answer;
-//! - [`cache`]: keeps the collection-hours read, as long as they do not change.
+//! - [`exec`]: reads the cells the query needs in one round trip (from memory where an hour is
+//!   unchanged, [`crate::cache`]) and shapes Keen's answer.
 
-pub mod cache;
 pub mod exec;
 pub mod query;
 pub mod timeframe;

@@ -290,3 +290,56 @@ async fn a_redis_of_another_key_layout_is_refused_and_a_fresh_one_is_marked() {
     );
     drop(redis);
 }
+
+/// A summary asked again comes from memory while neither the learner nor the known problems of
+/// their courses changed; a new event of the learner, or a problem newly known in their course
+/// (from another learner's notebook), shows in the next answer; a replay changes nothing.
+#[tokio::test]
+async fn a_summary_asked_again_comes_from_memory_until_the_learner_or_their_course_changes() {
+    let app = spawn_app().await;
+    let h = this_hour();
+    let m = 60_000;
+    app.publish(&[
+        ruby("c1", "b1", h - 30 * m, 1, "NameError", 10),
+        snapshot("c2", "b1", h - 20 * m, 1, &[("q1", 1, 1.0)]),
+    ])
+    .await;
+    app.caught_up().await;
+    let hits = || async {
+        learntrail_testkit::sample(
+            &app.metrics().await,
+            "learntrail_analytics_summary_cache_hits_total",
+        )
+        .unwrap()
+    };
+    let first = app.summary("b1").await;
+    assert_eq!(first["assignments"][0]["completion"], 1.0, "{first}");
+    assert_eq!(hits().await, 0.0);
+    assert_eq!(app.summary("b1").await, first);
+    assert_eq!(hits().await, 1.0);
+
+    // the learner's own new event
+    let run = ruby("c3", "b1", h - 10 * m, 1, "TypeError", 10);
+    app.publish(std::slice::from_ref(&run)).await;
+    app.caught_up().await;
+    let second = app.summary("b1").await;
+    assert_eq!(second["ruby"]["runs"], "2", "{second}");
+    assert_eq!(hits().await, 1.0);
+
+    // another learner's notebook makes q2 known in the course: b1 has done half of it
+    app.publish(&[snapshot("c4", "b2", h - 5 * m, 0, &[("q2", 2, 0.0)])])
+        .await;
+    app.caught_up().await;
+    let third = app.summary("b1").await;
+    assert_eq!(third["assignments"][0]["known"], 2, "{third}");
+    assert_eq!(third["assignments"][0]["completion"], 0.5);
+    assert_eq!(hits().await, 1.0);
+
+    // a replay of the learner's run: nothing changed, from memory
+    app.publish_again(std::slice::from_ref(&run), "replay")
+        .await;
+    app.caught_up().await;
+    assert_eq!(app.summary("b1").await, third);
+    assert_eq!(hits().await, 2.0);
+    app.stop().await;
+}

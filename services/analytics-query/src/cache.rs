@@ -1,5 +1,8 @@
-//! Collection-hours already read, kept in memory with their version, so that a dashboard asking
-//! the same 7 days again reads 168 small numbers from Redis instead of every cell of every hour.
+//! What queries have read and answered, kept in memory with the versions of what it came from,
+//! so that a dashboard asking again reads a few small numbers from Redis instead of everything.
+//!
+//! **Collection-hours and Keen answers.** A 7-day Keen query asked again reads 168 numbers
+//! instead of every cell of every hour.
 //!
 //! The version of a collection-hour is the size of its seen-mark set (`{a:<coll>:<hour>}:seen`):
 //! the projection adds an event's mark in the same atomic step as its cells and actors, and
@@ -14,10 +17,17 @@
 //! versions of the hours it was computed from: the same query (same parameters, scope and
 //! interval edges) over hours at the same versions is answered with it, without folding a cell.
 //!
+//! **Learner summaries.** A learner's version is the size of their seen-mark set
+//! (`{l:<actor>}:seen`), grown in the same atomic step as everything else in their slot; a
+//! summary also depends on the problems known in each of the learner's courses, a set that only
+//! grows (`{c:<course>}:p`), so its size is its version. A summary asked again costs one round
+//! trip of those sizes; it is read and built again when one of them changed.
+//!
 //! Bounded by bytes (`ANALYSIS_CACHE_MB`), least recently used first out; 0 turns it off.
 
 use std::sync::{Arc, Mutex};
 
+use learntrail_proto::{Message as _, v1::LearnerSummary};
 use lru::LruCache;
 use prometheus_client::metrics::counter::Counter;
 use redis::{RedisResult, Value};
@@ -122,11 +132,13 @@ pub struct CacheMetrics {
     pub misses: Counter,
     /// Queries answered whole from memory (every hour they read unchanged since).
     pub answers: Counter,
+    /// Learner summaries answered from memory.
+    pub summaries: Counter,
 }
 
 /// The cache; cheap to clone (shared).
 #[derive(Debug, Clone)]
-pub struct HourCache {
+pub struct Cache {
     inner: Option<Arc<Mutex<Held>>>,
     budget: usize,
     metrics: CacheMetrics,
@@ -145,6 +157,18 @@ enum Entry {
     Cells(Arc<Strings>),
     /// A whole answer, and the versions of the hours it was computed from.
     Answer(Arc<(Vec<i64>, Vec<u8>)>),
+    /// A learner's summary.
+    Summary(Arc<HeldSummary>),
+}
+
+/// A learner's summary and the versions it was built at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldSummary {
+    /// The size of the learner's seen-mark set.
+    pub version: i64,
+    /// Each of the learner's courses and the number of its known problems.
+    pub known: Vec<(String, i64)>,
+    pub summary: LearnerSummary,
 }
 
 impl Entry {
@@ -152,11 +176,16 @@ impl Entry {
         match self {
             Self::Cells(strings) => strings.bytes(key),
             Self::Answer(answer) => answer.1.len() + 8 * answer.0.len() + key.len() + 96,
+            Self::Summary(held) => {
+                // decoded, a summary takes about three times its encoding
+                let courses: usize = held.known.iter().map(|(c, _)| c.len() + 32).sum();
+                held.summary.encoded_len() * 3 + courses + key.len() + 96
+            }
         }
     }
 }
 
-impl HourCache {
+impl Cache {
     /// A cache of at most `budget` bytes (0: none; every read goes to Redis).
     pub fn new(budget: usize, metrics: CacheMetrics) -> Self {
         let inner = (budget > 0).then(|| {
@@ -227,6 +256,27 @@ impl HourCache {
             let entry = Entry::Answer(Arc::new((versions, body.to_vec())));
             self.put(&answer_key(key), entry);
         }
+    }
+
+    /// The summary of `learner` last kept, whatever its versions.
+    pub fn summary(&self, learner: &str) -> Option<Arc<HeldSummary>> {
+        match self
+            .get_all(std::iter::once(summary_key(learner).as_str()))
+            .pop()??
+        {
+            Entry::Summary(held) => Some(held),
+            _ => None,
+        }
+    }
+
+    /// Counts a summary answered from memory.
+    pub fn summary_used(&self) {
+        self.metrics.summaries.inc();
+    }
+
+    /// Keeps the summary of `learner`.
+    pub fn keep_summary(&self, learner: &str, held: HeldSummary) {
+        self.put(&summary_key(learner), Entry::Summary(Arc::new(held)));
     }
 
     /// Bytes held.
@@ -307,6 +357,11 @@ fn answer_key(key: &str) -> String {
     format!("\u{0}answer\u{0}{key}")
 }
 
+/// Where a learner's summary is kept.
+fn summary_key(learner: &str) -> String {
+    format!("\u{0}summary\u{0}{learner}")
+}
+
 /// `ANALYSIS_CACHE_MB` in bytes.
 pub fn budget_bytes(megabytes: usize) -> usize {
     megabytes.saturating_mul(1 << 20)
@@ -359,7 +414,7 @@ mod tests {
             |text: &str| Entry::Cells(Arc::new(Strings::from_value(&bulk(&[text]), 1).unwrap()));
         let one = strings(&"x".repeat(100));
         let cost = one.bytes("k1");
-        let cache = HourCache::new(2 * cost + cost / 2, CacheMetrics::default());
+        let cache = Cache::new(2 * cost + cost / 2, CacheMetrics::default());
         cache.put("k1", one.clone());
         cache.put("k2", one.clone());
         assert!(cache.get("k1").is_some(), "k1 used: k2 is now the oldest");
@@ -373,7 +428,7 @@ mod tests {
         // larger than the whole budget: not kept, nothing dropped for it
         cache.put("big", strings(&"y".repeat(10 * cost)));
         assert!(cache.get("big").is_none() && cache.get("k1").is_some());
-        let off = HourCache::new(0, CacheMetrics::default());
+        let off = Cache::new(0, CacheMetrics::default());
         off.put("k1", one);
         assert!(off.get("k1").is_none());
         assert_eq!(off.held_bytes(), 0);
@@ -381,7 +436,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_given_only_at_the_versions_it_was_computed_from() {
-        let cache = HourCache::new(1 << 20, CacheMetrics::default());
+        let cache = Cache::new(1 << 20, CacheMetrics::default());
         cache.keep_answer("q", vec![3, 0, 7], b"{\"result\":1}");
         assert_eq!(
             cache.answer("q", &[3, 0, 7]).as_deref(),
@@ -397,5 +452,30 @@ mod tests {
         // an answer and a Redis key of the same name are apart
         cache.put("q", Entry::Cells(Arc::default()));
         assert!(cache.answer("q", &[3, 0, 7]).is_some());
+    }
+
+    #[test]
+    fn summaries_are_kept_per_learner_apart_from_everything_else() {
+        let cache = Cache::new(1 << 20, CacheMetrics::default());
+        let held = HeldSummary {
+            version: 4,
+            known: vec![("ruby-101".into(), 3)],
+            summary: LearnerSummary {
+                learner: "a1".into(),
+                events: 4,
+                ..Default::default()
+            },
+        };
+        cache.keep_summary("a1", held.clone());
+        assert_eq!(cache.summary("a1").as_deref(), Some(&held));
+        assert!(cache.summary("a2").is_none());
+        cache.keep_answer("a1", vec![1], b"{}");
+        cache.put("a1", Entry::Cells(Arc::default()));
+        assert_eq!(cache.summary("a1").as_deref(), Some(&held));
+        assert!(
+            Cache::new(0, CacheMetrics::default())
+                .summary("a1")
+                .is_none()
+        );
     }
 }
