@@ -23,6 +23,11 @@
 //! grows (`{c:<course>}:p`), so its size is its version. A summary asked again costs one round
 //! trip of those sizes; it is read and built again when one of them changed.
 //!
+//! A version can only be trusted while Redis keeps what it acknowledged. A Redis that restarts
+//! may have lost its last writes (or everything), and a version that went back could grow to
+//! the same number with other contents. So any Redis error, on a query or on a projection write,
+//! empties the cache; what a read started before that is not kept.
+//!
 //! Bounded by bytes (`ANALYSIS_CACHE_MB`), least recently used first out; 0 turns it off.
 
 use std::sync::{Arc, Mutex};
@@ -51,6 +56,9 @@ pub struct Wanted {
     /// The key, under that tag.
     pub key: String,
     pub kind: Kind,
+    /// Likely changed since it was last read (the current hour): read it with its version, not
+    /// after it, which would cost a second round trip whenever it did change.
+    pub hot: bool,
 }
 
 /// The strings of a hash or set answer, in one buffer.
@@ -66,9 +74,24 @@ pub struct Strings {
 impl Strings {
     /// The strings of a HGETALL (RESP2 list or RESP3 map) or SMEMBERS (list or set) answer.
     fn from_value(value: &Value, version: i64) -> RedisResult<Self> {
+        // sized up front: what is kept is counted by its length
+        let items: Vec<&Value> = match value {
+            Value::Array(items) | Value::Set(items) => items.iter().collect(),
+            Value::Map(items) => items.iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => Vec::new(),
+        };
+        let length = items
+            .iter()
+            .map(|v| match v {
+                Value::BulkString(bytes) => bytes.len(),
+                Value::SimpleString(s) => s.len(),
+                _ => 0,
+            })
+            .sum();
         let mut out = Self {
             version,
-            ..Self::default()
+            text: String::with_capacity(length),
+            ends: Vec::with_capacity(items.len()),
         };
         let mut push = |v: &Value| -> Option<()> {
             let s = match v {
@@ -82,10 +105,9 @@ impl Strings {
         };
         let ok = match value {
             Value::Nil => Some(()),
-            Value::Array(items) | Value::Set(items) => items.iter().try_for_each(&mut push),
-            Value::Map(items) => items
-                .iter()
-                .try_for_each(|(k, v)| push(k).and_then(|()| push(v))),
+            Value::Array(_) | Value::Set(_) | Value::Map(_) => {
+                items.into_iter().try_for_each(&mut push)
+            }
             _ => None,
         };
         ok.ok_or_else(|| {
@@ -134,6 +156,8 @@ pub struct CacheMetrics {
     pub answers: Counter,
     /// Learner summaries answered from memory.
     pub summaries: Counter,
+    /// Times the cache was emptied after a Redis error.
+    pub clears: Counter,
 }
 
 /// The cache; cheap to clone (shared).
@@ -148,6 +172,8 @@ pub struct Cache {
 struct Held {
     entries: LruCache<String, Entry>,
     bytes: usize,
+    /// Raised by every [`Cache::clear`]: what a read started before it is not kept.
+    generation: u64,
 }
 
 /// What is kept under a key.
@@ -192,6 +218,7 @@ impl Cache {
             Arc::new(Mutex::new(Held {
                 entries: LruCache::unbounded(),
                 bytes: 0,
+                generation: 0,
             }))
         });
         Self {
@@ -217,13 +244,46 @@ impl Cache {
         self.get_all(std::iter::once(key)).pop().flatten()
     }
 
-    fn put(&self, key: &str, entry: Entry) {
+    /// The current generation: pass it to what keeps what a read is about to give.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |h| h.lock().expect("cache lock").generation)
+    }
+
+    /// Forgets everything (Redis may have lost writes, see the module's notes).
+    pub fn clear(&self) {
+        let Some(held) = &self.inner else { return };
+        let mut held = held.lock().expect("cache lock");
+        held.entries.clear();
+        held.bytes = 0;
+        held.generation += 1;
+        self.metrics.clears.inc();
+    }
+
+    /// Passes `result` on; an error empties the cache first.
+    pub fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if result.is_err() {
+            self.clear();
+        }
+        result
+    }
+
+    /// Keeps `entry` under `key`, unless the cache was emptied since `generation`.
+    fn put(&self, key: &str, entry: Entry, generation: u64) {
         let Some(held) = &self.inner else { return };
         let cost = entry.bytes(key);
-        if cost > self.budget {
+        let mut held = held.lock().expect("cache lock");
+        if held.generation != generation {
             return;
         }
-        let mut held = held.lock().expect("cache lock");
+        if cost > self.budget {
+            // too large to keep: nor is an older one under the key
+            if let Some(old) = held.entries.pop(key) {
+                held.bytes -= old.bytes(key);
+            }
+            return;
+        }
         if let Some(old) = held.entries.put(key.to_string(), entry) {
             held.bytes -= old.bytes(key);
         }
@@ -250,11 +310,12 @@ impl Cache {
         }
     }
 
-    /// Keeps an answer computed from hours at `versions` (none when a version is not known).
-    pub fn keep_answer(&self, key: &str, versions: Vec<i64>, body: &[u8]) {
+    /// Keeps an answer computed from hours at `versions` (none when a version is not known),
+    /// read since `generation`.
+    pub fn keep_answer(&self, key: &str, versions: Vec<i64>, body: &[u8], generation: u64) {
         if versions.iter().all(|&v| v >= 0) {
             let entry = Entry::Answer(Arc::new((versions, body.to_vec())));
-            self.put(&answer_key(key), entry);
+            self.put(&answer_key(key), entry, generation);
         }
     }
 
@@ -274,9 +335,13 @@ impl Cache {
         self.metrics.summaries.inc();
     }
 
-    /// Keeps the summary of `learner`.
-    pub fn keep_summary(&self, learner: &str, held: HeldSummary) {
-        self.put(&summary_key(learner), Entry::Summary(Arc::new(held)));
+    /// Keeps the summary of `learner`, read since `generation`.
+    pub fn keep_summary(&self, learner: &str, held: HeldSummary, generation: u64) {
+        self.put(
+            &summary_key(learner),
+            Entry::Summary(Arc::new(held)),
+            generation,
+        );
     }
 
     /// Bytes held.
@@ -288,8 +353,24 @@ impl Cache {
 
     /// The current contents of each wanted key, in order: from memory where its collection-hour
     /// has not changed since it was read, from Redis otherwise (one round trip; a second for the
-    /// keys held at an older version).
-    pub async fn read(&self, store: &Store, wanted: &[Wanted]) -> RedisResult<Vec<Arc<Strings>>> {
+    /// keys held at an older version that were not [`Wanted::hot`]). What is read is kept
+    /// unless the cache was emptied since `generation`; an error empties it.
+    pub async fn read(
+        &self,
+        store: &Store,
+        wanted: &[Wanted],
+        generation: u64,
+    ) -> RedisResult<Vec<Arc<Strings>>> {
+        let read = self.read_from(store, wanted, generation).await;
+        self.check(read)
+    }
+
+    async fn read_from(
+        &self,
+        store: &Store,
+        wanted: &[Wanted],
+        generation: u64,
+    ) -> RedisResult<Vec<Arc<Strings>>> {
         let mut out: Vec<Option<Arc<Strings>>> = self
             .get_all(wanted.iter().map(|w| w.key.as_str()))
             .into_iter()
@@ -300,8 +381,8 @@ impl Cache {
             .collect();
         let mut first = true;
         loop {
-            // the version of every hour (with the key, for the hours not held); each hour's
-            // commands stay in its slot
+            // the version of every hour, with the key for the hours not held and the hot ones;
+            // each hour's commands stay in its slot
             let todo: Vec<usize> = (0..wanted.len())
                 .filter(|&i| first || out[i].is_none())
                 .collect();
@@ -316,7 +397,7 @@ impl Cache {
                     if self.inner.is_some() {
                         pipe.scard(keys::seen(&w.tag));
                     }
-                    if out[i].is_none() {
+                    if out[i].is_none() || (first && w.hot) {
                         match w.kind {
                             Kind::Hash => pipe.hgetall(&w.key),
                             Kind::Set => pipe.smembers(&w.key),
@@ -332,18 +413,19 @@ impl Cache {
                     Some(_) => redis::from_redis_value(answer.next().unwrap_or(Value::Nil))?,
                     None => -1,
                 };
-                match (answer.next(), &out[i]) {
-                    (Some(data), _) => {
-                        self.metrics.misses.inc();
-                        let strings = Arc::new(Strings::from_value(&data, version)?);
-                        self.put(&wanted[i].key, Entry::Cells(strings.clone()));
-                        out[i] = Some(strings);
-                    }
-                    (None, Some(held)) if held.version == version => {
+                let current = out[i].as_ref().is_some_and(|held| held.version == version);
+                match answer.next() {
+                    _ if current => {
                         self.metrics.hits.inc();
                     }
+                    Some(data) => {
+                        self.metrics.misses.inc();
+                        let strings = Arc::new(Strings::from_value(&data, version)?);
+                        self.put(&wanted[i].key, Entry::Cells(strings.clone()), generation);
+                        out[i] = Some(strings);
+                    }
                     // held at another version: read again
-                    (None, _) => out[i] = None,
+                    None => out[i] = None,
                 }
             }
             first = false;
@@ -415,21 +497,25 @@ mod tests {
         let one = strings(&"x".repeat(100));
         let cost = one.bytes("k1");
         let cache = Cache::new(2 * cost + cost / 2, CacheMetrics::default());
-        cache.put("k1", one.clone());
-        cache.put("k2", one.clone());
+        cache.put("k1", one.clone(), 0);
+        cache.put("k2", one.clone(), 0);
         assert!(cache.get("k1").is_some(), "k1 used: k2 is now the oldest");
-        cache.put("k3", one.clone());
+        cache.put("k3", one.clone(), 0);
         assert!(cache.get("k2").is_none());
         assert!(cache.get("k1").is_some() && cache.get("k3").is_some());
         assert_eq!(cache.held_bytes(), 2 * cost);
         // replacing a key counts it once
-        cache.put("k3", one.clone());
+        cache.put("k3", one.clone(), 0);
         assert_eq!(cache.held_bytes(), 2 * cost);
         // larger than the whole budget: not kept, nothing dropped for it
-        cache.put("big", strings(&"y".repeat(10 * cost)));
+        cache.put("big", strings(&"y".repeat(10 * cost)), 0);
         assert!(cache.get("big").is_none() && cache.get("k1").is_some());
+        // a larger one under a kept key: neither is kept
+        cache.put("k1", strings(&"y".repeat(10 * cost)), 0);
+        assert!(cache.get("k1").is_none());
+        assert_eq!(cache.held_bytes(), cost);
         let off = Cache::new(0, CacheMetrics::default());
-        off.put("k1", one);
+        off.put("k1", one, 0);
         assert!(off.get("k1").is_none());
         assert_eq!(off.held_bytes(), 0);
     }
@@ -437,7 +523,7 @@ mod tests {
     #[test]
     fn an_answer_is_given_only_at_the_versions_it_was_computed_from() {
         let cache = Cache::new(1 << 20, CacheMetrics::default());
-        cache.keep_answer("q", vec![3, 0, 7], b"{\"result\":1}");
+        cache.keep_answer("q", vec![3, 0, 7], b"{\"result\":1}", 0);
         assert_eq!(
             cache.answer("q", &[3, 0, 7]).as_deref(),
             Some(&b"{\"result\":1}"[..])
@@ -447,11 +533,36 @@ mod tests {
         assert_eq!(cache.answer("other", &[3, 0, 7]), None);
         assert_eq!(cache.metrics.answers.get(), 1);
         // a version not known (the cache off when read): not kept
-        cache.keep_answer("r", vec![3, -1], b"{}");
+        cache.keep_answer("r", vec![3, -1], b"{}", 0);
         assert_eq!(cache.answer("r", &[3, -1]), None);
         // an answer and a Redis key of the same name are apart
-        cache.put("q", Entry::Cells(Arc::default()));
+        cache.put("q", Entry::Cells(Arc::default()), 0);
         assert!(cache.answer("q", &[3, 0, 7]).is_some());
+    }
+
+    #[test]
+    fn an_error_empties_it_and_what_was_read_before_is_not_kept() {
+        let cache = Cache::new(1 << 20, CacheMetrics::default());
+        let before = cache.generation();
+        cache.put("k1", Entry::Cells(Arc::default()), before);
+        assert!(cache.get("k1").is_some());
+        let failed: RedisResult<()> = Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "connection dropped",
+        )));
+        assert!(cache.check(failed).is_err());
+        assert!(cache.get("k1").is_none());
+        assert_eq!(cache.held_bytes(), 0);
+        assert_eq!(cache.metrics.clears.get(), 1);
+        // a read that started before the error
+        cache.put("k2", Entry::Cells(Arc::default()), before);
+        cache.keep_answer("q", vec![1], b"{}", before);
+        assert!(cache.get("k2").is_none() && cache.answer("q", &[1]).is_none());
+        // one that started after it
+        cache.put("k2", Entry::Cells(Arc::default()), cache.generation());
+        assert!(cache.get("k2").is_some());
+        assert!(cache.check(Ok(())).is_ok());
+        assert!(cache.get("k2").is_some(), "a success leaves it");
     }
 
     #[test]
@@ -466,11 +577,11 @@ mod tests {
                 ..Default::default()
             },
         };
-        cache.keep_summary("a1", held.clone());
+        cache.keep_summary("a1", held.clone(), 0);
         assert_eq!(cache.summary("a1").as_deref(), Some(&held));
         assert!(cache.summary("a2").is_none());
-        cache.keep_answer("a1", vec![1], b"{}");
-        cache.put("a1", Entry::Cells(Arc::default()));
+        cache.keep_answer("a1", vec![1], b"{}", 0);
+        cache.put("a1", Entry::Cells(Arc::default()), 0);
         assert_eq!(cache.summary("a1").as_deref(), Some(&held));
         assert!(
             Cache::new(0, CacheMetrics::default())

@@ -235,6 +235,10 @@ pub async fn serve(
     let metrics = metrics::Metrics::register(&mut registry);
     let index = index::Index::with_extra(&config.index_dimensions, &config.index_measures);
     let retention = retention(&config);
+    let cache = cache::Cache::new(
+        cache::budget_bytes(config.analysis_cache_mb),
+        metrics.cache.clone(),
+    );
     let api = api::Api {
         store: store.clone(),
         verifier: config.auth.verifier(),
@@ -242,10 +246,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         project_id: config.analysis_project_id.clone(),
         retention,
-        cache: cache::Cache::new(
-            cache::budget_bytes(config.analysis_cache_mb),
-            metrics.cache.clone(),
-        ),
+        cache: cache.clone(),
     };
     let roster = match &config.roster_csv {
         Some(path) => roster::Roster::load(path, pseudonym_key(&config))?,
@@ -281,6 +282,7 @@ pub async fn serve(
             timeline_len: config.timeline_len,
             retention,
         },
+        cache,
     };
     let projection = tokio::spawn(projector::run(
         bus.clone(),

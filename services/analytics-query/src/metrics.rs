@@ -118,6 +118,12 @@ impl Metrics {
                     "learner summaries answered from memory (the learner and their courses' known problems unchanged since)",
                     Counter::default(),
                 ),
+                clears: register(
+                    registry,
+                    "analytics_cache_clears",
+                    "times the query cache was emptied after a Redis error (Redis may have lost writes)",
+                    Counter::default(),
+                ),
             },
         }
     }

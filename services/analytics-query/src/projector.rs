@@ -25,6 +25,7 @@ use learntrail_proto::{Event, Message as _, subject};
 use learntrail_runtime::{CancellationToken, bus::Bus, retry::Delays};
 
 use crate::{
+    cache::Cache,
     fold::{FoldSettings, fold},
     metrics::Metrics,
     store::Store,
@@ -44,6 +45,8 @@ pub struct Settings {
     pub concurrency: usize,
     pub ack_wait: Duration,
     pub fold: FoldSettings,
+    /// What queries hold: emptied when a write fails (Redis may have lost acknowledged writes).
+    pub cache: Cache,
 }
 
 /// Runs until `token` is cancelled; the batches in hand are finished first.
@@ -217,6 +220,7 @@ async fn project(
             Ok(already) => break already,
             Err(err) => {
                 metrics.write_failures.inc();
+                settings.cache.clear();
                 tracing::warn!(error = %err, events = events.len(), "cannot write the projection; retrying");
                 if !delays.wait(token).await {
                     return;

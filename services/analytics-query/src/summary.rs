@@ -95,8 +95,14 @@ pub async fn read_many(store: &Store, learners: &[String]) -> RedisResult<Vec<Ra
 
 /// The summary of `learner`: from memory when neither the learner nor the known problems of
 /// their courses changed since it was built (one round trip of their versions), read and built
-/// otherwise.
+/// otherwise. An error empties the cache ([`crate::cache`]).
 pub async fn summary(store: &Store, cache: &Cache, learner: &str) -> RedisResult<LearnerSummary> {
+    let read = summary_from(store, cache, learner).await;
+    cache.check(read)
+}
+
+async fn summary_from(store: &Store, cache: &Cache, learner: &str) -> RedisResult<LearnerSummary> {
+    let generation = cache.generation();
     if let Some(held) = cache.summary(learner) {
         let version = |key: String| {
             let mut pipe = redis::pipe();
@@ -133,6 +139,7 @@ pub async fn summary(store: &Store, cache: &Cache, learner: &str) -> RedisResult
                 .collect(),
             summary: summary.clone(),
         },
+        generation,
     );
     Ok(summary)
 }

@@ -13,22 +13,31 @@ use crate::process::{binary, free_port, spawn, stop, wait_for};
 /// A running `redis-server`. Stopped on drop.
 pub struct RedisServer {
     child: Option<Child>,
-    _dir: TempDir,
+    dir: TempDir,
     port: u16,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let bin = binary(
-            "redis-server",
-            "REDIS_SERVER_BIN",
-            "apt-get install -y redis-server",
-        );
         let dir = tempfile::Builder::new()
             .prefix("lt-redis-")
             .tempdir()
             .expect("temp dir");
         let port = free_port();
+        let child = Self::spawn(&dir, port);
+        Self {
+            child: Some(child),
+            dir,
+            port,
+        }
+    }
+
+    fn spawn(dir: &TempDir, port: u16) -> Child {
+        let bin = binary(
+            "redis-server",
+            "REDIS_SERVER_BIN",
+            "apt-get install -y redis-server",
+        );
         let log = dir.path().join("redis.log");
         let child = spawn(
             Command::new(bin)
@@ -41,11 +50,14 @@ impl RedisServer {
         wait_for("redis-server", &log, Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        Self {
-            child: Some(child),
-            _dir: dir,
-            port,
-        }
+        child
+    }
+
+    /// Stops the server and starts it again on the same port: empty, as a Redis that kept
+    /// nothing on disk comes back after a crash.
+    pub fn restart(&mut self) {
+        stop(&mut self.child);
+        self.child = Some(Self::spawn(&self.dir, self.port));
     }
 
     /// `redis://127.0.0.1:<port>`.

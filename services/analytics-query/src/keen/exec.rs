@@ -96,6 +96,9 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
     let suffix = if hourly { "h" } else { "m" };
 
     let (from, to) = (edges_ms[0], edges_ms[edges_ms.len() - 1] - 1);
+    // the current hour (and later ones) change while events arrive
+    let now_hour = keys::hour_of(chrono::Utc::now().timestamp_millis());
+    let generation = cache.generation();
     let mut engine = Engine::new(query, &edges_ms, hourly);
     let actors = match plan(query) {
         Plan::Shared => {
@@ -117,10 +120,11 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
                         tag,
                         key,
                         kind: Kind::Hash,
+                        hot: hour >= now_hour,
                     }
                 })
                 .collect();
-            let cells = cache.read(store, &wanted).await?;
+            let cells = cache.read(store, &wanted, generation).await?;
             // the same query over hours at the same versions has the same answer
             let versions: Vec<i64> = cells.iter().map(|c| c.version()).collect();
             let key = format!("{query:?}");
@@ -131,11 +135,13 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
                 engine.add(strings.pairs(), hour);
             }
             let body = engine.to_json();
-            cache.keep_answer(&key, versions, &body);
+            cache.keep_answer(&key, versions, &body, generation);
             return Ok(body);
         }
         Plan::Learners(actors) => actors,
-        Plan::AllLearners => active_learners(store, cache, &query.collection, &hours).await?,
+        Plan::AllLearners => {
+            active_learners(store, cache, &query.collection, &hours, now_hour).await?
+        }
     };
     let pipelines: Vec<redis::Pipeline> = actors
         .iter()
@@ -169,7 +175,9 @@ async fn active_learners(
     cache: &Cache,
     collection: &str,
     hours: &[i64],
+    now_hour: i64,
 ) -> redis::RedisResult<Vec<String>> {
+    let generation = cache.generation();
     let wanted: Vec<Wanted> = hours
         .iter()
         .map(|&hour| {
@@ -178,10 +186,11 @@ async fn active_learners(
                 key: format!("{tag}:u"),
                 tag,
                 kind: Kind::Set,
+                hot: hour >= now_hour,
             }
         })
         .collect();
-    let sets = cache.read(store, &wanted).await?;
+    let sets = cache.read(store, &wanted, generation).await?;
     let active: std::collections::BTreeSet<&str> = sets.iter().flat_map(|s| s.iter()).collect();
     Ok(active.into_iter().map(str::to_string).collect())
 }

@@ -343,3 +343,42 @@ async fn a_summary_asked_again_comes_from_memory_until_the_learner_or_their_cour
     assert_eq!(hits().await, 2.0);
     app.stop().await;
 }
+
+/// Redis comes back empty while analytics-query runs (it kept nothing on disk): a learner's
+/// version can grow back to the number the cache holds, with other contents. The Redis error
+/// the restart causes (here, to the projection's next write) empties the cache, so the summary
+/// shows what Redis now holds.
+#[tokio::test]
+async fn a_redis_that_comes_back_empty_is_not_answered_from_memory() {
+    let mut redis = learntrail_testkit::RedisServer::start();
+    let app = spawn_with(
+        learntrail_testkit::NatsServer::start(),
+        redis.url(),
+        None,
+        &[],
+    )
+    .await;
+    let h = this_hour();
+    app.publish(&[ruby("d1", "x1", h - 60_000, 1, "NameError", 10)])
+        .await;
+    app.caught_up().await;
+    let before = app.summary("x1").await;
+    assert_eq!(before["ruby"]["runs"], "1", "{before}");
+    assert_eq!(app.summary("x1").await, before, "the second from memory");
+
+    redis.restart();
+    // the learner's one event since, projected before anyone asks: their version is 1 again
+    app.publish(&[lab("d2", "x1", h - 30_000, "spinner", "click")])
+        .await;
+    app.caught_up().await;
+    let after = app.summary("x1").await;
+    assert_eq!(after["lab"]["actions"], "1", "{after}");
+    assert_eq!(after["events"], "1", "{after}");
+    assert_ne!(after["ruby"]["runs"], "1", "{after}");
+    let clears = learntrail_testkit::sample(
+        &app.metrics().await,
+        "learntrail_analytics_cache_clears_total",
+    );
+    assert!(clears >= Some(1.0), "{clears:?}");
+    app.stop().await;
+}
