@@ -25,12 +25,16 @@
 //!
 //! A version can only be trusted while Redis keeps what it acknowledged. A Redis that restarts
 //! may have lost its last writes (or everything), and a version that went back could grow to
-//! the same number with other contents. So any Redis error, on a query or on a projection write,
-//! empties the cache; what a read started before that is not kept.
+//! the same number with other contents. So whenever [`Store::epoch`] moves (a broken connection
+//! on any call, a projection write that finds Redis has forgotten its scripts), the cache is
+//! emptied; what a read started before that is not kept.
 //!
 //! Bounded by bytes (`ANALYSIS_CACHE_MB`), least recently used first out; 0 turns it off.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 use learntrail_proto::{Message as _, v1::LearnerSummary};
 use lru::LruCache;
@@ -156,7 +160,7 @@ pub struct CacheMetrics {
     pub answers: Counter,
     /// Learner summaries answered from memory.
     pub summaries: Counter,
-    /// Times the cache was emptied after a Redis error.
+    /// Times the cache was emptied because Redis may have lost writes.
     pub clears: Counter,
 }
 
@@ -166,14 +170,16 @@ pub struct Cache {
     inner: Option<Arc<Mutex<Held>>>,
     budget: usize,
     metrics: CacheMetrics,
+    /// [`Store::epoch`]'s counter.
+    epoch: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 struct Held {
     entries: LruCache<String, Entry>,
     bytes: usize,
-    /// Raised by every [`Cache::clear`]: what a read started before it is not kept.
-    generation: u64,
+    /// The [`Store::epoch`] its entries were read in.
+    epoch: u64,
 }
 
 /// What is kept under a key.
@@ -212,19 +218,34 @@ impl Entry {
 }
 
 impl Cache {
-    /// A cache of at most `budget` bytes (0: none; every read goes to Redis).
-    pub fn new(budget: usize, metrics: CacheMetrics) -> Self {
+    /// A cache of at most `budget` bytes (0: none; every read goes to Redis), of a store whose
+    /// epoch counter is `epoch` ([`Store::epoch_counter`]).
+    pub fn new(budget: usize, metrics: CacheMetrics, epoch: Arc<AtomicU64>) -> Self {
         let inner = (budget > 0).then(|| {
             Arc::new(Mutex::new(Held {
                 entries: LruCache::unbounded(),
                 bytes: 0,
-                generation: 0,
+                epoch: 0,
             }))
         });
         Self {
             inner,
             budget,
             metrics,
+            epoch,
+        }
+    }
+
+    /// Empties `held` if the store's epoch moved since its entries were read.
+    fn sync(&self, held: &mut Held) {
+        let now = self.epoch.load(Ordering::Acquire);
+        if held.epoch != now {
+            if !held.entries.is_empty() {
+                self.metrics.clears.inc();
+            }
+            held.entries.clear();
+            held.bytes = 0;
+            held.epoch = now;
         }
     }
 
@@ -233,6 +254,7 @@ impl Cache {
         match &self.inner {
             Some(held) => {
                 let mut held = held.lock().expect("cache lock");
+                self.sync(&mut held);
                 keys.map(|key| held.entries.get(key).cloned()).collect()
             }
             None => keys.map(|_| None).collect(),
@@ -244,29 +266,9 @@ impl Cache {
         self.get_all(std::iter::once(key)).pop().flatten()
     }
 
-    /// The current generation: pass it to what keeps what a read is about to give.
+    /// The store's epoch now: pass it to what keeps what a read is about to give.
     pub fn generation(&self) -> u64 {
-        self.inner
-            .as_ref()
-            .map_or(0, |h| h.lock().expect("cache lock").generation)
-    }
-
-    /// Forgets everything (Redis may have lost writes, see the module's notes).
-    pub fn clear(&self) {
-        let Some(held) = &self.inner else { return };
-        let mut held = held.lock().expect("cache lock");
-        held.entries.clear();
-        held.bytes = 0;
-        held.generation += 1;
-        self.metrics.clears.inc();
-    }
-
-    /// Passes `result` on; an error empties the cache first.
-    pub fn check<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
-        if result.is_err() {
-            self.clear();
-        }
-        result
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Keeps `entry` under `key`, unless the cache was emptied since `generation`.
@@ -274,7 +276,8 @@ impl Cache {
         let Some(held) = &self.inner else { return };
         let cost = entry.bytes(key);
         let mut held = held.lock().expect("cache lock");
-        if held.generation != generation {
+        self.sync(&mut held);
+        if held.epoch != generation {
             return;
         }
         if cost > self.budget {
@@ -354,18 +357,8 @@ impl Cache {
     /// The current contents of each wanted key, in order: from memory where its collection-hour
     /// has not changed since it was read, from Redis otherwise (one round trip; a second for the
     /// keys held at an older version that were not [`Wanted::hot`]). What is read is kept
-    /// unless the cache was emptied since `generation`; an error empties it.
+    /// unless the store's epoch moved since `generation`.
     pub async fn read(
-        &self,
-        store: &Store,
-        wanted: &[Wanted],
-        generation: u64,
-    ) -> RedisResult<Vec<Arc<Strings>>> {
-        let read = self.read_from(store, wanted, generation).await;
-        self.check(read)
-    }
-
-    async fn read_from(
         &self,
         store: &Store,
         wanted: &[Wanted],
@@ -496,7 +489,7 @@ mod tests {
             |text: &str| Entry::Cells(Arc::new(Strings::from_value(&bulk(&[text]), 1).unwrap()));
         let one = strings(&"x".repeat(100));
         let cost = one.bytes("k1");
-        let cache = Cache::new(2 * cost + cost / 2, CacheMetrics::default());
+        let cache = Cache::new(2 * cost + cost / 2, CacheMetrics::default(), Arc::default());
         cache.put("k1", one.clone(), 0);
         cache.put("k2", one.clone(), 0);
         assert!(cache.get("k1").is_some(), "k1 used: k2 is now the oldest");
@@ -514,7 +507,7 @@ mod tests {
         cache.put("k1", strings(&"y".repeat(10 * cost)), 0);
         assert!(cache.get("k1").is_none());
         assert_eq!(cache.held_bytes(), cost);
-        let off = Cache::new(0, CacheMetrics::default());
+        let off = Cache::new(0, CacheMetrics::default(), Arc::default());
         off.put("k1", one, 0);
         assert!(off.get("k1").is_none());
         assert_eq!(off.held_bytes(), 0);
@@ -522,7 +515,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_given_only_at_the_versions_it_was_computed_from() {
-        let cache = Cache::new(1 << 20, CacheMetrics::default());
+        let cache = Cache::new(1 << 20, CacheMetrics::default(), Arc::default());
         cache.keep_answer("q", vec![3, 0, 7], b"{\"result\":1}", 0);
         assert_eq!(
             cache.answer("q", &[3, 0, 7]).as_deref(),
@@ -541,33 +534,30 @@ mod tests {
     }
 
     #[test]
-    fn an_error_empties_it_and_what_was_read_before_is_not_kept() {
-        let cache = Cache::new(1 << 20, CacheMetrics::default());
+    fn a_new_epoch_empties_it_and_what_was_read_before_is_not_kept() {
+        let epoch = Arc::new(AtomicU64::new(0));
+        let cache = Cache::new(1 << 20, CacheMetrics::default(), epoch.clone());
         let before = cache.generation();
         cache.put("k1", Entry::Cells(Arc::default()), before);
         assert!(cache.get("k1").is_some());
-        let failed: RedisResult<()> = Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "connection dropped",
-        )));
-        assert!(cache.check(failed).is_err());
+        // Redis may have lost writes
+        epoch.fetch_add(1, Ordering::AcqRel);
         assert!(cache.get("k1").is_none());
         assert_eq!(cache.held_bytes(), 0);
         assert_eq!(cache.metrics.clears.get(), 1);
-        // a read that started before the error
+        // a read that started before it
         cache.put("k2", Entry::Cells(Arc::default()), before);
         cache.keep_answer("q", vec![1], b"{}", before);
         assert!(cache.get("k2").is_none() && cache.answer("q", &[1]).is_none());
         // one that started after it
         cache.put("k2", Entry::Cells(Arc::default()), cache.generation());
         assert!(cache.get("k2").is_some());
-        assert!(cache.check(Ok(())).is_ok());
-        assert!(cache.get("k2").is_some(), "a success leaves it");
+        assert_eq!(cache.metrics.clears.get(), 1);
     }
 
     #[test]
     fn summaries_are_kept_per_learner_apart_from_everything_else() {
-        let cache = Cache::new(1 << 20, CacheMetrics::default());
+        let cache = Cache::new(1 << 20, CacheMetrics::default(), Arc::default());
         let held = HeldSummary {
             version: 4,
             known: vec![("ruby-101".into(), 3)],
@@ -584,7 +574,7 @@ mod tests {
         cache.put("a1", Entry::Cells(Arc::default()), 0);
         assert_eq!(cache.summary("a1").as_deref(), Some(&held));
         assert!(
-            Cache::new(0, CacheMetrics::default())
+            Cache::new(0, CacheMetrics::default(), Arc::default())
                 .summary("a1")
                 .is_none()
         );

@@ -154,10 +154,9 @@ fn role_name(role: Role) -> &'static str {
 /// Every course with a learner (`{c:<course>}:l` keys; a cluster answers only a token's courses).
 async fn all_courses(dash: &Dash) -> redis::RedisResult<BTreeSet<String>> {
     let mut out = BTreeSet::new();
-    let crate::store::Store::Single(conn) = &dash.api.store else {
+    let Some(mut conn) = dash.api.store.single() else {
         return Ok(out);
     };
-    let mut conn = conn.clone();
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")

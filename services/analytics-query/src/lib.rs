@@ -238,6 +238,7 @@ pub async fn serve(
     let cache = cache::Cache::new(
         cache::budget_bytes(config.analysis_cache_mb),
         metrics.cache.clone(),
+        store.epoch_counter(),
     );
     let api = api::Api {
         store: store.clone(),
@@ -282,7 +283,6 @@ pub async fn serve(
             timeline_len: config.timeline_len,
             retention,
         },
-        cache,
     };
     let projection = tokio::spawn(projector::run(
         bus.clone(),

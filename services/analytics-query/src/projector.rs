@@ -25,7 +25,6 @@ use learntrail_proto::{Event, Message as _, subject};
 use learntrail_runtime::{CancellationToken, bus::Bus, retry::Delays};
 
 use crate::{
-    cache::Cache,
     fold::{FoldSettings, fold},
     metrics::Metrics,
     store::Store,
@@ -45,8 +44,6 @@ pub struct Settings {
     pub concurrency: usize,
     pub ack_wait: Duration,
     pub fold: FoldSettings,
-    /// What queries hold: emptied when a write fails (Redis may have lost acknowledged writes).
-    pub cache: Cache,
 }
 
 /// Runs until `token` is cancelled; the batches in hand are finished first.
@@ -220,7 +217,6 @@ async fn project(
             Ok(already) => break already,
             Err(err) => {
                 metrics.write_failures.inc();
-                settings.cache.clear();
                 tracing::warn!(error = %err, events = events.len(), "cannot write the projection; retrying");
                 if !delays.wait(token).await {
                     return;

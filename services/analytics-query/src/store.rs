@@ -5,6 +5,10 @@
 use std::{
     borrow::Cow,
     collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -118,20 +122,43 @@ end
 return seen
 "#;
 
-/// A connection to Redis or to a Redis Cluster. Cheap to clone (multiplexed).
+/// A connection to Redis or to a Redis Cluster. Cheap to clone (multiplexed; clones share it
+/// and its [`Store::epoch`]).
 #[derive(Clone)]
-pub enum Store {
+pub struct Store {
+    conn: Conn,
+    epoch: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Single(_) => "Store(redis)",
-            Self::Cluster(_) => "Store(redis cluster)",
+        f.write_str(match self.conn {
+            Conn::Single(_) => "Store(redis)",
+            Conn::Cluster(_) => "Store(redis cluster)",
         })
     }
+}
+
+/// Passes `result` on, raising `epoch` when it says the connection broke.
+fn observe<T>(epoch: &AtomicU64, result: RedisResult<T>) -> RedisResult<T> {
+    if let Err(err) = &result
+        && connection_lost(err)
+    {
+        epoch.fetch_add(1, Ordering::AcqRel);
+    }
+    result
+}
+
+/// Whether `err` means the connection broke (Redis went away, and may come back without what it
+/// had acknowledged), not that a command failed.
+fn connection_lost(err: &redis::RedisError) -> bool {
+    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal()
 }
 
 /// How long one command or pipeline may wait for Redis's answer. redis-rs's default is 500 ms,
@@ -143,25 +170,52 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 impl Store {
     /// Connects to `urls` (one server, or any nodes of a cluster when `cluster`).
     pub async fn connect(urls: &[String], cluster: bool) -> RedisResult<Self> {
-        let store = if cluster {
+        let conn = if cluster {
             let client = ClusterClientBuilder::new(urls.to_vec())
                 .response_timeout(RESPONSE_TIMEOUT)
                 .build()?;
-            Self::Cluster(client.get_async_connection().await?)
+            Conn::Cluster(client.get_async_connection().await?)
         } else {
             let url = urls
                 .first()
                 .map_or("redis://127.0.0.1:6379", |u| u.as_str());
             let config =
                 ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-            Self::Single(
+            Conn::Single(
                 redis::Client::open(url)?
                     .get_connection_manager_with_config(config)
                     .await?,
             )
         };
+        let store = Self {
+            conn,
+            epoch: Arc::default(),
+        };
         store.load_script().await?;
         Ok(store)
+    }
+
+    /// Raised each time Redis may have lost what it had acknowledged: a broken connection (on
+    /// any call), or a projection write that finds Redis has forgotten its scripts (it
+    /// restarted). What was read from Redis before is not to be trusted after
+    /// ([`crate::cache`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The counter behind [`Store::epoch`], shared by every clone.
+    pub fn epoch_counter(&self) -> Arc<AtomicU64> {
+        self.epoch.clone()
+    }
+
+    /// Passes `result` on, raising the epoch when it says the connection broke.
+    fn observe<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        observe(&self.epoch, result)
+    }
+
+    /// A single server's connection (`None` on a cluster).
+    pub fn single(&self) -> Option<Self> {
+        matches!(self.conn, Conn::Single(_)).then(|| self.clone())
     }
 
     async fn load_script(&self) -> RedisResult<()> {
@@ -196,8 +250,8 @@ impl Store {
         if groups.iter().all(|g| g.is_empty()) {
             return Ok(groups.iter().map(|_| Vec::new()).collect());
         }
-        match self {
-            Self::Single(conn) => {
+        let answers = match &self.conn {
+            Conn::Single(conn) => {
                 let mut all = redis::pipe();
                 for group in groups {
                     for cmd in group.cmd_iter() {
@@ -205,7 +259,10 @@ impl Store {
                     }
                 }
                 let mut conn = conn.clone();
-                let mut values: Vec<Value> = all.query_async(&mut conn).await?;
+                let mut values: Vec<Value> = match all.query_async(&mut conn).await {
+                    Ok(values) => values,
+                    Err(err) => return self.observe(Err(err)),
+                };
                 let mut out = Vec::with_capacity(groups.len());
                 for group in groups {
                     let rest = values.split_off(group.len());
@@ -213,22 +270,23 @@ impl Store {
                 }
                 Ok(out)
             }
-            Self::Cluster(conn) => {
+            Conn::Cluster(conn) => {
                 try_join_all(groups.iter().map(|group| {
                     let mut conn = conn.clone();
                     async move { group.query_async::<Vec<Value>>(&mut conn).await }
                 }))
                 .await
             }
-        }
+        };
+        self.observe(answers)
     }
 
     /// Runs commands that each stay in one hash slot, in one pipeline on a single server (the
     /// commands are moved into it, not copied: a projection write is megabytes), concurrently
     /// on a cluster; answers in the same order.
     async fn query_each(&self, cmds: impl Iterator<Item = redis::Cmd>) -> RedisResult<Vec<Value>> {
-        match self {
-            Self::Single(conn) => {
+        let answers = match &self.conn {
+            Conn::Single(conn) => {
                 let mut pipe = redis::pipe();
                 for cmd in cmds {
                     pipe.add_command(cmd);
@@ -238,14 +296,15 @@ impl Store {
                 }
                 pipe.query_async(&mut conn.clone()).await
             }
-            Self::Cluster(conn) => {
+            Conn::Cluster(conn) => {
                 try_join_all(cmds.map(|cmd| {
                     let mut conn = conn.clone();
                     async move { cmd.query_async::<Value>(&mut conn).await }
                 }))
                 .await
             }
-        }
+        };
+        self.observe(answers)
     }
 
     /// Applies the writes of a batch of events, each slot's share in one atomic step, all in one
@@ -281,7 +340,9 @@ impl Store {
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     // nothing ran (Redis lost its scripts: a restart, SCRIPT FLUSH); the commands
-                    // are built again once the script is loaded
+                    // are built again once the script is loaded. A restart may have lost
+                    // acknowledged writes too
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
                     self.load_script().await?;
                     reloaded = true;
                     continue;
@@ -311,10 +372,12 @@ const DONE: &str = "\u{0}done";
 
 impl ConnectionLike for Store {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
+        let epoch = self.epoch.clone();
+        let sent = match &mut self.conn {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        };
+        Box::pin(async move { observe(&epoch, sent.await) })
     }
 
     fn req_packed_commands<'a>(
@@ -323,16 +386,18 @@ impl ConnectionLike for Store {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-        }
+        let epoch = self.epoch.clone();
+        let sent = match &mut self.conn {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        };
+        Box::pin(async move { observe(&epoch, sent.await) })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+        match &self.conn {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
         }
     }
 }

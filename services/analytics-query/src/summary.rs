@@ -95,13 +95,8 @@ pub async fn read_many(store: &Store, learners: &[String]) -> RedisResult<Vec<Ra
 
 /// The summary of `learner`: from memory when neither the learner nor the known problems of
 /// their courses changed since it was built (one round trip of their versions), read and built
-/// otherwise. An error empties the cache ([`crate::cache`]).
+/// otherwise.
 pub async fn summary(store: &Store, cache: &Cache, learner: &str) -> RedisResult<LearnerSummary> {
-    let read = summary_from(store, cache, learner).await;
-    cache.check(read)
-}
-
-async fn summary_from(store: &Store, cache: &Cache, learner: &str) -> RedisResult<LearnerSummary> {
     let generation = cache.generation();
     if let Some(held) = cache.summary(learner) {
         let version = |key: String| {
