@@ -65,6 +65,19 @@ pub struct Wanted {
     pub hot: bool,
 }
 
+impl Wanted {
+    /// Key `<tag>:<suffix>` of `collection`'s `hour`; hot when the hour is `now_hour` or later.
+    pub fn hour(collection: &str, hour: i64, suffix: &str, kind: Kind, now_hour: i64) -> Self {
+        let tag = keys::aggregate(collection, hour);
+        Self {
+            key: format!("{tag}:{suffix}"),
+            tag,
+            kind,
+            hot: hour >= now_hour,
+        }
+    }
+}
+
 /// The strings of a hash or set answer, in one buffer.
 #[derive(Debug, Default)]
 pub struct Strings {
@@ -78,12 +91,19 @@ pub struct Strings {
 impl Strings {
     /// The strings of a HGETALL (RESP2 list or RESP3 map) or SMEMBERS (list or set) answer.
     fn from_value(value: &Value, version: i64) -> RedisResult<Self> {
-        // sized up front: what is kept is counted by its length
+        let not_text = || {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "an analysis key is not a hash or set of text",
+            ))
+        };
         let items: Vec<&Value> = match value {
+            Value::Nil => Vec::new(),
             Value::Array(items) | Value::Set(items) => items.iter().collect(),
             Value::Map(items) => items.iter().flat_map(|(k, v)| [k, v]).collect(),
-            _ => Vec::new(),
+            _ => return Err(not_text()),
         };
+        // sized up front: what is kept is counted by its length
         let length = items
             .iter()
             .map(|v| match v {
@@ -107,19 +127,10 @@ impl Strings {
             out.ends.push(u32::try_from(out.text.len()).ok()?);
             Some(())
         };
-        let ok = match value {
-            Value::Nil => Some(()),
-            Value::Array(_) | Value::Set(_) | Value::Map(_) => {
-                items.into_iter().try_for_each(&mut push)
-            }
-            _ => None,
-        };
-        ok.ok_or_else(|| {
-            redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "an analysis key is not a hash or set of text",
-            ))
-        })?;
+        items
+            .into_iter()
+            .try_for_each(&mut push)
+            .ok_or_else(not_text)?;
         Ok(out)
     }
 
@@ -357,13 +368,9 @@ impl Cache {
     /// The current contents of each wanted key, in order: from memory where its collection-hour
     /// has not changed since it was read, from Redis otherwise (one round trip; a second for the
     /// keys held at an older version that were not [`Wanted::hot`]). What is read is kept
-    /// unless the store's epoch moved since `generation`.
-    pub async fn read(
-        &self,
-        store: &Store,
-        wanted: &[Wanted],
-        generation: u64,
-    ) -> RedisResult<Vec<Arc<Strings>>> {
+    /// unless the store's epoch moves meanwhile.
+    pub async fn read(&self, store: &Store, wanted: &[Wanted]) -> RedisResult<Vec<Arc<Strings>>> {
+        let generation = self.generation();
         let mut out: Vec<Option<Arc<Strings>>> = self
             .get_all(wanted.iter().map(|w| w.key.as_str()))
             .into_iter()

@@ -98,7 +98,6 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
     let (from, to) = (edges_ms[0], edges_ms[edges_ms.len() - 1] - 1);
     // the current hour (and later ones) change while events arrive
     let now_hour = keys::hour_of(chrono::Utc::now().timestamp_millis());
-    let generation = cache.generation();
     let mut engine = Engine::new(query, &edges_ms, hourly);
     let actors = match plan(query) {
         Plan::Shared => {
@@ -107,24 +106,17 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
                 Analysis::Count | Analysis::CountUnique => None,
                 _ => query.target.as_deref(),
             };
+            let suffix = match measure {
+                Some(m) => keys::measure_cells(suffix, m),
+                None => suffix.to_string(),
+            };
             let wanted: Vec<Wanted> = hours
                 .iter()
-                .map(|&hour| {
-                    let tag = keys::aggregate(&query.collection, hour);
-                    let counts = format!("{tag}:{suffix}");
-                    let key = match measure {
-                        Some(m) => keys::measure_cells(&counts, m),
-                        None => counts,
-                    };
-                    Wanted {
-                        tag,
-                        key,
-                        kind: Kind::Hash,
-                        hot: hour >= now_hour,
-                    }
-                })
+                .map(|&hour| Wanted::hour(&query.collection, hour, &suffix, Kind::Hash, now_hour))
                 .collect();
-            let cells = cache.read(store, &wanted, generation).await?;
+            // what the answer is computed from is read after this
+            let generation = cache.generation();
+            let cells = cache.read(store, &wanted).await?;
             // the same query over hours at the same versions has the same answer
             let versions: Vec<i64> = cells.iter().map(|c| c.version()).collect();
             let key = format!("{query:?}");
@@ -177,20 +169,11 @@ async fn active_learners(
     hours: &[i64],
     now_hour: i64,
 ) -> redis::RedisResult<Vec<String>> {
-    let generation = cache.generation();
     let wanted: Vec<Wanted> = hours
         .iter()
-        .map(|&hour| {
-            let tag = keys::aggregate(collection, hour);
-            Wanted {
-                key: format!("{tag}:u"),
-                tag,
-                kind: Kind::Set,
-                hot: hour >= now_hour,
-            }
-        })
+        .map(|&hour| Wanted::hour(collection, hour, "u", Kind::Set, now_hour))
         .collect();
-    let sets = cache.read(store, &wanted, generation).await?;
+    let sets = cache.read(store, &wanted).await?;
     let active: std::collections::BTreeSet<&str> = sets.iter().flat_map(|s| s.iter()).collect();
     Ok(active.into_iter().map(str::to_string).collect())
 }
