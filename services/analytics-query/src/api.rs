@@ -39,6 +39,9 @@ pub struct Api {
     pub project_id: String,
     /// `ANALYSIS_RETENTION`: Keen timeframes may not start before it.
     pub retention: Option<std::time::Duration>,
+    /// `ANALYSIS_MAX_INTERVALS`, `ANALYSIS_MAX_TIMEFRAME`, `ANALYSIS_MAX_RESULT_VALUES`: what one
+    /// Keen query may ask for.
+    pub limits: keen::query::Limits,
     /// What queries have read and answered, while unchanged (`ANALYSIS_CACHE_MB`).
     pub cache: crate::cache::Cache,
 }
@@ -99,11 +102,18 @@ impl Api {
         let started = Instant::now();
         let now = chrono::Utc::now();
         let mut query = keen::query::parse(analysis, params, &self.index, now)?;
+        keen::query::within_limits(&query, self.limits)?;
         if let Some(retention) = self.retention {
             keen::query::within_retention(&query, retention, now)?;
         }
         query.filters.extend(caller.scope());
-        let result = keen::exec::run(&self.store, &self.cache, &query).await?;
+        let result = keen::exec::run(
+            &self.store,
+            &self.cache,
+            &query,
+            self.limits.max_result_values,
+        )
+        .await?;
         self.metrics.observe("count", api, started);
         Ok(result)
     }

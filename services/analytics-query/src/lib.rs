@@ -116,6 +116,18 @@ pub struct Config {
     /// Summaries, timelines and cohorts are all-time and not affected. 0 keeps everything
     #[arg(long, env = "ANALYSIS_RETENTION", default_value = "0", value_parser = parse_duration)]
     pub analysis_retention: Duration,
+    /// Most intervals one Keen query may ask for (a week minutely is 10,080, two years hourly
+    /// 17,520); a query with more is refused (400) before anything is read
+    #[arg(long, env = "ANALYSIS_MAX_INTERVALS", default_value_t = 20_000)]
+    pub analysis_max_intervals: usize,
+    /// Longest timeframe one Keen query may span (its hours are read whatever the interval); a
+    /// longer one is refused (400) before anything is read
+    #[arg(long, env = "ANALYSIS_MAX_TIMEFRAME", default_value = "10y", value_parser = parse_duration)]
+    pub analysis_max_timeframe: Duration,
+    /// Most values one Keen answer may hold (intervals × groups: a week hourly over 1,000
+    /// groups is 168,000); a larger answer is refused (400) as it is computed, never cut short
+    #[arg(long, env = "ANALYSIS_MAX_RESULT_VALUES", default_value_t = 250_000)]
+    pub analysis_max_result_values: usize,
     /// Memory (MiB) for what queries have read and answered: Keen answers and collection-hours,
     /// learner summaries. Each is used only while what it was computed from is unchanged (its
     /// version is checked in Redis on every query, so answers are never stale). 0: off
@@ -247,6 +259,11 @@ pub async fn serve(
         metrics: metrics.clone(),
         project_id: config.analysis_project_id.clone(),
         retention,
+        limits: keen::query::Limits {
+            max_intervals: config.analysis_max_intervals,
+            max_timeframe: config.analysis_max_timeframe,
+            max_result_values: config.analysis_max_result_values,
+        },
         cache: cache.clone(),
     };
     let roster = match &config.roster_csv {

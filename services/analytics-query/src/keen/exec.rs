@@ -12,10 +12,12 @@ use serde::ser::SerializeMap;
 use serde_json::{Map, Value, json};
 
 use super::{
+    KeenError,
     query::{Analysis, Operator, Query},
     timeframe::{edges, keen_time},
 };
 use crate::{
+    api::QueryError,
     cache::{Cache, Kind, Wanted},
     fold,
     index::ACTOR,
@@ -83,8 +85,32 @@ struct Acc {
     distinct: HashSet<String>,
 }
 
-/// Runs `query`; the answer is Keen's body (`{"result": ...}`), as JSON.
-pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisResult<Vec<u8>> {
+impl Acc {
+    /// Adds `other`'s totals (distinct values as a union).
+    fn absorb(&mut self, other: &Acc) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.n += other.n;
+        self.lo = match (self.lo, other.lo) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.hi = match (self.hi, other.hi) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.distinct.extend(other.distinct.iter().cloned());
+    }
+}
+
+/// Runs `query`; the answer is Keen's body (`{"result": ...}`), as JSON. An answer of more
+/// than `max_values` values (intervals × groups) is refused as it is folded, before it is built.
+pub async fn run(
+    store: &Store,
+    cache: &Cache,
+    query: &Query,
+    max_values: usize,
+) -> Result<Vec<u8>, QueryError> {
     let edges_ms: Vec<i64> = edges(query.span, query.interval)
         .iter()
         .map(|t| t.timestamp_millis())
@@ -98,7 +124,7 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
     let (from, to) = (edges_ms[0], edges_ms[edges_ms.len() - 1] - 1);
     // the current hour (and later ones) change while events arrive
     let now_hour = keys::hour_of(chrono::Utc::now().timestamp_millis());
-    let mut engine = Engine::new(query, &edges_ms, hourly);
+    let mut engine = Engine::new(query, &edges_ms, hourly, max_values);
     let actors = match plan(query) {
         Plan::Shared => {
             // counts for count and count_unique, the measure's own cells otherwise
@@ -126,7 +152,7 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
             for (strings, &hour) in cells.iter().zip(&hours) {
                 engine.add(strings.pairs(), hour);
             }
-            let body = engine.to_json();
+            let body = engine.to_json()?;
             cache.keep_answer(&key, versions, &body, generation);
             return Ok(body);
         }
@@ -150,7 +176,8 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
     let answers = store.query_groups(&pipelines).await?;
     for (answer, actor) in answers.into_iter().zip(&actors) {
         for value in answer {
-            let events: Vec<(String, f64)> = redis::from_redis_value(value)?;
+            let events: Vec<(String, f64)> =
+                redis::from_redis_value(value).map_err(redis::RedisError::from)?;
             for (member, ms) in events {
                 if let Some((tuple, measures)) = fold::parse_analysis_member(&member) {
                     engine.add_event(ms as i64, tuple, &measures, actor);
@@ -158,7 +185,7 @@ pub async fn run(store: &Store, cache: &Cache, query: &Query) -> redis::RedisRes
             }
         }
     }
-    Ok(engine.to_json())
+    Ok(engine.to_json()?)
 }
 
 /// The learners active in any of `hours`, sorted.
@@ -191,10 +218,14 @@ struct Engine<'q> {
     totals: BTreeMap<(usize, usize), Acc>,
     /// Each group's key (its values as JSON, the answer's order), id and values.
     groups: BTreeMap<String, (usize, Vec<Value>)>,
+    /// Most values the answer may hold (intervals × groups), and whether a group was dropped
+    /// for it (the answer is then refused, never given short).
+    max_values: usize,
+    too_large: bool,
 }
 
 impl<'q> Engine<'q> {
-    fn new(query: &'q Query, edges: &'q [i64], hourly: bool) -> Self {
+    fn new(query: &'q Query, edges: &'q [i64], hourly: bool, max_values: usize) -> Self {
         Self {
             query,
             edges,
@@ -203,6 +234,17 @@ impl<'q> Engine<'q> {
             shared_groups: HashMap::default(),
             totals: BTreeMap::new(),
             groups: BTreeMap::new(),
+            max_values,
+            too_large: false,
+        }
+    }
+
+    /// Intervals of the answer (1 without `interval`).
+    fn intervals(&self) -> usize {
+        if self.query.interval.is_some() {
+            self.edges.len() - 1
+        } else {
+            1
         }
     }
 
@@ -334,8 +376,16 @@ impl<'q> Engine<'q> {
             .map(|g| self.value_of(tuple, actor, g).unwrap_or(Value::Null))
             .collect();
         let key = Value::Array(values.clone()).to_string();
+        if let Some((id, _)) = self.groups.get(&key) {
+            return Some(*id);
+        }
         let next = self.groups.len();
-        Some(self.groups.entry(key).or_insert((next, values)).0)
+        if (next + 1).saturating_mul(self.intervals()) > self.max_values {
+            self.too_large = true;
+            return None;
+        }
+        self.groups.insert(key, (next, values));
+        Some(next)
     }
 
     fn value(&self, acc: Option<&Acc>) -> Value {
@@ -352,33 +402,37 @@ impl<'q> Engine<'q> {
         }
     }
 
-    /// Totals over groups for count_unique must union the distinct values, not add counts.
-    /// One interval's totals are a range of the map (a 7-day hourly query asks 168 × groups
-    /// times: a scan of every total each time was quadratic).
-    fn merged(&self, interval: Option<usize>, group: Option<usize>) -> Acc {
-        let mut out = Acc::default();
-        let totals: Box<dyn Iterator<Item = (&(usize, usize), &Acc)>> = match interval {
-            Some(i) => Box::new(self.totals.range((i, 0)..(i + 1, 0))),
-            None => Box::new(self.totals.iter()),
-        };
-        for (&(_, g), acc) in totals {
-            if group.is_some_and(|want| want != g) {
-                continue;
-            }
-            out.count += acc.count;
-            out.sum += acc.sum;
-            out.n += acc.n;
-            out.lo = match (out.lo, acc.lo) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            out.hi = match (out.hi, acc.hi) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            out.distinct.extend(acc.distinct.iter().cloned());
+    /// The totals of one interval (or all) by group id, in one pass over them: totals over
+    /// groups for count_unique must union the distinct values, not add counts. One interval's
+    /// totals are a range of the map (a 7-day hourly query asks 168 × groups times: a scan of
+    /// every total each time was quadratic, as was one scan per group).
+    fn by_group(&self, interval: Option<usize>) -> Vec<Acc> {
+        let mut out: Vec<Acc> = std::iter::repeat_with(Acc::default)
+            .take(self.groups.len())
+            .collect();
+        for ((_, g), acc) in self.totals_of(interval) {
+            out[*g].absorb(acc);
         }
         out
+    }
+
+    /// The totals of one interval (or all) over every group.
+    fn merged(&self, interval: Option<usize>) -> Acc {
+        let mut out = Acc::default();
+        for (_, acc) in self.totals_of(interval) {
+            out.absorb(acc);
+        }
+        out
+    }
+
+    fn totals_of(
+        &self,
+        interval: Option<usize>,
+    ) -> Box<dyn Iterator<Item = (&(usize, usize), &Acc)> + '_> {
+        match interval {
+            Some(i) => Box::new(self.totals.range((i, 0)..(i + 1, 0))),
+            None => Box::new(self.totals.iter()),
+        }
     }
 
     /// The start and end of interval `i`, as Keen writes them.
@@ -397,8 +451,16 @@ impl<'q> Engine<'q> {
     /// Keen's body (`{"result": ...}`) as JSON, written straight from the totals: a 7-day hourly
     /// group_by answer is a thousand objects, and building them as a `Value` tree first, then
     /// writing that, was a third of the query's CPU.
-    fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&Body(self)).expect("a Keen answer serialises")
+    fn to_json(&self) -> Result<Vec<u8>, KeenError> {
+        if self.too_large {
+            return Err(KeenError::bad_request(format!(
+                "the answer would hold more than {} values ({} intervals × more than {} groups), more than ANALYSIS_MAX_RESULT_VALUES allows; ask for fewer intervals, a narrower group_by or filters",
+                self.max_values,
+                self.intervals(),
+                self.groups.len(),
+            )));
+        }
+        Ok(serde_json::to_vec(&Body(self)).expect("a Keen answer serialises"))
     }
 
     #[cfg(test)]
@@ -427,7 +489,7 @@ impl serde::Serialize for Body<'_, '_> {
         let grouped = !engine.query.group_by.is_empty();
         match (engine.query.interval.is_some(), grouped) {
             (false, false) => {
-                body.serialize_entry("result", &engine.value(Some(&engine.merged(None, None))))?
+                body.serialize_entry("result", &engine.value(Some(&engine.merged(None))))?
             }
             (false, true) => body.serialize_entry("result", &GroupsIn(engine, None))?,
             (true, _) => body.serialize_entry("result", &Intervals(engine))?,
@@ -453,7 +515,7 @@ impl serde::Serialize for IntervalOf<'_, '_> {
             &BTreeMap::from([("end", end), ("start", start)]),
         )?;
         if engine.query.group_by.is_empty() {
-            object.serialize_entry("value", &engine.value(Some(&engine.merged(Some(i), None))))?;
+            object.serialize_entry("value", &engine.value(Some(&engine.merged(Some(i)))))?;
         } else {
             object.serialize_entry("value", &GroupsIn(engine, Some(i)))?;
         }
@@ -464,8 +526,9 @@ impl serde::Serialize for IntervalOf<'_, '_> {
 impl serde::Serialize for GroupsIn<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (engine, interval) = (self.0, self.1);
+        let totals = engine.by_group(interval);
         s.collect_seq(engine.groups.values().map(|(id, values)| {
-            let result = engine.value(Some(&engine.merged(interval, Some(*id))));
+            let result = engine.value(Some(&totals[*id]));
             // each group_by property and `result` (which wins a clash, as it did in a map)
             let mut object: BTreeMap<&str, Value> = engine
                 .query
@@ -534,7 +597,7 @@ mod tests {
             .iter()
             .map(|t| t.timestamp_millis())
             .collect();
-        let mut engine = Engine::new(&q, &edges, false);
+        let mut engine = Engine::new(&q, &edges, false, usize::MAX);
         let member = |class: &str, ms: f64| {
             let tuple = json!({ "rubyRun.error.className": class }).to_string();
             String::from_utf8(fold::analysis_member(
@@ -577,7 +640,7 @@ mod tests {
             .iter()
             .map(|t| t.timestamp_millis())
             .collect();
-        let mut engine = Engine::new(&q, &edges, true);
+        let mut engine = Engine::new(&q, &edges, true, usize::MAX);
         let hour = edges[0] / HOUR_MS;
         let cells = [
             (r#"|c|{"rubyRun.error.className":"NameError"}"#, "2"),
@@ -599,5 +662,48 @@ mod tests {
                    "value": [{"rubyRun.error.className": "NameError", "result": 2},
                              {"rubyRun.error.className": "TypeError", "result": 1}]})
         );
+    }
+
+    #[test]
+    fn an_answer_over_its_values_is_refused_not_cut_short() {
+        let q = query(
+            json!({"event_collection": "shim.ruby_run",
+                   "timeframe": {"start": "2026-11-25T08:00:00Z", "end": "2026-11-25T10:00:00Z"},
+                   "interval": "hourly", "group_by": "rubyRun.error.className"}),
+            "count",
+        );
+        let edges: Vec<i64> = edges(q.span, q.interval)
+            .iter()
+            .map(|t| t.timestamp_millis())
+            .collect();
+        let cells = |classes: &[&str]| -> Vec<(String, String)> {
+            classes
+                .iter()
+                .map(|class| {
+                    let tuple = json!({ "rubyRun.error.className": class });
+                    (format!("|c|{tuple}"), "1".to_string())
+                })
+                .collect()
+        };
+        let hour = edges[0] / HOUR_MS;
+        // 2 intervals × 3 groups: 6 values
+        for (max, refused) in [(6, false), (5, true)] {
+            let mut engine = Engine::new(&q, &edges, true, max);
+            let cells = cells(&["A", "B", "C"]);
+            engine.add(cells.iter().map(|(f, v)| (f.as_str(), v.as_str())), hour);
+            match engine.to_json() {
+                Ok(body) => {
+                    assert!(!refused);
+                    let body: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(body["result"][0]["value"].as_array().unwrap().len(), 3);
+                    assert_eq!(body["result"][1]["value"][2]["result"], json!(0));
+                }
+                Err(e) => {
+                    assert!(refused, "{e}");
+                    assert_eq!(e.status, 400);
+                    assert!(e.message.contains("ANALYSIS_MAX_RESULT_VALUES"), "{e}");
+                }
+            }
+        }
     }
 }

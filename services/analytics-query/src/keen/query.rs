@@ -202,7 +202,7 @@ pub fn parse(
             ))
         })?),
     };
-    let group_by = match params.0.get("group_by") {
+    let mut group_by = match params.0.get("group_by") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(one)) if one.is_empty() => Vec::new(),
         Some(Value::String(one)) => vec![one.clone()],
@@ -222,6 +222,9 @@ pub fn parse(
     for property in &group_by {
         check(index, property, Use::Dimension, "group_by")?;
     }
+    // a property named twice groups as once (and its cost is the index's few dimensions at most)
+    let mut named = std::collections::HashSet::new();
+    group_by.retain(|property| named.insert(property.clone()));
     let filters = filters(params.0.get("filters"), index)?;
     Ok(Query {
         analysis,
@@ -232,6 +235,46 @@ pub fn parse(
         group_by,
         filters,
     })
+}
+
+/// Most values one query's filters may hold in all (each filter one, an `in` filter one per
+/// value listed): each is compared with every cell or event read.
+pub const MAX_FILTER_VALUES: usize = 1_000;
+
+/// What one Keen query may ask for (`ANALYSIS_MAX_INTERVALS`, `ANALYSIS_MAX_TIMEFRAME`): a
+/// query's cost grows with its intervals and with the hours its timeframe spans, whatever the
+/// data, so a larger one is refused (400) before anything is read or built. Its answer's size
+/// (intervals × groups, `ANALYSIS_MAX_RESULT_VALUES`) depends on the data and is checked while
+/// the answer is folded ([`super::exec`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_intervals: usize,
+    pub max_timeframe: std::time::Duration,
+    pub max_result_values: usize,
+}
+
+/// Refuses a query over [`Limits`], naming the setting.
+pub fn within_limits(query: &Query, limits: Limits) -> Result<(), KeenError> {
+    let spanned = query.span.end.signed_duration_since(query.span.start);
+    let allowed =
+        chrono::TimeDelta::from_std(limits.max_timeframe).unwrap_or(chrono::TimeDelta::MAX);
+    if spanned > allowed {
+        return Err(KeenError::bad_request(format!(
+            "timeframe from {} to {} spans {} hours, more than ANALYSIS_MAX_TIMEFRAME allows ({} hours); ask for a shorter one",
+            query.span.start.to_rfc3339(),
+            query.span.end.to_rfc3339(),
+            spanned.num_hours(),
+            allowed.num_hours(),
+        )));
+    }
+    let count = timeframe::interval_count(query.span, query.interval, limits.max_intervals);
+    if count > limits.max_intervals {
+        return Err(KeenError::bad_request(format!(
+            "this timeframe has more than {} intervals of the interval asked for (ANALYSIS_MAX_INTERVALS); ask for a coarser interval or a shorter timeframe",
+            limits.max_intervals,
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a timeframe that starts before the analysis data kept (`ANALYSIS_RETENTION`): its
@@ -275,6 +318,19 @@ fn filters(value: Option<&Value>, index: &Index) -> Result<Vec<Filter>, KeenErro
         Some(Value::Array(list)) => list,
         Some(_) => return Err(KeenError::bad_request("filters must be a list")),
     };
+    // every cell or event is matched against every value
+    let values: usize = list
+        .iter()
+        .map(|item| match item.get("property_value") {
+            Some(Value::Array(listed)) => listed.len().max(1),
+            _ => 1,
+        })
+        .sum();
+    if values > MAX_FILTER_VALUES {
+        return Err(KeenError::bad_request(format!(
+            "filters hold {values} values in all (a filter counts one, an in filter one per value listed); at most {MAX_FILTER_VALUES} are answered"
+        )));
+    }
     list.iter()
         .map(|item| {
             let name = item
@@ -343,6 +399,47 @@ mod tests {
     }
 
     #[test]
+    fn a_query_over_its_limits_is_refused_naming_the_setting() {
+        let index = Index::default();
+        let query = |timeframe: &str, interval: &str| {
+            let mut pairs = vec![
+                ("event_collection".to_string(), "shim.ruby_run".to_string()),
+                ("timeframe".to_string(), timeframe.to_string()),
+            ];
+            if !interval.is_empty() {
+                pairs.push(("interval".to_string(), interval.to_string()));
+            }
+            parse("count", &Params::from_pairs(pairs), &index, now()).unwrap()
+        };
+        let limits = Limits {
+            max_intervals: 10_080,
+            max_timeframe: std::time::Duration::from_secs(366 * 86_400),
+            max_result_values: 1,
+        };
+        within_limits(&query("this_7_days", "minutely"), limits).unwrap();
+        within_limits(&query("previous_366_days", "hourly"), limits).unwrap();
+        within_limits(&query("previous_366_days", ""), limits).unwrap();
+        let refused = within_limits(&query("this_8_days", "minutely"), limits).unwrap_err();
+        assert_eq!((refused.status, refused.code), (400, "BadRequestError"));
+        assert!(
+            refused.message.contains("more than 10080 intervals")
+                && refused.message.contains("ANALYSIS_MAX_INTERVALS"),
+            "{}",
+            refused.message
+        );
+        let refused = within_limits(&query("previous_367_days", "daily"), limits).unwrap_err();
+        assert_eq!((refused.status, refused.code), (400, "BadRequestError"));
+        assert!(
+            refused.message.contains("spans 8808 hours")
+                && refused
+                    .message
+                    .contains("ANALYSIS_MAX_TIMEFRAME allows (8784 hours)"),
+            "{}",
+            refused.message
+        );
+    }
+
+    #[test]
     fn query_string_parameters_are_decoded_where_keen_encodes_them() {
         let params = Params::from_pairs([
             ("event_collection".into(), "shim.ruby_run".into()),
@@ -359,6 +456,47 @@ mod tests {
         assert_eq!(query.group_by, ["rubyRun.error.className"]);
         assert_eq!(query.filters[0].value, json!("c1"));
         assert_eq!(query.interval, Some(Unit::Hour));
+    }
+
+    #[test]
+    fn a_group_by_named_twice_groups_once_and_filters_are_bounded() {
+        let body = |extra: Value| {
+            let mut body = json!({"event_collection": "shim.ruby_run", "timeframe": "this_1_days"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            Params(body.as_object().unwrap().clone())
+        };
+        let twice = body(json!({"group_by": ["actor", "kind", "actor", "actor"]}));
+        let query = parse("count", &twice, &Index::default(), now()).unwrap();
+        assert_eq!(query.group_by, ["actor", "kind"]);
+
+        let listed = |n: usize| {
+            let values: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
+            body(json!({"filters": [
+                {"property_name": "actor", "operator": "in", "property_value": values},
+                {"property_name": "kind", "operator": "exists", "property_value": true},
+            ]}))
+        };
+        parse(
+            "count",
+            &listed(MAX_FILTER_VALUES - 1),
+            &Index::default(),
+            now(),
+        )
+        .unwrap();
+        let err = parse(
+            "count",
+            &listed(MAX_FILTER_VALUES),
+            &Index::default(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!((err.status, err.code), (400, "BadRequestError"));
+        assert!(
+            err.message.contains("1001 values") && err.message.contains("at most 1000"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -80,9 +80,12 @@ pub fn offset(timezone: Option<&Value>) -> Result<FixedOffset, KeenError> {
                     _ => return Err(bad()),
                 };
                 let (h, m) = rest.split_once(':').ok_or_else(bad)?;
-                let (h, m): (i64, i64) =
+                let (h, m): (u8, u8) =
                     (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-                sign * (h * 3600 + m * 60)
+                if h > 23 || m > 59 {
+                    return Err(bad());
+                }
+                sign * (i64::from(h) * 3600 + i64::from(m) * 60)
             }
         },
         Some(_) => return Err(bad()),
@@ -202,16 +205,25 @@ pub fn add(time: DateTime<FixedOffset>, unit: Unit, n: i64) -> DateTime<FixedOff
 
 /// The interval edges of `span`: its start, every unit boundary inside it, its end.
 pub fn edges(span: Span, interval: Option<Unit>) -> Vec<DateTime<FixedOffset>> {
-    let mut edges = vec![span.start];
-    if let Some(unit) = interval {
-        let mut next = add(floor(span.start, unit), unit, 1);
-        while next < span.end {
-            edges.push(next);
-            next = add(next, unit, 1);
-        }
-    }
-    edges.push(span.end);
-    edges
+    edges_of(span, interval).collect()
+}
+
+/// How many intervals `span` splits into, counted no further than `cap + 1` (a query is
+/// refused before its edges are built, whatever it asks).
+pub fn interval_count(span: Span, interval: Option<Unit>, cap: usize) -> usize {
+    edges_of(span, interval).take(cap.saturating_add(2)).count() - 1
+}
+
+fn edges_of(span: Span, interval: Option<Unit>) -> impl Iterator<Item = DateTime<FixedOffset>> {
+    let inner = interval.map(|unit| {
+        std::iter::successors(Some(add(floor(span.start, unit), unit, 1)), move |&t| {
+            Some(add(t, unit, 1)).filter(|next| *next > t)
+        })
+        .take_while(move |t| *t < span.end)
+    });
+    std::iter::once(span.start)
+        .chain(inner.into_iter().flatten())
+        .chain(std::iter::once(span.end))
 }
 
 /// Keen's time format: `2014-12-01T00:00:00.000Z` (or the offset when not UTC).
@@ -285,6 +297,20 @@ mod tests {
             19_800
         );
         assert!(offset(Some(&json!("US/Pacific"))).is_err());
+        assert_eq!(
+            offset(Some(&json!("-23:59"))).unwrap().local_minus_utc(),
+            -86_340
+        );
+        // minutes and hours out of range, and hours that overflow when multiplied
+        for bad in [
+            "+00:1439",
+            "+24:00",
+            "-00:60",
+            "+99999999999999999:00",
+            "+1:-5",
+        ] {
+            assert!(offset(Some(&json!(bad))).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -308,5 +334,21 @@ mod tests {
                 "2026-11-25T10:00:00.000Z"
             ]
         );
+        assert_eq!(interval_count(s, Some(Unit::Hour), 100), 2);
+        assert_eq!(interval_count(s, Some(Unit::Minute), 100), 90);
+        assert_eq!(interval_count(s, None, 100), 1);
+    }
+
+    #[test]
+    fn intervals_are_counted_no_further_than_asked() {
+        let utc = offset(None).unwrap();
+        let s = span(
+            &json!({"start": "0001-01-01T00:00:00Z", "end": "9999-12-31T00:00:00Z"}),
+            utc,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(interval_count(s, Some(Unit::Minute), 20_000), 20_001);
+        assert_eq!(interval_count(s, Some(Unit::Year), 20_000), 9_999);
     }
 }

@@ -1,4 +1,5 @@
 use learntrail_runtime::auth::Role;
+use learntrail_testkit::{NatsServer, RedisServer};
 use serde_json::{Value, json};
 
 use learntrail_analytics_query::fold::occurred_ms;
@@ -437,6 +438,161 @@ async fn retention_expires_old_hours_and_refuses_timeframes_before_it() {
         int(&mut redis, "EXISTS", format!("{}:h", hour_tag(h - 5 * H))).await,
         0,
         "a replay does not bring an expired hour back"
+    );
+    app.stop().await;
+}
+
+/// A query whose size does not depend on the data (intervals, hours spanned) is refused with
+/// the defaults before anything is read, for a student too; an ordinary one is answered after.
+#[tokio::test]
+async fn a_query_larger_than_the_limits_is_refused_and_the_service_answers_on() {
+    let (app, _) = seeded().await;
+    let student = token("k1", Role::Student);
+    let refused = |body: &Value, setting: &str| {
+        body["error_code"] == "BadRequestError"
+            && body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(setting))
+    };
+    // 3 years minutely: 1.6 million intervals
+    let (status, body) = app
+        .keen(
+            "count",
+            r#"event_collection=shim.ruby_run&interval=minutely&timeframe={"start":"2020-01-01T00:00:00Z","end":"2023-01-01T00:00:00Z"}"#,
+            &student,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(refused(&body, "ANALYSIS_MAX_INTERVALS"), "{body}");
+    // 11 years, one interval: 96,000 hours read
+    let (status, body) = app
+        .keen(
+            "count",
+            r#"event_collection=shim.ruby_run&timeframe={"start":"2015-01-01T00:00:00Z","end":"2026-01-01T00:00:00Z"}"#,
+            &student,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(refused(&body, "ANALYSIS_MAX_TIMEFRAME"), "{body}");
+    // the same over gRPC
+    let mut grpc = app.grpc_client().await;
+    let mut request = tonic::Request::new(learntrail_proto::v1::CountRequest {
+        analysis: "count".into(),
+        collection: "shim.ruby_run".into(),
+        timeframe: "this_100000_minutes".into(),
+        interval: "minutely".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {student}").parse().unwrap(),
+    );
+    let status = grpc.count(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("ANALYSIS_MAX_INTERVALS"),
+        "{status:?}"
+    );
+
+    // a week minutely is within the defaults: the student's own four runs of the last hours
+    let (status, body) = app
+        .keen(
+            "count",
+            "event_collection=shim.ruby_run&interval=minutely&timeframe=this_7_days",
+            &student,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let series = body["result"].as_array().unwrap();
+    assert!(series.len() >= 10_080, "{}", series.len());
+    let total: u64 = series.iter().map(|i| i["value"].as_u64().unwrap()).sum();
+    assert_eq!(total, 4, "k1's runs");
+    app.stop().await;
+}
+
+/// An answer of more values (intervals × groups) than `ANALYSIS_MAX_RESULT_VALUES` is refused,
+/// never cut short; one within it is whole, over HTTP and gRPC alike.
+#[tokio::test]
+async fn an_answer_larger_than_its_limit_is_refused_whole_or_given_whole() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let app = spawn_with(
+        NatsServer::start(),
+        url,
+        Some(redis),
+        &["--analysis-max-result-values", "9"],
+    )
+    .await;
+    app.publish(&seeded_events(this_hour())).await;
+    app.caught_up().await;
+    let key = service();
+    let hourly = "event_collection=shim.ruby_run&timeframe=previous_3_hours&interval=hourly";
+    // 3 hours × 3 learners: 9 values, each learner in each hour
+    let (status, body) = app
+        .keen(
+            "count",
+            &format!(r#"{hourly}&group_by=["actor","actor"]"#),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let result = body["result"].as_array().unwrap();
+    assert_eq!(result.len(), 3);
+    assert!(
+        result
+            .iter()
+            .all(|i| i["value"].as_array().unwrap().len() == 3),
+        "{body}"
+    );
+    let total: u64 = result
+        .iter()
+        .flat_map(|i| i["value"].as_array().unwrap())
+        .map(|g| g["result"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, RUNS.len() as u64);
+    // 3 hours × 6 (learner, class) pairs: 18
+    let (status, body) = app
+        .keen(
+            "count",
+            &format!(r#"{hourly}&group_by=["actor","rubyRun.error.className"]"#),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error_code"], "BadRequestError");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("ANALYSIS_MAX_RESULT_VALUES"),
+        "{body}"
+    );
+    // the same from the shared cells (no actor): 3 hours × 3 classes (with none) is 9
+    let (status, body) = app
+        .keen(
+            "count",
+            &format!("{hourly}&group_by=rubyRun.error.className"),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut grpc = app.grpc_client().await;
+    let mut request = tonic::Request::new(learntrail_proto::v1::CountRequest {
+        analysis: "count".into(),
+        collection: "shim.ruby_run".into(),
+        timeframe: "previous_4_hours".into(),
+        interval: "hourly".into(),
+        group_by: vec!["rubyRun.error.className".into()],
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let status = grpc.count(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("ANALYSIS_MAX_RESULT_VALUES"),
+        "{status:?}"
     );
     app.stop().await;
 }
