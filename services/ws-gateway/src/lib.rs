@@ -73,7 +73,8 @@ pub struct Config {
     /// Messages a connection may send at once above the rate (a UI flushing its backlog)
     #[arg(long, env = "WS_RATE_BURST", default_value_t = 1_000)]
     pub rate_burst: u32,
-    /// Most messages of one connection waiting for their ack; reading pauses at it
+    /// Most messages of one connection waiting for their ack or analytics response; reading
+    /// pauses at it
     #[arg(long, env = "WS_MAX_UNACKED", default_value_t = 1_000)]
     pub max_unacked: usize,
     /// How often the server pings; a peer silent for two intervals is dropped

@@ -202,6 +202,15 @@ fn parse_log(
     let Some(Value::Object(mut data)) = object.remove("payload") else {
         return Err(Refusal::field("payload", "must be an object"));
     };
+    let depth = nesting(&data);
+    if depth > MAX_PAYLOAD_DEPTH {
+        return Err(Refusal::field(
+            "payload",
+            &format!(
+                "nests {depth} levels of objects and lists; at most {MAX_PAYLOAD_DEPTH} are stored"
+            ),
+        ));
+    }
     let log_kind = match data.remove("log") {
         Some(Value::String(kind)) => kind,
         None if log_type == "feedback" => String::new(),
@@ -219,6 +228,23 @@ fn parse_log(
         data,
         client_id,
     })
+}
+
+/// Deepest nesting of objects and lists kept in a log's `payload` (itself one level): its data
+/// becomes a protobuf `Struct`, three nested messages per level, and every reader of the event
+/// decodes at most 100 nested messages. Deeper would be acked here and unreadable downstream.
+pub const MAX_PAYLOAD_DEPTH: usize = 16;
+
+/// Levels of objects and lists in `object`, itself one.
+fn nesting(object: &Map<String, Value>) -> usize {
+    fn depth(value: &Value) -> usize {
+        match value {
+            Value::Object(map) => nesting(map),
+            Value::Array(list) => 1 + list.iter().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    1 + object.values().map(depth).max().unwrap_or(0)
 }
 
 fn user(object: &Map<String, Value>) -> Result<String, Refusal> {
@@ -430,6 +456,38 @@ mod tests {
         assert_eq!(
             parse(user_number).unwrap_err().message,
             "user: must be a string"
+        );
+    }
+
+    #[test]
+    fn payloads_nest_no_deeper_than_every_reader_decodes() {
+        // `levels` objects and lists in all, the payload the first
+        let nested = |levels: usize| {
+            let mut inner = json!(1);
+            for level in 1..levels {
+                inner = if level % 2 == 0 {
+                    json!([inner])
+                } else {
+                    json!({ "k": inner })
+                };
+            }
+            json!({"user": "u", "t": 1, "exp": "e", "type": "log",
+                   "payload": {"log": "deep", "data": inner}})
+            .to_string()
+        };
+        let Incoming::Log(log) = parse(&nested(MAX_PAYLOAD_DEPTH)).unwrap() else {
+            panic!("a log")
+        };
+        // the deepest accepted decodes again, as every reader of the stream does
+        let bytes = learntrail_proto::Message::encode_to_vec(&to_event(log, 1));
+        let back = <Event as learntrail_proto::Message>::decode(bytes.as_slice()).unwrap();
+        assert_eq!(back.kind, "log");
+        let refusal = parse(&nested(MAX_PAYLOAD_DEPTH + 1)).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::InvalidField);
+        assert!(
+            refusal.message.starts_with("payload: nests 17 levels"),
+            "{}",
+            refusal.message
         );
     }
 

@@ -1,8 +1,8 @@
 //! One connection. Messages are read in order and numbered (`seq`, from 1); a log message is
 //! published at once and its ack awaited in the background, so publishes are pipelined, while
 //! the replies (acks and error frames) leave in message order. Reading pauses while
-//! `WS_MAX_UNACKED` messages wait for their ack (backpressure). Analytics responses leave when
-//! they are ready. Closing (shutdown 1001, rate limit 1008, idle 1000) stops reading, sends the
+//! `WS_MAX_UNACKED` messages wait for their ack or their analytics response (backpressure).
+//! Analytics responses leave when they are ready. Closing (shutdown 1001, rate limit 1008, idle 1000) stops reading, sends the
 //! replies still owed, then the close frame.
 
 use std::{
@@ -144,7 +144,9 @@ impl Session {
             if self.closing.is_some() && self.replies.is_empty() {
                 break;
             }
-            let reading = self.closing.is_none() && self.replies.len() < limits.max_unacked;
+            // analytics responses owed count too: a slow analytics-query is backpressure as well
+            let owed = self.replies.len() + self.responses.len();
+            let reading = self.closing.is_none() && owed < limits.max_unacked;
             tokio::select! {
                 biased;
                 _ = &mut shutdown, if self.closing.is_none() => {

@@ -135,3 +135,49 @@ async fn analytics_query_down_gives_an_error_frame_and_the_gateway_stays_ready()
     assert_eq!(gateway.readyz().await, 200);
     gateway.stop().await;
 }
+
+/// Requests waiting for analytics-query count toward `WS_MAX_UNACKED` as logs waiting for
+/// their ack do: a slow analytics-query pauses reading instead of piling up requests.
+#[tokio::test]
+async fn reading_pauses_while_requests_wait_for_a_slow_analytics_query() {
+    // accepts connections (the kernel's backlog) and never answers
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let gateway = spawn_gateway(&[
+        "--analytics-grpc-url",
+        &url,
+        "--analytics-timeout",
+        "3s",
+        "--max-unacked",
+        "3",
+    ])
+    .await;
+    let mut client = gateway.student().await;
+    for i in 0..8 {
+        client
+            .feed_json(&json!({"type": "request", "user": "learner-1", "content": "summary", "id": format!("q-{i}")}))
+            .await;
+    }
+    client.flush().await;
+    learntrail_testkit::eventually(Duration::from_secs(10), "three requests read", || async {
+        (gateway.counter("ws_messages_received").await >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        gateway.counter("ws_messages_received").await,
+        3,
+        "no more read while three wait for analytics-query"
+    );
+    // each times out into an error frame, and the rest are read as room is made
+    let mut seqs = Vec::new();
+    for _ in 0..8 {
+        let frame = client.next_json().await;
+        assert_eq!(frame["error"]["code"], "analytics_unavailable", "{frame}");
+        seqs.push(frame["seq"].as_u64().unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(gateway.counter("ws_messages_received").await, 8);
+    drop(silent);
+    gateway.stop().await;
+}
