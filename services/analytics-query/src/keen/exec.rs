@@ -593,10 +593,7 @@ mod tests {
                    "filters": [{"property_name": "rubyRun.error.className", "operator": "ne", "property_value": "TypeError"}]}),
             "average",
         );
-        let edges: Vec<i64> = edges(q.span, q.interval)
-            .iter()
-            .map(|t| t.timestamp_millis())
-            .collect();
+        let edges = edges_ms(&q);
         let mut engine = Engine::new(&q, &edges, false, usize::MAX);
         let member = |class: &str, ms: f64| {
             let tuple = json!({ "rubyRun.error.className": class }).to_string();
@@ -628,18 +625,27 @@ mod tests {
         assert_eq!(values, [json!(10), json!(30), Value::Null]);
     }
 
-    #[test]
-    fn cells_fold_into_keen_shapes() {
-        let q = query(
+    /// A count over two hours, hourly, grouped by error class.
+    fn two_hours_by_class() -> Query {
+        query(
             json!({"event_collection": "shim.ruby_run",
                    "timeframe": {"start": "2026-11-25T08:00:00Z", "end": "2026-11-25T10:00:00Z"},
                    "interval": "hourly", "group_by": "rubyRun.error.className"}),
             "count",
-        );
-        let edges: Vec<i64> = edges(q.span, q.interval)
+        )
+    }
+
+    fn edges_ms(q: &Query) -> Vec<i64> {
+        edges(q.span, q.interval)
             .iter()
             .map(|t| t.timestamp_millis())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn cells_fold_into_keen_shapes() {
+        let q = two_hours_by_class();
+        let edges = edges_ms(&q);
         let mut engine = Engine::new(&q, &edges, true, usize::MAX);
         let hour = edges[0] / HOUR_MS;
         let cells = [
@@ -666,16 +672,8 @@ mod tests {
 
     #[test]
     fn an_answer_over_its_values_is_refused_not_cut_short() {
-        let q = query(
-            json!({"event_collection": "shim.ruby_run",
-                   "timeframe": {"start": "2026-11-25T08:00:00Z", "end": "2026-11-25T10:00:00Z"},
-                   "interval": "hourly", "group_by": "rubyRun.error.className"}),
-            "count",
-        );
-        let edges: Vec<i64> = edges(q.span, q.interval)
-            .iter()
-            .map(|t| t.timestamp_millis())
-            .collect();
+        let q = two_hours_by_class();
+        let edges = edges_ms(&q);
         let cells = |classes: &[&str]| -> Vec<(String, String)> {
             classes
                 .iter()
