@@ -141,6 +141,10 @@ pub struct Config {
     /// StatefulSet pod name (eagle-pinger-3 is shard 3) when SHARD_INDEX is not set
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Least time between two on-demand polls of one meter (GET /api/event) on this replica; a
+    /// request sooner gets 429 with Retry-After. 0: no limit
+    #[arg(long, env = "POLL_NOW_MIN_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub poll_now_min_interval: Duration,
     /// Longest an API request may take; a slower one is answered 408
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -237,6 +241,7 @@ pub async fn serve(
         poller: poller.clone(),
         verifier: config.auth.verifier(),
         request_timeout: config.request_timeout,
+        poll_gate: std::sync::Arc::new(routes::PollGate::new(config.poll_now_min_interval)),
     };
     let router = routes::router(state, http::HttpMetrics::register(&mut prometheus));
     let ready = {

@@ -6,9 +6,15 @@
 //! - `GET /api/users?after=<cloud_id>&limit=<n>`: a page of records in cloud-id order, with
 //!   `next` to pass as `after` for the following page;
 //! - `DELETE /api/user/{cloud_id}`: 204;
-//! - `GET /api/event/{cloud_id}`: poll the meter now and answer its reading.
+//! - `GET /api/event/{cloud_id}`: poll the meter now and answer its reading; one such poll per
+//!   meter per `POLL_NOW_MIN_INTERVAL` (429 with `Retry-After` between), so a script or a
+//!   refresh button cannot hammer a small device on a school's network.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -45,6 +51,45 @@ pub struct AppState {
     pub poller: Arc<Poller>,
     pub verifier: Verifier,
     pub request_timeout: Duration,
+    pub poll_gate: Arc<PollGate>,
+}
+
+/// When each meter was last polled on demand (`GET /api/event`), to space such polls.
+#[derive(Debug, Default)]
+pub struct PollGate {
+    spacing: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl PollGate {
+    /// At most one on-demand poll per meter per `spacing` (zero: no limit).
+    pub fn new(spacing: Duration) -> Self {
+        Self {
+            spacing,
+            last: Mutex::default(),
+        }
+    }
+
+    /// Lets an on-demand poll of `cloud_id` through at `now`, or says how long until one may
+    /// be. Only registered meters are asked about, and entries older than the spacing are
+    /// dropped as the map grows, so it holds at most the meters polled within one spacing.
+    pub fn admit(&self, cloud_id: &str, now: Instant) -> Result<(), Duration> {
+        if self.spacing.is_zero() {
+            return Ok(());
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = last.get(cloud_id) {
+            let since = now.saturating_duration_since(*at);
+            if since < self.spacing {
+                return Err(self.spacing - since);
+            }
+        }
+        if last.len() >= 1024 {
+            last.retain(|_, at| now.saturating_duration_since(*at) < self.spacing);
+        }
+        last.insert(cloud_id.to_string(), now);
+        Ok(())
+    }
 }
 
 /// The API router with JSON 404s, a body limit, request metrics and a request timeout.
@@ -212,6 +257,9 @@ async fn poll_now(
     let id = cloud_id(&raw_id)?;
     let record = state.registry.get(&id).await.map_err(store_error)?;
     let record = record.ok_or_else(|| no_meter(&id))?;
+    if let Err(wait) = state.poll_gate.admit(&id, Instant::now()) {
+        return Ok(too_soon(&id, state.poll_gate.spacing, wait));
+    }
     let outcome = state.poller.poll_now(&record).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -237,6 +285,25 @@ async fn poll_now(
     .into_response())
 }
 
+/// 429 `too_many_polls`, with `Retry-After` in whole seconds (rounded up).
+fn too_soon(cloud_id: &str, spacing: Duration, wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_polls",
+        format!(
+            "meter {cloud_id} was polled on demand less than {}s ago; one on-demand poll per meter per {}s (POLL_NOW_MIN_INTERVAL), retry in {seconds}s. Its scheduled readings keep coming every POLL_INTERVAL",
+            spacing.as_secs_f64(),
+            spacing.as_secs_f64(),
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
+}
+
 fn poll_failed(cloud_id: &str, err: &PollError) -> ApiError {
     let (status, code) = match err {
         PollError::Auth(_) => (StatusCode::BAD_GATEWAY, "eagle_auth_failed"),
@@ -245,4 +312,38 @@ fn poll_failed(cloud_id: &str, err: &PollError) -> ApiError {
         PollError::Empty(_) => (StatusCode::BAD_GATEWAY, "eagle_no_value"),
     };
     ApiError::new(status, code, format!("meter {cloud_id}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_demand_polls_of_a_meter_are_spaced_and_others_are_not_held_up() {
+        let gate = PollGate::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        gate.admit("00aa01", t0).unwrap();
+        assert_eq!(
+            gate.admit("00aa01", t0 + Duration::from_millis(500)),
+            Err(Duration::from_millis(1500))
+        );
+        gate.admit("00aa02", t0 + Duration::from_millis(500))
+            .unwrap();
+        gate.admit("00aa01", t0 + Duration::from_secs(2)).unwrap();
+        // off
+        let open = PollGate::new(Duration::ZERO);
+        open.admit("00aa01", t0).unwrap();
+        open.admit("00aa01", t0).unwrap();
+    }
+
+    #[test]
+    fn the_gate_forgets_meters_once_their_spacing_has_passed() {
+        let gate = PollGate::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        for i in 0..1024 {
+            gate.admit(&format!("{i:06x}"), t0).unwrap();
+        }
+        gate.admit("100000", t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(gate.last.lock().unwrap().len(), 1);
+    }
 }

@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{KEY_A, KEY_B, Rig, captured, spawn_app};
+use crate::helpers::{KEY_A, KEY_B, Rig, captured, spawn_app, token};
 
 #[tokio::test]
 async fn registration_round_trip_with_roles_and_paging() {
@@ -281,5 +281,51 @@ async fn import_registers_good_lines_and_names_bad_ones() {
         .call(Method::GET, "/api/user/00cc03", Some(Role::Student), None)
         .await;
     assert_eq!(status, 404);
+    app.stop().await;
+}
+
+/// On-demand polls of one meter are spaced (`POLL_NOW_MIN_INTERVAL`): one sooner gets 429 with
+/// `Retry-After` and never reaches the meter; another meter is not held up.
+#[tokio::test]
+async fn on_demand_polls_of_one_meter_are_spaced() {
+    let rig = Rig::start().await;
+    // scheduled polls an hour apart, so the meter's requests are the test's own
+    let app = rig
+        .spawn(&["--poll-now-min-interval", "60s", "--poll-interval", "1h"])
+        .await;
+    for (id, api) in [("00dd01", Api::Cloud), ("00dd02", Api::Local200)] {
+        assert_eq!(app.register(id, &rig.meter(id, api)).await.0, 201);
+    }
+    let poll = |id: &'static str| {
+        app.http
+            .get(format!("{}/api/event/{id}", app.api))
+            .bearer_auth(token(Role::Student))
+            .send()
+    };
+    assert_eq!(poll("00dd01").await.unwrap().status(), 200);
+    let asked = rig.fake.requests("00dd01");
+    let refused = poll("00dd01").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_polls", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("POLL_NOW_MIN_INTERVAL"),
+        "{body}"
+    );
+    assert_eq!(
+        rig.fake.requests("00dd01"),
+        asked,
+        "the meter was not asked"
+    );
+    assert_eq!(poll("00dd02").await.unwrap().status(), 200);
     app.stop().await;
 }
