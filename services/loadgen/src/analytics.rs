@@ -7,7 +7,8 @@
 //! 2. `GET /api/v1/learners/{learner}/summary` from many keep-alive connections (p50/p99);
 //! 3. a Keen count over the previous 7 days, hourly, grouped by error class (p50/p99); the same
 //!    with every query distinct (no answer used twice); the same over the current 7 days while
-//!    Ruby runs arrive (`--live-rate`);
+//!    Ruby runs arrive (`--live-rate`); a count_unique of `actor` over the previous 7 days,
+//!    daily (learners active per day);
 //!
 //! and prints them against the targets: projection >= 50,000 events/s, summary p99 <= 5 ms,
 //! Keen count p99 <= 20 ms.
@@ -296,14 +297,20 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     let conns = args.keen_connections;
     let keen = keen_phase(
         format!("Keen count 7 d hourly group_by ({conns} conns)"),
-        keen_count("previous_7_days", false),
+        keen_count(COUNT_BY_CLASS, "previous_7_days", false),
     )
     .await;
     // every query its own (a filter that drops nothing, a different value each time): no
     // answer is used twice, every one is computed from the hours held in memory
     let distinct = keen_phase(
         format!("Keen count 7 d hourly group_by, every query distinct ({conns} conns)"),
-        keen_count("previous_7_days", true),
+        keen_count(COUNT_BY_CLASS, "previous_7_days", true),
+    )
+    .await;
+    // learners active per day, the usual dashboard tile
+    keen_phase(
+        format!("Keen count_unique actor 7 d daily ({conns} conns)"),
+        keen_count(ACTIVE_PER_DAY, "previous_7_days", false),
     )
     .await;
     // the current 7 days while runs arrive: a query that finds the current hour changed since
@@ -316,7 +323,7 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
             "Keen count this 7 d hourly group_by, {} runs/s arriving ({conns} conns)",
             args.live_rate
         ),
-        keen_count("this_7_days", false),
+        keen_count(COUNT_BY_CLASS, "this_7_days", false),
     )
     .await;
     stop.cancel();
@@ -342,17 +349,22 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The path of a Keen count of Ruby runs over `timeframe`, hourly, grouped by error class;
-/// `distinct`: with a filter that drops nothing and differs from request to request.
+/// A Keen count of Ruby runs, hourly, grouped by error class (the issue's query).
+const COUNT_BY_CLASS: &str =
+    "count?event_collection=shim.ruby_run&interval=hourly&group_by=rubyRun.error.className";
+/// Learners active per day: a count_unique of `actor`, daily.
+const ACTIVE_PER_DAY: &str =
+    "count_unique?event_collection=shim.ruby_run&interval=daily&target_property=actor";
+
+/// The path of Keen query `query` over `timeframe`; `distinct`: with a filter that drops
+/// nothing and differs from request to request.
 fn keen_count(
+    query: &'static str,
     timeframe: &'static str,
     distinct: bool,
 ) -> impl Fn(usize) -> String + Clone + Send + 'static {
     move |i| {
-        let mut path = format!(
-            "/3.0/projects/learntrail/queries/count?event_collection=shim.ruby_run\
-             &timeframe={timeframe}&interval=hourly&group_by=rubyRun.error.className"
-        );
+        let mut path = format!("/3.0/projects/learntrail/queries/{query}&timeframe={timeframe}");
         if distinct {
             // [{"property_name":"context.course","operator":"ne","property_value":"none-<i>"}]
             path.push_str(&format!(

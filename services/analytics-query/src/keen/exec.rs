@@ -3,8 +3,10 @@
 //! round trip; from memory where an hour has not changed since it was last read, see
 //! [`crate::cache`]): the hourly cells when every interval edge falls on an hour, the per-minute
 //! cells otherwise. With `actor eq`/`in` (every student query), from those learners' own events of the
-//! collection (one sorted-set range each, exact times); with `actor` otherwise (group_by,
-//! count_unique, other operators), the actors active in the timeframe's hours first, then theirs.
+//! collection (one sorted-set range each, exact times); a count_unique of `actor` with nothing
+//! else asked and hourly edges, from each collection-hour's set of actors; with `actor` otherwise
+//! (group_by, count_unique with filters, other operators), the actors active in the timeframe's
+//! hours first, then their events.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -125,6 +127,14 @@ pub async fn run(
     // the current hour (and later ones) change while events arrive
     let now_hour = keys::hour_of(chrono::Utc::now().timestamp_millis());
     let mut engine = Engine::new(query, &edges_ms, hourly, max_values);
+    if hourly && distinct_actors_only(query) {
+        // each hour's actors are kept as a set: no learner's events need to be read
+        let sets = hour_actors(store, cache, &query.collection, &hours, now_hour).await?;
+        for (set, &hour) in sets.iter().zip(&hours) {
+            engine.add_actors(set.iter(), hour);
+        }
+        return Ok(engine.to_json()?);
+    }
     let actors = match plan(query) {
         Plan::Shared => {
             // counts for count and count_unique, the measure's own cells otherwise
@@ -188,6 +198,30 @@ pub async fn run(
     Ok(engine.to_json()?)
 }
 
+/// A count_unique of `actor` and nothing else (no filter, no group_by): the learners active in
+/// each interval, which the collection-hours' actor sets hold.
+fn distinct_actors_only(query: &Query) -> bool {
+    query.analysis == Analysis::CountUnique
+        && query.target.as_deref() == Some(ACTOR)
+        && query.filters.is_empty()
+        && query.group_by.is_empty()
+}
+
+/// The actors of each of `hours` (a set each).
+async fn hour_actors(
+    store: &Store,
+    cache: &Cache,
+    collection: &str,
+    hours: &[i64],
+    now_hour: i64,
+) -> redis::RedisResult<Vec<std::sync::Arc<crate::cache::Strings>>> {
+    let wanted: Vec<Wanted> = hours
+        .iter()
+        .map(|&hour| Wanted::hour(collection, hour, "u", Kind::Set, now_hour))
+        .collect();
+    cache.read(store, &wanted).await
+}
+
 /// The learners active in any of `hours`, sorted.
 async fn active_learners(
     store: &Store,
@@ -196,11 +230,7 @@ async fn active_learners(
     hours: &[i64],
     now_hour: i64,
 ) -> redis::RedisResult<Vec<String>> {
-    let wanted: Vec<Wanted> = hours
-        .iter()
-        .map(|&hour| Wanted::hour(collection, hour, "u", Kind::Set, now_hour))
-        .collect();
-    let sets = cache.read(store, &wanted).await?;
+    let sets = hour_actors(store, cache, collection, hours, now_hour).await?;
     let active: std::collections::BTreeSet<&str> = sets.iter().flat_map(|s| s.iter()).collect();
     Ok(active.into_iter().map(str::to_string).collect())
 }
@@ -316,6 +346,24 @@ impl<'q> Engine<'q> {
                 acc.distinct.insert(value);
             }
         }
+    }
+
+    /// Adds the actors of the collection-hour starting at `hour` (a count_unique of `actor`
+    /// with hourly edges and nothing else asked).
+    fn add_actors<'v>(&mut self, actors: impl IntoIterator<Item = &'v str>, hour: i64) {
+        let Some(interval) = self.interval(hour * HOUR_MS) else {
+            return;
+        };
+        let Some(group) = self.group_of("{}", None) else {
+            return;
+        };
+        let acc = self.totals.entry((interval, group)).or_default();
+        // as an event's actor is counted: its JSON text
+        acc.distinct.extend(
+            actors
+                .into_iter()
+                .map(|a| Value::String(a.to_string()).to_string()),
+        );
     }
 
     /// Adds one of `actor`'s events (occurred at `ms`): exact times, so any interval edge works.
