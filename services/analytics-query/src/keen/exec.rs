@@ -8,7 +8,10 @@
 //! (group_by, count_unique with filters, other operators), the actors active in the timeframe's
 //! hours first, then their events.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use serde::ser::SerializeMap;
 use serde_json::{Map, Value, json};
@@ -84,7 +87,8 @@ struct Acc {
     n: u64,
     lo: Option<f64>,
     hi: Option<f64>,
-    distinct: HashSet<String>,
+    /// Values seen (count_unique): shared, so a union over intervals or groups copies no text.
+    distinct: HashSet<Arc<str>, Fast>,
 }
 
 impl Acc {
@@ -214,7 +218,7 @@ async fn hour_actors(
     collection: &str,
     hours: &[i64],
     now_hour: i64,
-) -> redis::RedisResult<Vec<std::sync::Arc<crate::cache::Strings>>> {
+) -> redis::RedisResult<Vec<Arc<crate::cache::Strings>>> {
     let wanted: Vec<Wanted> = hours
         .iter()
         .map(|&hour| Wanted::hour(collection, hour, "u", Kind::Set, now_hour))
@@ -328,9 +332,9 @@ impl<'q> Engine<'q> {
             };
             let number: f64 = value.parse().unwrap_or(0.0);
             let distinct = match (stat, self.query.analysis) {
-                ("c", Analysis::CountUnique) if number > 0.0 => {
-                    self.value_of(tuple, None, &measure).map(|v| v.to_string())
-                }
+                ("c", Analysis::CountUnique) if number > 0.0 => self
+                    .value_of(tuple, None, &measure)
+                    .map(|v| v.to_string().into()),
                 _ => None,
             };
             let acc = self.totals.entry((interval, group)).or_default();
@@ -358,12 +362,8 @@ impl<'q> Engine<'q> {
             return;
         };
         let acc = self.totals.entry((interval, group)).or_default();
-        // as an event's actor is counted: its JSON text
-        acc.distinct.extend(
-            actors
-                .into_iter()
-                .map(|a| Value::String(a.to_string()).to_string()),
-        );
+        // only their number is used, and a query counts actors this way alone
+        acc.distinct.extend(actors.into_iter().map(Arc::from));
     }
 
     /// Adds one of `actor`'s events (occurred at `ms`): exact times, so any interval edge works.
@@ -378,7 +378,7 @@ impl<'q> Engine<'q> {
         let distinct = match self.query.analysis {
             Analysis::CountUnique => self
                 .value_of(tuple, Some(actor), &measure)
-                .map(|v| v.to_string()),
+                .map(|v| v.to_string().into()),
             _ => None,
         };
         let value = measures.get(&measure).and_then(Value::as_f64);
