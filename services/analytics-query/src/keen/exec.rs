@@ -133,11 +133,14 @@ pub async fn run(
     let mut engine = Engine::new(query, &edges_ms, hourly, max_values);
     if hourly && distinct_actors_only(query) {
         // each hour's actors are kept as a set: no learner's events need to be read
+        let generation = cache.generation();
         let sets = hour_actors(store, cache, &query.collection, &hours, now_hour).await?;
-        for (set, &hour) in sets.iter().zip(&hours) {
-            engine.add_actors(set.iter(), hour);
-        }
-        return Ok(engine.to_json()?);
+        return Ok(answer_once(cache, query, &sets, generation, || {
+            for (set, &hour) in sets.iter().zip(&hours) {
+                engine.add_actors(set.iter(), hour);
+            }
+            engine.to_json()
+        })?);
     }
     let actors = match plan(query) {
         Plan::Shared => {
@@ -157,18 +160,12 @@ pub async fn run(
             // what the answer is computed from is read after this
             let generation = cache.generation();
             let cells = cache.read(store, &wanted).await?;
-            // the same query over hours at the same versions has the same answer
-            let versions: Vec<i64> = cells.iter().map(|c| c.version()).collect();
-            let key = format!("{query:?}");
-            if let Some(body) = cache.answer(&key, &versions) {
-                return Ok(body);
-            }
-            for (strings, &hour) in cells.iter().zip(&hours) {
-                engine.add(strings.pairs(), hour);
-            }
-            let body = engine.to_json()?;
-            cache.keep_answer(&key, versions, &body, generation);
-            return Ok(body);
+            return Ok(answer_once(cache, query, &cells, generation, || {
+                for (strings, &hour) in cells.iter().zip(&hours) {
+                    engine.add(strings.pairs(), hour);
+                }
+                engine.to_json()
+            })?);
         }
         Plan::Learners(actors) => actors,
         Plan::AllLearners => {
@@ -200,6 +197,26 @@ pub async fn run(
         }
     }
     Ok(engine.to_json()?)
+}
+
+/// The answer to `query` from `read` (what it is computed from, read at `generation`): the same
+/// query over hours at the same versions has the same answer, so it comes from memory when one
+/// was kept; otherwise `fold` computes it and it is kept.
+fn answer_once(
+    cache: &Cache,
+    query: &Query,
+    read: &[Arc<crate::cache::Strings>],
+    generation: u64,
+    fold: impl FnOnce() -> Result<Vec<u8>, KeenError>,
+) -> Result<Vec<u8>, KeenError> {
+    let versions: Vec<i64> = read.iter().map(|c| c.version()).collect();
+    let key = format!("{query:?}");
+    if let Some(body) = cache.answer(&key, &versions) {
+        return Ok(body);
+    }
+    let body = fold()?;
+    cache.keep_answer(&key, versions, &body, generation);
+    Ok(body)
 }
 
 /// A count_unique of `actor` and nothing else (no filter, no group_by): the learners active in
