@@ -288,13 +288,12 @@ async fn poll_now(
 /// 429 `too_many_polls`, with `Retry-After` in whole seconds (rounded up).
 fn too_soon(cloud_id: &str, spacing: Duration, wait: Duration) -> Response {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let spacing = spacing.as_secs_f64();
     let mut response = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_polls",
         format!(
-            "meter {cloud_id} was polled on demand less than {}s ago; one on-demand poll per meter per {}s (POLL_NOW_MIN_INTERVAL), retry in {seconds}s. Its scheduled readings keep coming every POLL_INTERVAL",
-            spacing.as_secs_f64(),
-            spacing.as_secs_f64(),
+            "meter {cloud_id} was polled on demand less than {spacing}s ago; one on-demand poll per meter per {spacing}s (POLL_NOW_MIN_INTERVAL), retry in {seconds}s. Its scheduled readings keep coming every POLL_INTERVAL"
         ),
     )
     .into_response();

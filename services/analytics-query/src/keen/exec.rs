@@ -453,9 +453,8 @@ impl<'q> Engine<'q> {
         Some(next)
     }
 
-    fn value(&self, acc: Option<&Acc>) -> Value {
-        let empty = Acc::default();
-        let acc = acc.unwrap_or(&empty);
+    /// Keen's value of one (interval, group) total.
+    fn value(&self, acc: &Acc) -> Value {
         match self.query.analysis {
             Analysis::Count => json!(acc.count),
             Analysis::CountUnique => json!(acc.distinct.len()),
@@ -554,7 +553,7 @@ impl serde::Serialize for Body<'_, '_> {
         let grouped = !engine.query.group_by.is_empty();
         match (engine.query.interval.is_some(), grouped) {
             (false, false) => {
-                body.serialize_entry("result", &engine.value(Some(&engine.merged(None))))?
+                body.serialize_entry("result", &engine.value(&engine.merged(None)))?
             }
             (false, true) => body.serialize_entry("result", &GroupsIn(engine, None))?,
             (true, _) => body.serialize_entry("result", &Intervals(engine))?,
@@ -580,7 +579,7 @@ impl serde::Serialize for IntervalOf<'_, '_> {
             &BTreeMap::from([("end", end), ("start", start)]),
         )?;
         if engine.query.group_by.is_empty() {
-            object.serialize_entry("value", &engine.value(Some(&engine.merged(Some(i)))))?;
+            object.serialize_entry("value", &engine.value(&engine.merged(Some(i))))?;
         } else {
             object.serialize_entry("value", &GroupsIn(engine, Some(i)))?;
         }
@@ -593,7 +592,7 @@ impl serde::Serialize for GroupsIn<'_, '_> {
         let (engine, interval) = (self.0, self.1);
         let totals = engine.by_group(interval);
         s.collect_seq(engine.groups.values().map(|(id, values)| {
-            let result = engine.value(Some(&totals[*id]));
+            let result = engine.value(&totals[*id]);
             // each group_by property and `result` (which wins a clash, as it did in a map)
             let mut object: BTreeMap<&str, Value> = engine
                 .query
