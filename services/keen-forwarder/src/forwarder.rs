@@ -196,21 +196,20 @@ pub async fn run(bus: Bus, dest: Arc<Destination>, metrics: DestMetrics, token: 
                 },
             };
             if full && !batch.is_empty() {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break 'connect;
-                };
+                // the batch waits for a delivery slot in its own task, kept in progress there:
+                // waiting here would leave it (and what the stream holds) to be redelivered
+                // after the ack wait, and delivered twice. What waits is bounded by the
+                // consumer's max_ack_pending.
                 let work = Delivery {
                     bus: bus.clone(),
                     dest: dest.clone(),
                     metrics: metrics.clone(),
                     in_flight: in_flight.clone(),
                     token: token.clone(),
+                    slots: slots.clone(),
                 };
                 let messages = std::mem::take(&mut batch);
-                tasks.spawn(async move {
-                    work.handle(messages).await;
-                    drop(slot);
-                });
+                tasks.spawn(async move { work.handle(messages).await });
                 (bytes, deadline) = (0, None);
             }
             while tasks.try_join_next().is_some() {}
@@ -241,6 +240,8 @@ struct Delivery {
     metrics: DestMetrics,
     in_flight: InFlight,
     token: CancellationToken,
+    /// Deliveries in flight at once (`concurrency`).
+    slots: Arc<Semaphore>,
 }
 
 impl Delivery {
@@ -294,7 +295,8 @@ impl Delivery {
         self.forget(&published);
     }
 
-    /// Delivery with retries while telling JetStream the messages are still being worked on.
+    /// Waits for a delivery slot, then delivers with retries, telling JetStream all the while
+    /// that the messages are still being worked on. `None` at shutdown.
     async fn deliver_keeping_in_progress(
         &self,
         messages: &[jetstream::Message],
@@ -302,7 +304,13 @@ impl Delivery {
     ) -> Option<Vec<Final>> {
         let period = (self.dest.tuning.ack_wait / 3).max(Duration::from_millis(100));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let delivery = deliver_with_retries(&self.dest, events, &self.metrics, &self.token);
+        let delivery = async {
+            let _slot = tokio::select! {
+                slot = self.slots.clone().acquire_owned() => slot.ok()?,
+                _ = self.token.cancelled() => return None,
+            };
+            deliver_with_retries(&self.dest, events, &self.metrics, &self.token).await
+        };
         tokio::pin!(delivery);
         loop {
             tokio::select! {

@@ -80,16 +80,28 @@ impl Mapping {
                 grades
                     .into_iter()
                     .map(|(grade_id, problem)| {
-                        let mut result = json!({
+                        let result = json!({
                             "success": problem.status == Status::Passed as i32,
-                            "score": { "raw": problem.points, "min": 0.0, "max": problem.max_points },
+                            "score": score(problem.points, problem.max_points),
                         });
-                        if problem.max_points > 0.0 {
-                            result["score"]["scaled"] = json!((problem.points / problem.max_points).clamp(-1.0, 1.0));
-                        }
-                        let assignment = if notebook.assignment.is_empty() { &notebook.path } else { &notebook.assignment };
-                        let object = self.activity("notebook", &format!("{assignment}/{grade_id}"), grade_id);
-                        self.statement(event, Some(grade_id), (ADL, "answered"), object, Some(result), None)
+                        let assignment = if notebook.assignment.is_empty() {
+                            &notebook.path
+                        } else {
+                            &notebook.assignment
+                        };
+                        let object = self.activity(
+                            "notebook",
+                            &format!("{assignment}/{grade_id}"),
+                            grade_id,
+                        );
+                        self.statement(
+                            event,
+                            Some(grade_id),
+                            (ADL, "answered"),
+                            object,
+                            Some(result),
+                            None,
+                        )
                     })
                     .collect()
             }
@@ -119,11 +131,7 @@ impl Mapping {
                 vec![self.statement(event, None, (ADL, "registered"), course, None, None)]
             }
             (LmsEventType::AssessmentSubmitted, Some(EventData::Assessment(a))) => {
-                let mut score = json!({ "raw": a.score, "min": 0.0, "max": a.max_score });
-                if a.max_score > 0.0 {
-                    score["scaled"] = json!((a.score / a.max_score).clamp(-1.0, 1.0));
-                }
-                let mut result = json!({ "score": score });
+                let mut result = json!({ "score": score(a.score, a.max_score) });
                 if let Some(passed) = a.passed {
                     result["success"] = json!(passed);
                 }
@@ -246,6 +254,22 @@ impl Mapping {
     }
 }
 
+/// An xAPI score of `raw` points out of `max`. xAPI requires `min` < `max`, `raw` between them
+/// and `scaled` within -1..1, and an LRS refuses the whole statement otherwise: so `min` and
+/// `max` (0 and `max`) only when `raw` lies between them, `scaled` only when `max` is positive
+/// (an nbgrader answer cell is worth 0 points; extra credit passes `max`).
+fn score(raw: f64, max: f64) -> Value {
+    let mut score = json!({ "raw": raw });
+    if max > 0.0 {
+        score["scaled"] = json!((raw / max).clamp(-1.0, 1.0));
+        if (0.0..=max).contains(&raw) {
+            score["min"] = json!(0.0);
+            score["max"] = json!(max);
+        }
+    }
+    score
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +377,14 @@ mod tests {
                 max_points: 2.0,
             },
         );
+        problems.insert(
+            "q3".to_string(),
+            ProblemResult {
+                status: Status::Passed as i32,
+                points: 0.0,
+                max_points: 0.0,
+            },
+        );
         let event = Event {
             id: "e9".into(),
             actor: "a".into(),
@@ -364,12 +396,33 @@ mod tests {
             ..Default::default()
         };
         let statements = mapping().statements(&event);
-        assert_eq!(statements.len(), 2);
+        assert_eq!(statements.len(), 3);
         assert_eq!(statements[0]["result"]["success"], true);
         assert_eq!(statements[1]["result"]["success"], false);
         assert_eq!(
             statements[1]["id"],
             statement_id("e9", Some("q2")).to_string()
         );
+        assert_eq!(
+            statements[1]["result"]["score"],
+            json!({"raw": 0.0, "min": 0.0, "max": 2.0, "scaled": 0.0})
+        );
+        // an answer cell worth no points (nbgrader's solution cells): no min == max
+        assert_eq!(statements[2]["result"]["score"], json!({"raw": 0.0}));
+    }
+
+    #[test]
+    fn scores_keep_the_rules_an_lrs_checks() {
+        for (raw, max) in [(0.0, 0.0), (1.0, 4.0), (5.0, 4.0), (-1.0, 4.0), (2.0, 0.0)] {
+            let s = score(raw, max);
+            assert_eq!(s["raw"], raw);
+            if let (Some(min), Some(max)) = (s["min"].as_f64(), s["max"].as_f64()) {
+                assert!(min < max && (min..=max).contains(&raw), "{s}");
+            }
+            if let Some(scaled) = s["scaled"].as_f64() {
+                assert!((-1.0..=1.0).contains(&scaled), "{s}");
+            }
+        }
+        assert_eq!(score(5.0, 4.0), json!({"raw": 5.0, "scaled": 1.0}));
     }
 }

@@ -287,6 +287,44 @@ async fn failures_and_rate_limits_are_retried_while_another_destination_flows() 
 }
 
 #[tokio::test]
+async fn batches_waiting_for_a_delivery_slot_are_kept_in_progress_not_sent_twice() {
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let hook = fakes::webhook().await;
+    // the first delivery fails for about 3 s (three ack waits) while the other batches wait for
+    // the one slot
+    hook.state.fail_next(503, None, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let file = destinations_file(
+        dir.path(),
+        json!([hook_entry(
+            "slow",
+            &hook,
+            json!({
+                "batch_size": 5, "concurrency": 1, "ack_wait": "1s", "max_attempts": 40,
+                "retry_min": "250ms", "retry_max": "250ms",
+            })
+        )]),
+    );
+    let forwarder = start(config(&nats, &file)).await;
+    let events = events(20);
+    publish(&bus, &events).await;
+    all_stored(&hook, "id", &events, "every event at the webhook").await;
+    // long enough for a redelivery of a late batch to be delivered again
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    forwarder.stop().await;
+
+    assert!(
+        hook.state.requests().len() > 12,
+        "the first delivery was retried past the ack wait"
+    );
+    let counts = counts(&hook, "id");
+    assert_eq!(counts.len(), 20);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+#[tokio::test]
 async fn events_out_of_attempts_are_deadlettered_and_acked() {
     let nats = NatsServer::start();
     let bus = bus(&nats).await;
