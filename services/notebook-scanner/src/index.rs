@@ -5,8 +5,10 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     fs::{File, OpenOptions},
     io::{BufRead, BufReader, BufWriter, Write},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
@@ -20,11 +22,38 @@ pub struct Entry {
     pub sha256: String,
 }
 
+/// One line of the log. A path that is not UTF-8 (a file name in another encoding, say Latin-1
+/// from an unpacked archive) is kept as its bytes: JSON strings cannot hold it.
 #[derive(Serialize, Deserialize)]
 struct Line {
-    path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path_bytes: Option<Vec<u8>>,
     #[serde(flatten)]
     entry: Entry,
+}
+
+impl Line {
+    fn new(path: &Path, entry: Entry) -> Self {
+        let (path, path_bytes) = match path.to_str() {
+            Some(text) => (Some(text.to_string()), None),
+            None => (None, Some(path.as_os_str().as_bytes().to_vec())),
+        };
+        Self {
+            path,
+            path_bytes,
+            entry,
+        }
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        match (&self.path, &self.path_bytes) {
+            (Some(text), _) => Some(PathBuf::from(text)),
+            (None, Some(bytes)) => Some(PathBuf::from(OsStr::from_bytes(bytes))),
+            (None, None) => None,
+        }
+    }
 }
 
 pub struct Index {
@@ -43,8 +72,10 @@ impl Index {
         if let Ok(existing) = File::open(file) {
             for line in BufReader::new(existing).lines() {
                 // a torn last line (crash mid-append) is skipped: its event is re-emitted
-                if let Ok(Line { path, entry }) = serde_json::from_str(&line?) {
-                    entries.insert(path, entry);
+                if let Ok(line) = serde_json::from_str::<Line>(&line?)
+                    && let Some(path) = line.path()
+                {
+                    entries.insert(path, line.entry);
                 }
             }
         }
@@ -94,13 +125,11 @@ impl Index {
     }
 }
 
+/// Appends one whole line (built first, so a failure leaves nothing half-written).
 fn write_line(out: &mut impl Write, path: &Path, entry: &Entry) -> std::io::Result<()> {
-    let line = Line {
-        path: path.to_path_buf(),
-        entry: entry.clone(),
-    };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
+    let mut line = serde_json::to_vec(&Line::new(path, entry.clone()))?;
+    line.push(b'\n');
+    out.write_all(&line)
 }
 
 #[cfg(test)]
@@ -133,5 +162,29 @@ mod tests {
         assert_eq!(index.len(), 2);
         assert_eq!(index.get(Path::new("/h/a.ipynb")), Some(&entry(2)));
         assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_kept_and_spoils_no_other_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("index.jsonl");
+        let entry = Entry {
+            size: 1,
+            mtime_ns: 1_700_000_000_000_000_000,
+            sha256: "0".repeat(64),
+        };
+        // "résumé.ipynb" in Latin-1
+        let latin1 = Path::new(OsStr::from_bytes(b"/h/r\xe9sum\xe9.ipynb"));
+        let mut index = Index::open(&file).unwrap();
+        index.record(latin1, entry.clone()).unwrap();
+        index
+            .record(Path::new("/h/b.ipynb"), entry.clone())
+            .unwrap();
+        index.flush().unwrap();
+        drop(index);
+        let index = Index::open(&file).unwrap();
+        assert_eq!(index.get(latin1), Some(&entry));
+        assert_eq!(index.get(Path::new("/h/b.ipynb")), Some(&entry));
+        assert_eq!(index.len(), 2);
     }
 }

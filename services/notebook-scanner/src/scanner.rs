@@ -72,8 +72,9 @@ pub struct Scanner {
     index: Index,
     users: Vec<Arc<User>>,
     users_stamp: Option<(u64, i64)>,
-    /// uids whose directory is missing (reported once).
-    missing: HashSet<String>,
+    /// Notebooks directories that are missing (reported once). By directory, not uid: a uid may
+    /// be listed with several, some there and some not.
+    missing: HashSet<PathBuf>,
     /// Too-large files already reported, so the reason is logged once per version.
     too_large: HashMap<PathBuf, (u64, i64)>,
     /// Files whose last attempt failed: retried before anything else.
@@ -105,9 +106,10 @@ impl Scanner {
         }
     }
 
-    /// Re-reads the users file if it changed since the last read; returns the uids that are new
-    /// or whose directory changed. A bad file keeps the users read before (and is reported).
-    pub fn reload_users(&mut self) -> HashSet<String> {
+    /// Re-reads the users file if it changed since the last read; returns the notebooks
+    /// directories it gained (a new user, or a user's new directory). A bad file keeps the users
+    /// read before (and is reported).
+    pub fn reload_users(&mut self) -> HashSet<PathBuf> {
         let csv = &self.shared.settings.users_csv;
         let stamp = std::fs::metadata(csv).ok().map(|m| (m.len(), mtime_ns(&m)));
         if stamp == self.users_stamp && self.users_stamp.is_some() {
@@ -123,11 +125,11 @@ impl Scanner {
                 let added = users
                     .iter()
                     .filter(|u| !self.users.contains(u))
-                    .map(|u| u.uid.clone())
+                    .map(|u| u.dir.clone())
                     .collect();
                 self.users = users;
                 self.missing
-                    .retain(|uid| self.users.iter().any(|u| &u.uid == uid));
+                    .retain(|dir| self.users.iter().any(|u| &u.dir == dir));
                 added
             }
             Err(err) => {
@@ -142,7 +144,7 @@ impl Scanner {
     pub fn missing_appeared(&self) -> bool {
         self.users
             .iter()
-            .any(|u| self.missing.contains(&u.uid) && u.dir.is_dir())
+            .any(|u| self.missing.contains(&u.dir) && u.dir.is_dir())
     }
 
     /// Users whose directory exists now; a missing one is reported the first time it is missed.
@@ -150,11 +152,11 @@ impl Scanner {
         let mut present = Vec::new();
         for user in &self.users {
             if user.dir.is_dir() {
-                if self.missing.remove(&user.uid) {
+                if self.missing.remove(&user.dir) {
                     tracing::info!(uid = %user.uid, dir = %user.dir.display(), "notebooks directory appeared");
                 }
                 present.push(user.clone());
-            } else if self.missing.insert(user.uid.clone()) {
+            } else if self.missing.insert(user.dir.clone()) {
                 tracing::warn!(uid = %user.uid, dir = %user.dir.display(), "notebooks directory does not exist; watching for it");
             }
         }
@@ -232,7 +234,7 @@ impl Scanner {
         let candidates = tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
             // a directory that appeared, or a user the users file gained: everything in it
-            for user in present.iter().filter(|u| to_walk.contains(&u.uid)) {
+            for user in present.iter().filter(|u| to_walk.contains(&u.dir)) {
                 for (path, meta) in walk::files(&user.dir) {
                     found.push(candidate(user, path, &meta));
                 }

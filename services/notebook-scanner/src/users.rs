@@ -30,12 +30,22 @@ pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
         path: path.into(),
         source,
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    parse(&text, &base).map_err(|message| UsersError::Format {
+    parse(&text, &base_of(path)).map_err(|message| UsersError::Format {
         path: path.into(),
         message,
     })
+}
+
+/// The absolute directory of the users file at `path`, against which relative notebooks
+/// directories are taken. A bare file name (the default `users.csv`) has an empty parent, which
+/// is the working directory: left empty, every directory stayed relative, and no watch
+/// notification (whose paths are absolute) matched a user.
+fn base_of(path: &Path) -> PathBuf {
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf())
 }
 
 /// Parses CSV text; relative directories are taken relative to `base`.
@@ -105,6 +115,21 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_bare_file_name_resolves_against_the_working_directory() {
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(base_of(Path::new("users.csv")), here);
+        assert_eq!(base_of(Path::new("conf/users.csv")), here.join("conf"));
+        assert_eq!(base_of(Path::new("/etc/users.csv")), Path::new("/etc"));
+        let users = parse(
+            b"uid,notebooks
+ann,homes/ann
+",
+            &base_of(Path::new("users.csv")),
+        );
+        assert!(users.unwrap()[0].dir.is_absolute());
     }
 
     #[test]

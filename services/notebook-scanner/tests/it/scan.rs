@@ -151,6 +151,33 @@ async fn the_users_file_is_reread_when_it_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_listed_with_a_present_and_a_missing_directory_is_watched_in_both() {
+    let env = Env::new().await;
+    // ann is listed with two courses' directories (of the same length), the second not there
+    // yet; bob is listed too
+    env.write(
+        "users.csv",
+        b"uid,notebooks\nbob,home/bob\nann,c101/ann\nann,c102/ann\n",
+    );
+    std::fs::create_dir_all(env.path("home/bob")).unwrap();
+    std::fs::create_dir_all(env.path("c101/ann")).unwrap();
+    let scanner = env.start(&[]).await;
+    env.write("c101/ann/problem1.ipynb", &fixture("passing.ipynb"));
+    let events = env.wait_events(1, Duration::from_secs(3)).await;
+    assert_eq!(events[0].actor, pseudonym(KEY, "ann"));
+    // the scanner is not stuck on ann's missing directory: another learner's save comes
+    env.write("home/bob/problem1.ipynb", &fixture("passing.ipynb"));
+    let events = env.wait_events(2, Duration::from_secs(3)).await;
+    assert_eq!(events[1].actor, pseudonym(KEY, "bob"));
+    // the missing one appears, with a notebook in it
+    env.write("c102/ann/problem2.ipynb", &fixture("passing.ipynb"));
+    let events = env.wait_events(3, Duration::from_secs(3)).await;
+    assert_eq!(snapshot_of(&events[2]).path, "problem2.ipynb");
+    assert_eq!(events[2].actor, pseudonym(KEY, "ann"));
+    scanner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_during_a_nats_outage_is_reported_when_nats_is_back() {
     let mut env = Env::new().await;
     env.write("users.csv", ONE_USER);
