@@ -9,6 +9,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (examples: 500ms, 5s, 1h, 30d)"))
 }
 
+/// Parses a duration that must be longer than zero (an interval or a timeout that zero would
+/// break, e.g. a timer period).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be longer than 0 (examples: 500ms, 5s, 1h)".into()),
+        duration => Ok(duration),
+    }
+}
+
 /// Parses a byte size: a plain number of bytes or a number with a unit
 /// (`KB`, `MB`, `GB`, `TB` are powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` powers of 1024).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -42,6 +51,17 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positive_durations_refuse_zero() {
+        assert_eq!(parse_positive_duration("5s"), Ok(Duration::from_secs(5)));
+        assert!(
+            parse_positive_duration("0s")
+                .unwrap_err()
+                .contains("longer than 0")
+        );
+        assert!(parse_positive_duration("soon").is_err());
+    }
 
     #[test]
     fn durations() {

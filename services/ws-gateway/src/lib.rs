@@ -30,7 +30,7 @@ use learntrail_runtime::{
     bus::{Bus, NatsArgs, StreamArgs},
     health, http,
     telemetry::LogArgs,
-    units::{parse_bytes, parse_duration},
+    units::{parse_bytes, parse_duration, parse_positive_duration},
 };
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -78,13 +78,13 @@ pub struct Config {
     #[arg(long, env = "WS_MAX_UNACKED", default_value_t = 1_000)]
     pub max_unacked: usize,
     /// How often the server pings; a peer silent for two intervals is dropped
-    #[arg(long, env = "WS_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "20s", value_parser = parse_positive_duration)]
     pub ping_interval: Duration,
     /// A socket that sends no message for this long is closed
-    #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
     /// How long a socket opened with ?auth=message has to send its auth message
-    #[arg(long, env = "WS_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WS_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub auth_timeout: Duration,
     /// TLS certificate chain (PEM); with --tls-key the endpoint speaks wss://
     #[arg(long = "tls-cert", env = "TLS_CERT", requires = "tls_key_file")]
@@ -213,4 +213,29 @@ pub async fn serve(
     bus.close(Duration::from_secs(2)).await;
     tracing::info!("ws-gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn a_zero_interval_or_timeout_is_a_configuration_error() {
+        let parse = |flag: &str, value: &str| {
+            let base = [
+                "ws-gateway",
+                "--jwt-secret",
+                "a-secret-of-thirty-two-bytes-or-more",
+            ];
+            Config::try_parse_from(base.into_iter().chain([flag, value]))
+        };
+        for flag in ["--ping-interval", "--idle-timeout", "--auth-timeout"] {
+            let err = parse(flag, "0s").err();
+            let err = err.unwrap_or_else(|| panic!("{flag} 0s accepted"));
+            assert!(err.to_string().contains("longer than 0"), "{err}");
+            assert!(parse(flag, "1s").is_ok(), "{flag} 1s refused");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use learntrail_proto::{
     Event, Payload, subject, time,
     v1::{Context, LabLog},
-    wkt::Struct,
+    wkt::{self, Struct, value::Kind},
 };
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -326,9 +326,31 @@ pub fn to_event(message: LogMessage, received_ms: i64) -> Event {
     }
 }
 
+/// A JSON object as a protobuf `Struct`, whose numbers are doubles: every number is taken as
+/// one, as JavaScript sent it (pbjson's own conversion refuses an integer of 2^53 or more, and
+/// the whole payload would have been dropped).
 fn to_struct(map: Map<String, Value>) -> Struct {
-    // a JSON object always maps to a Struct (numbers are finite: JSON has no NaN)
-    serde_json::from_value(Value::Object(map)).unwrap_or_default()
+    Struct {
+        fields: map
+            .into_iter()
+            .map(|(name, value)| (name, to_value(value)))
+            .collect(),
+    }
+}
+
+fn to_value(value: Value) -> wkt::Value {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        // always Some without serde_json's arbitrary_precision
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(items) => Kind::ListValue(wkt::ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        Value::Object(map) => Kind::StructValue(to_struct(map)),
+    };
+    wkt::Value { kind: Some(kind) }
 }
 
 /// `{"ack": id, "seq": n}`, with the client's `id` echoed and `duplicate` when the stream
@@ -488,6 +510,26 @@ mod tests {
             refusal.message.starts_with("payload: nests 17 levels"),
             "{}",
             refusal.message
+        );
+    }
+
+    #[test]
+    fn integers_past_two_to_the_53_are_kept_as_doubles() {
+        let frame = json!({"user": "u", "t": 1, "exp": "spinner", "type": "analytics",
+            "payload": {"log": "voltage", "data": {"set": 10_000_000_000_000_000u64,
+                "ns": -9_007_199_254_740_993i64, "list": [u64::MAX, 1.5, null, true, "x"]}}});
+        let Incoming::Log(log) = parse(&frame.to_string()).unwrap() else {
+            panic!("a log")
+        };
+        let Some(Payload::LabLog(lab)) = to_event(log, 1).payload else {
+            panic!("LabLog")
+        };
+        let data = serde_json::to_value(lab.data.as_ref().unwrap()).unwrap();
+        assert_eq!(data["data"]["set"], 1e16);
+        assert_eq!(data["data"]["ns"], -9_007_199_254_740_993i64 as f64);
+        assert_eq!(
+            data["data"]["list"],
+            json!([u64::MAX as f64, 1.5, null, true, "x"])
         );
     }
 

@@ -182,6 +182,12 @@ impl Session {
                             self.on_frame(Frame::Binary).await;
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        // a frame over the hard limit: nothing more is read, the acks owed go
+                        // out, then the close (the library only reports it)
+                        Some(Err(err)) if too_big(&err) => {
+                            self.gateway.metrics.refuse("too_big");
+                            self.close_with(close_code::SIZE, "message too big");
+                        }
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     }
                 }
@@ -425,4 +431,12 @@ fn close_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+/// Whether a read failed on a frame or message over the socket's size limit.
+fn too_big(err: &axum::Error) -> bool {
+    use std::error::Error as _;
+    err.source()
+        .and_then(|e| e.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }

@@ -329,3 +329,35 @@ async fn a_client_over_its_rate_limit_is_closed_with_1008() {
     assert_eq!(gateway.counter("ws_rate_limited").await, 1);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_frame_over_the_hard_limit_closes_with_1009_after_the_acks_owed() {
+    use futures_util::SinkExt;
+    // 4 KiB messages: the hard limit is then 1 MiB
+    let gateway = spawn_gateway(&["--max-frame-bytes", "4KiB"]).await;
+    let mut client = gateway.student().await;
+    for i in 0..3 {
+        client
+            .feed_json(&click("learner-1", &format!("h-{i}"), i))
+            .await;
+    }
+    client
+        .ws
+        .feed(Message::text("x".repeat((1 << 20) + 1)))
+        .await
+        .unwrap();
+    client.flush().await;
+    let mut acked = Vec::new();
+    let close = loop {
+        match client.next_frame().await {
+            Frame::Json(frame) => acked.push(frame["id"].as_str().unwrap_or_default().to_string()),
+            Frame::Close(close) => break close.expect("a close frame"),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(acked, ["h-0", "h-1", "h-2"], "every message read is acked");
+    assert_eq!(close.0, 1009);
+    assert!(close.1.contains("too big"), "{}", close.1);
+    assert_eq!(gateway.stored().await.len(), 3);
+    gateway.stop().await;
+}
