@@ -51,6 +51,9 @@ fn parse_runtime(lines: &[&str]) -> Option<RubyError> {
         Some((message, class)) => (message.to_string(), class.to_string()),
         // `raise ""` prints no class: Ruby's own words for it
         None if body == "unhandled exception" => (String::new(), "RuntimeError".to_string()),
+        // an empty message prints the class alone: `raise ArgumentError, ""`, and Ctrl-C
+        // (`Interrupt`)
+        None if is_constant_path(body) => (String::new(), body.to_string()),
         None => (body.to_string(), String::new()),
     };
     let (file, line) = user_location(&frame, &lines[index + 1..]);
@@ -91,12 +94,16 @@ fn split_class_suffix(text: &str) -> Option<(&str, &str)> {
     let inner = text.strip_suffix(')')?;
     let open = inner.rfind('(')?;
     let class = &inner[open + 1..];
-    let is_constant_path = !class.is_empty()
-        && class.split("::").all(|part| {
+    is_constant_path(class).then(|| (inner[..open].trim_end(), class))
+}
+
+/// `Some::Class`: a class name as Ruby prints it.
+fn is_constant_path(text: &str) -> bool {
+    !text.is_empty()
+        && text.split("::").all(|part| {
             part.chars().next().is_some_and(|c| c.is_ascii_uppercase())
                 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        });
-    is_constant_path.then(|| (inner[..open].trim_end(), class))
+        })
 }
 
 fn parse_syntax(lines: &[&str]) -> Option<RubyError> {
@@ -198,6 +205,18 @@ mod tests {
         syntax: bool,
     ) -> (String, String, String, u32, bool) {
         (class.into(), message.into(), file.into(), line, syntax)
+    }
+
+    #[test]
+    fn an_empty_message_leaves_the_class_alone() {
+        // Ctrl-C during `sleep`, as Ruby 3.1 prints it
+        let interrupt = "-e:1:in `sleep': Interrupt\n\tfrom -e:1:in `<main>'\n";
+        assert_eq!(parsed(interrupt), t("Interrupt", "", "-e", 1, false));
+        let nested = "x.rb:3:in '<main>': Grading::ScoreError\n";
+        assert_eq!(parsed(nested), t("Grading::ScoreError", "", "x.rb", 3, false));
+        // a message that is not a class name stays a message
+        let lower = "x.rb:3:in '<main>': oops\n";
+        assert_eq!(parsed(lower), t("", "oops", "x.rb", 3, false));
     }
 
     #[test]

@@ -253,6 +253,15 @@ fn ruby_errors_are_parsed_into_fields() {
             4,
             false,
         ),
+        (
+            // an empty message: Ruby prints the class alone
+            "empty.rb",
+            "\nraise ArgumentError, ''\n",
+            "ArgumentError",
+            "",
+            2,
+            false,
+        ),
     ];
     for (file, code, class, message, line, syntax) in cases {
         lab.clear_spool();
