@@ -95,7 +95,6 @@ impl Tee {
             };
             let mut buffer = vec![0u8; 16 * 1024];
             let mut stderr = io::stderr();
-            let mut showing = true;
             loop {
                 let n = match reader.read(&mut buffer) {
                     Ok(0) => break,
@@ -103,14 +102,17 @@ impl Tee {
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break, // EIO from a pty whose child side is closed
                 };
-                // A closed terminal must not block the child: keep draining, stop showing.
-                if showing && stderr.write_all(&buffer[..n]).is_err() {
-                    showing = false;
-                }
                 if let Ok(mut captured) = shared.lock() {
                     captured.push(&buffer[..n], limit);
                 }
+                // Our stderr is gone (a closed pipe, a hung-up terminal): stop reading and let
+                // go of the child's end, so its next write fails as it would without us (EPIPE
+                // on a pipe, EIO on a pty) rather than succeeding unseen.
+                if show(&mut stderr, &buffer[..n]).is_err() {
+                    break;
+                }
             }
+            drop(reader);
             let _ = tx.send(());
         });
         Self {
@@ -129,6 +131,23 @@ impl Tee {
         let captured = self.captured.lock().map(|c| c.clone()).unwrap_or_default();
         (captured, open.then_some(self.source_fd))
     }
+}
+
+/// Writes all of `bytes`, waiting while our stderr would block (a descriptor someone made
+/// non-blocking), which is not a failure.
+fn show(out: &mut impl Write, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match out.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    out.flush()
 }
 
 #[cfg(test)]

@@ -213,7 +213,10 @@ mod tests {
         let interrupt = "-e:1:in `sleep': Interrupt\n\tfrom -e:1:in `<main>'\n";
         assert_eq!(parsed(interrupt), t("Interrupt", "", "-e", 1, false));
         let nested = "x.rb:3:in '<main>': Grading::ScoreError\n";
-        assert_eq!(parsed(nested), t("Grading::ScoreError", "", "x.rb", 3, false));
+        assert_eq!(
+            parsed(nested),
+            t("Grading::ScoreError", "", "x.rb", 3, false)
+        );
         // a message that is not a class name stays a message
         let lower = "x.rb:3:in '<main>': oops\n";
         assert_eq!(parsed(lower), t("", "oops", "x.rb", 3, false));

@@ -149,6 +149,41 @@ fn a_background_grandchild_still_writes_to_stderr_after_the_program_exits() {
 }
 
 #[test]
+fn a_closed_stderr_stops_the_program_as_it_does_directly() {
+    // `ruby ... 2>&1 >/dev/null | head -1`: the reader of stderr is gone. Directly, Ruby's next
+    // write fails (Errno::EPIPE), it exits 1 and never reaches the end of the script
+    let lab = Lab::new();
+    let script = [
+        "-e",
+        "100_000.times { |i| $stderr.puts i }; File.write('reached-the-end', '1')",
+    ];
+    for shim in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = lab
+            .command(shim, &script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(writer)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "shim {shim}: no end");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(1), "shim {shim}");
+        assert!(
+            !lab.work().join("reached-the-end").exists(),
+            "shim {shim}: the program ran on past its closed stderr"
+        );
+    }
+}
+
+#[test]
 fn an_interactive_script_gets_its_answers() {
     let lab = Lab::new();
     let script = lab.script("ask.rb", "print 'name? '\n$stdout.flush\nname = gets.chomp\nprint 'age? '\n$stdout.flush\nage = gets.to_i\nputs \"hello #{name}, next year #{age + 1}\"\n");
