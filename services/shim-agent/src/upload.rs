@@ -133,7 +133,12 @@ pub async fn upload(
             }
         }
         if let Some(err) = failure {
-            report.left = total - report.sent - report.duplicates - report.dead_lettered;
+            // a shared spool has no other keeper: the quota holds however the upload ends
+            let _ = spool.enforce_quota();
+            report.left = spool
+                .records()
+                .map(|r| r.len())
+                .unwrap_or(total - report.sent - report.duplicates - report.dead_lettered);
             return Err((report, err));
         }
     }
@@ -200,6 +205,7 @@ pub async fn daemon(
     let mut delays = retry_delays(interval);
     loop {
         let wait = if !bus.is_connected() {
+            let _ = spool.enforce_quota(); // as an offline `upload` does
             delays.next_delay()
         } else {
             match upload(spool, &bus, key).await {

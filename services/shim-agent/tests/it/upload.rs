@@ -416,3 +416,47 @@ async fn an_uploader_that_is_not_root_takes_only_its_own_accounts_records() {
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn the_spool_quota_holds_when_an_upload_fails() {
+    let lab = Lab::new();
+    // NATS answers but has no EVENTS stream: every publish fails, and is worth retrying
+    let nats = NatsServer::start();
+    for i in 0..5 {
+        lab.run(true, &["-e", &format!("warn 'run {i}'")], b"");
+    }
+    let mut files: Vec<_> = std::fs::read_dir(lab.spool())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pb"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 5);
+    // room for the newest two
+    let quota: u64 = files[3..]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let output = lab
+        .agent(&["upload"])
+        .env("NATS_URL", nats.url())
+        .env("PSEUDONYM_KEY", "lab-key")
+        .env("SPOOL_MAX_BYTES", quota.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("upload stopped"), "{said}");
+    let mut left: Vec<_> = std::fs::read_dir(lab.spool())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pb"))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        files[3..],
+        "the oldest records went, the newest two stay"
+    );
+}
