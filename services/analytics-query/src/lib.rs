@@ -284,7 +284,7 @@ pub async fn serve(
         http_addr = %listeners.http.local_addr()?,
         grpc_addr = %listeners.grpc.local_addr()?,
         metrics_addr = %listeners.ops.local_addr()?,
-        nats_url = %config.nats.url,
+        nats_url = %learntrail_runtime::telemetry::redact_urls(&config.nats.url),
         consumer = %config.consumer,
         "analytics-query listening"
     );

@@ -140,7 +140,7 @@ pub async fn serve(
         snapshots = %described,
         scan_interval = ?config.scan_interval,
         watch = config.watch,
-        nats_url = %config.nats.url,
+        nats_url = %learntrail_runtime::telemetry::redact_urls(&config.nats.url),
         "notebook-scanner starting"
     );
     // after SIGTERM, the scan in flight may finish within the grace period; cut short, nothing

@@ -45,3 +45,60 @@ pub fn init(args: &LogArgs) {
             .try_init(),
     };
 }
+
+/// A URL list (comma-separated) fit for a log line: each URL's password, if it has one
+/// (`redis://:secret@host`, `nats://user:secret@host`), becomes `***`.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+                return url.to_string();
+            };
+            let authority_end = url[scheme_end..]
+                .find(['/', '?', '#'])
+                .map_or(url.len(), |i| scheme_end + i);
+            let authority = &url[scheme_end..authority_end];
+            let Some(at) = authority.rfind('@') else {
+                return url.to_string();
+            };
+            // `user:password@` keeps the user; a lone `secret@` (a NATS token) goes whole
+            let kept = match authority[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{}{kept}{}", &url[..scheme_end], &url[scheme_end + at..])
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_tokens_leave_urls_for_the_log() {
+        assert_eq!(
+            redact_urls("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_urls("redis://:s3cret@redis:6379/0"),
+            "redis://:***@redis:6379/0"
+        );
+        assert_eq!(
+            redact_urls("redis://app:s3cret@r-0:6379,redis://app:s3cret@r-1:6379"),
+            "redis://app:***@r-0:6379,redis://app:***@r-1:6379"
+        );
+        assert_eq!(
+            redact_urls("nats://user:pa@ss@nats:4222"),
+            "nats://user:***@nats:4222"
+        );
+        assert_eq!(
+            redact_urls("nats://t0ken@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(redact_urls("nats://nats:4222"), "nats://nats:4222");
+        assert!(!redact_urls("rediss://:s3cret@h:6380?x=@").contains("s3cret"));
+    }
+}

@@ -161,7 +161,7 @@ async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             log,
         } => {
             telemetry::init(&log);
-            tracing::info!(spool = %spool.dir().display(), nats_url = %nats.url, "shim-agent daemon started");
+            tracing::info!(spool = %spool.dir().display(), nats_url = %learntrail_runtime::telemetry::redact_urls(&nats.url), "shim-agent daemon started");
             let key = settings.get(keys::PSEUDONYM_KEY);
             if key.is_none() {
                 tracing::warn!("PSEUDONYM_KEY is not set: runs are uploaded as unkeyed");

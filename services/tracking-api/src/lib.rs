@@ -95,7 +95,7 @@ pub async fn serve(
     tracing::info!(
         http_addr = %api.local_addr()?,
         metrics_addr = %ops.local_addr()?,
-        nats_url = %config.nats.url,
+        nats_url = %learntrail_runtime::telemetry::redact_urls(&config.nats.url),
         "tracking-api listening"
     );
     let api_server = http::serve(api, router, token.clone());

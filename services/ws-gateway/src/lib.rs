@@ -166,7 +166,7 @@ pub async fn serve(
         http_addr = %listeners.http.local_addr()?,
         metrics_addr = %listeners.ops.local_addr()?,
         tls = tls.is_some(),
-        nats_url = %config.nats.url,
+        nats_url = %learntrail_runtime::telemetry::redact_urls(&config.nats.url),
         analytics_grpc_url = %config.analytics_grpc_url,
         "ws-gateway listening"
     );
