@@ -74,15 +74,28 @@ impl StoreArgs {
             .map_err(|e| ConfigError::new(e.to_string()))
     }
 
-    /// Connects to the registry, retrying until Redis answers or `token` is cancelled.
+    /// Connects to the registry, retrying until Redis answers or `token` is cancelled. A
+    /// `REDIS_URL` that can never work (not a Redis URL, or a list of cluster nodes: the registry
+    /// needs one Redis server) is a configuration error at once, not a retry forever.
     pub async fn connect(&self, token: &CancellationToken) -> anyhow::Result<Registry> {
         let keys = Arc::new(self.keyring()?);
+        let shown = learntrail_runtime::telemetry::redact_urls(&self.redis_url);
+        if self.redis_url.contains(',') {
+            return Err(ConfigError::new(format!(
+                "REDIS_URL {shown} lists several nodes (a Redis Cluster); the meter registry needs \
+                 one Redis server (a primary, or a standalone one): give eagle-pinger its own"
+            ))
+            .into());
+        }
+        if let Err(err) = redis::Client::open(self.redis_url.as_str()) {
+            return Err(ConfigError::new(format!("REDIS_URL {shown}: {err}")).into());
+        }
         let mut delays = Delays::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match Registry::connect(&self.redis_url, &self.redis_prefix, keys.clone()).await {
                 Ok(registry) => return Ok(registry),
                 Err(err) => {
-                    tracing::warn!(error = %err, redis_url = %self.redis_url, "cannot reach Redis yet")
+                    tracing::warn!(error = %err, redis_url = %learntrail_runtime::telemetry::redact_urls(&self.redis_url), "cannot reach Redis yet")
                 }
             }
             if !delays.wait(token).await {
@@ -252,8 +265,8 @@ pub async fn serve(
     tracing::info!(
         http_addr = %api.local_addr()?,
         metrics_addr = %ops.local_addr()?,
-        nats_url = %config.nats.url,
-        redis_url = %config.store.redis_url,
+        nats_url = %learntrail_runtime::telemetry::redact_urls(&config.nats.url),
+        redis_url = %learntrail_runtime::telemetry::redact_urls(&config.store.redis_url),
         eagle_cloud_url = %config.eagle_cloud_url,
         poll_interval_secs = config.poll_interval.as_secs_f64(),
         shard_index = shard.index,
@@ -304,6 +317,24 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_secs(6));
         assert_eq!(config.eagle_cloud_url, RAINFOREST_RELAY);
         assert_eq!(config.shard().unwrap(), Shard::ALL);
+    }
+
+    #[tokio::test]
+    async fn a_redis_url_that_cannot_work_is_a_configuration_error_at_once() {
+        let token = CancellationToken::new();
+        for url in [
+            "redis://:s3cret@r-0:6379,redis://:s3cret@r-1:6379",
+            "http://not-redis",
+        ] {
+            let store = config(&["--redis-url", url]).store;
+            let err = store.connect(&token).await.unwrap_err();
+            let config = err.downcast_ref::<ConfigError>();
+            let message = config
+                .unwrap_or_else(|| panic!("{url}: {err:#}"))
+                .to_string();
+            assert!(message.contains("REDIS_URL"), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
     }
 
     #[test]

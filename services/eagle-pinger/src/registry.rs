@@ -33,7 +33,9 @@ const UPSERT: &str = r"
 local new = cjson.decode(ARGV[1])
 local raw = redis.call('GET', KEYS[1])
 local created = 1
-new['rev'] = 1
+-- the registry's version: a revision never given twice, not even to a meter deleted and
+-- registered again (a poller holding the old one must see the change)
+new['rev'] = redis.call('INCR', KEYS[3])
 if raw then
   local old = cjson.decode(raw)
   created = 0
@@ -41,14 +43,12 @@ if raw then
   new['first_timestamp'] = old['first_timestamp']
   new['last_timestamp'] = old['last_timestamp']
   new['poll'] = old['poll']
-  new['rev'] = (tonumber(old['rev']) or 0) + 1
   if new['user_pw'] == nil then new['user_pw'] = old['user_pw'] end
 end
 if new['user_pw'] == nil then return redis.error_reply('no password for a new record') end
 local out = cjson.encode(new)
 redis.call('SET', KEYS[1], out)
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
-redis.call('INCR', KEYS[3])
 return {created, out}
 ";
 

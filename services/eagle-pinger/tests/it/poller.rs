@@ -169,6 +169,44 @@ async fn registry_changes_take_effect_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_meter_deleted_and_registered_again_is_polled_as_registered_again() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    app.register("00e002", &rig.meter("00e002", Api::Local200))
+        .await;
+    eventually(Duration::from_secs(5), "the meter polled", || async {
+        (rig.fake.requests("00e002") > 0).then_some(())
+    })
+    .await;
+    // deleted and registered again at once, for another course (between two checks of the
+    // registry's version, as a script does it)
+    app.call(
+        Method::DELETE,
+        "/api/user/00e002",
+        Some(Role::Service),
+        None,
+    )
+    .await;
+    let mut again = rig.meter("00e002", Api::Local200);
+    again["course"] = json!("energy-303");
+    let (status, created) = app.register("00e002", &again).await;
+    assert_eq!(status, 201, "{created}");
+    eventually(
+        Duration::from_secs(5),
+        "readings for the new registration",
+        || async {
+            rig.readings()
+                .await
+                .iter()
+                .any(|e| e.context.as_ref().unwrap().course == "energy-303")
+                .then_some(())
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn bad_meters_back_off_while_good_ones_keep_their_cadence() {
     let rig = Rig::start().await;
     let app = rig.spawn(&[]).await;
