@@ -79,6 +79,38 @@ impl Caller {
         }
     }
 
+    /// May this caller compare `learner` (whom it may read) with the cohort of `course`? A
+    /// cohort's deciles are its members' values (in a cohort of one, that member's exact
+    /// value): a student compares only within a course of their own, an instructor limited to
+    /// courses only within those.
+    pub async fn may_compare_in(
+        &self,
+        store: &Store,
+        learner: &str,
+        course: &str,
+    ) -> Result<(), Denied> {
+        match self.role {
+            Role::Service => Ok(()),
+            Role::Instructor => self.may_read_course(course),
+            Role::Student => {
+                let mut conn = store.clone();
+                let member: bool = redis::cmd("SISMEMBER")
+                    .arg(format!("{}:crs", keys::learner(learner)))
+                    .arg(course)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(false);
+                if member {
+                    Ok(())
+                } else {
+                    Err(Denied::Forbidden(
+                        "a student compares only within a course of their own".into(),
+                    ))
+                }
+            }
+        }
+    }
+
     /// May this caller read the whole of `course` (its cohort table)?
     pub fn may_read_course(&self, course: &str) -> Result<(), Denied> {
         match (self.role, &self.courses) {

@@ -114,6 +114,10 @@ impl Api {
             self.limits.max_result_values,
         )
         .await?;
+        let result = match &query.order {
+            Some(order) => keen::order::apply(result, order),
+            None => result,
+        };
         self.metrics.observe("count", api, started);
         Ok(result)
     }
@@ -128,6 +132,7 @@ impl Api {
     ) -> Result<CohortComparison, QueryError> {
         let started = Instant::now();
         caller.may_read_learner(&self.store, learner).await?;
+        caller.may_compare_in(&self.store, learner, course).await?;
         if !cohort::METRICS.contains(&metric) {
             return Err(QueryError::BadRequest(format!(
                 "metric {metric:?} is not one of {}",

@@ -168,6 +168,33 @@ async fn a_learner_is_placed_within_their_cohort() {
         (1.0, 3.0, 5.0)
     );
     assert!((out.deciles[1] - 1.4).abs() < 1e-9);
+    // no one compares with a cohort they may not see: a course the student is not in (where
+    // a cohort of one would give away its member's value), or outside an instructor's courses
+    let denied = [
+        ("c4", "other-course", token("c4", Role::Student)),
+        ("c4", "other-course", instructor_of(&["ruby-101"])),
+    ];
+    for (learner, course, token) in denied {
+        let request = CompareToCohortRequest {
+            learner: learner.into(),
+            course: course.into(),
+            metric: "ruby_runs".into(),
+        };
+        let code = client
+            .compare_to_cohort(with_token(request, Some(&token)))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code();
+        assert_eq!(code, Code::PermissionDenied, "{learner} in {course}");
+        let (status, body) = app
+            .get(
+                &format!("/api/v1/learners/{learner}/compare?course={course}&metric=ruby_runs"),
+                Some(&format!("Bearer {token}")),
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+    }
 
     // the progress table over HTTP
     let (status, table) = app
