@@ -1,12 +1,15 @@
 //! Keen-compatible analysis (../shared/PROTOCOLS.md §2.6): `count`, `count_unique`, `sum`,
-//! `average`, `minimum`, `maximum` with `timeframe`, `interval`, `group_by`, `filters` and
-//! `timezone`, answered from pre-aggregated cells, never by scanning events:
+//! `average`, `minimum`, `maximum` with `timeframe`, `interval`, `group_by`, `filters`,
+//! `timezone`, `order_by` and `limit`, answered from pre-aggregated cells, never by scanning
+//! events:
 //! - [`query`]: parameters (query string or JSON body) → a checked [`query::Query`];
 //! - [`timeframe`]: Keen's relative and absolute timeframes, intervals and time zones;
+//! - [`order`]: `order_by` and `limit` on a grouped answer;
 //! - [`exec`]: reads the cells the query needs in one round trip (from memory where an hour is
 //!   unchanged, [`crate::cache`]) and shapes Keen's answer.
 
 pub mod exec;
+pub mod order;
 pub mod query;
 pub mod timeframe;
 

@@ -131,6 +131,8 @@ pub struct Query {
     pub interval: Option<Unit>,
     pub group_by: Vec<String>,
     pub filters: Vec<Filter>,
+    /// `order_by` and `limit`, applied to the answer's groups.
+    pub order: Option<super::order::Order>,
 }
 
 /// Parameters as given, from a query string or a JSON body.
@@ -226,6 +228,12 @@ pub fn parse(
     let mut named = std::collections::HashSet::new();
     group_by.retain(|property| named.insert(property.clone()));
     let filters = filters(params.0.get("filters"), index)?;
+    let order = super::order::parse(
+        params.0.get("order_by"),
+        params.0.get("limit"),
+        &group_by,
+        interval.is_some(),
+    )?;
     Ok(Query {
         analysis,
         collection,
@@ -234,6 +242,7 @@ pub fn parse(
         interval,
         group_by,
         filters,
+        order,
     })
 }
 

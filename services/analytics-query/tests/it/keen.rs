@@ -135,6 +135,37 @@ async fn keen_counts_match_the_events() {
         json!({"result": 7})
     );
 
+    // the top error class, as KeenClient-Python asks it (order_by JSON-encoded)
+    let grouped = "event_collection=shim.ruby_run&timeframe=previous_3_hours&group_by=rubyRun.error.className";
+    let (status, all) = app.keen("count", grouped, &key).await;
+    assert_eq!(status, 200, "{all}");
+    let all = all["result"].as_array().unwrap().clone();
+    assert!(all.len() > 1, "{all:?}");
+    let most = all
+        .iter()
+        .filter_map(|g| g["result"].as_u64())
+        .max()
+        .unwrap();
+    let top = format!(
+        "{grouped}&order_by=%5B%7B%22property_name%22%3A%22result%22%2C%22direction%22%3A%22DESC%22%7D%5D&limit=1"
+    );
+    let (status, body) = app.keen("count", &top, &key).await;
+    assert_eq!(status, 200, "{body}");
+    let result = body["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{body}");
+    assert_eq!(result[0]["result"].as_u64(), Some(most), "{body}");
+    let (status, err) = app
+        .keen(
+            "count",
+            &format!("{grouped}&interval=hourly&order_by=result"),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (400, Some("BadRequestError"))
+    );
+
     // an unindexed property: 400 naming it, in Keen's error shape
     let (status, err) = app
         .keen("count", "event_collection=shim.ruby_run&timeframe=previous_3_hours&group_by=rubyRun.error.message", &key)
