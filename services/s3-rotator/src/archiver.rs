@@ -316,12 +316,14 @@ impl Consumer<'_> {
                 return Ok(());
             }
         };
-        let (seq, received, delivered) = (info.stream_sequence, info.published, info.delivered);
+        let (seq, received) = (info.stream_sequence, info.published);
         self.clock.newest = self.clock.newest.max(Some(received));
         self.clock.caught_up = info.pending == 0;
         self.metrics.deliveries.inc();
-        // only a redelivery can be a sequence we already hold
-        if delivered > 1 && self.pending.lock().expect("lock").contains(seq) {
+        // a sequence we already hold is not written again, whatever its delivery count: a
+        // consumer whose leader died before it recorded a delivery, or a consumer made anew,
+        // sends it again as a first delivery
+        if self.pending.lock().expect("lock").contains(seq) {
             self.metrics.redeliveries_ignored.inc();
             return Ok(());
         }
@@ -352,13 +354,21 @@ impl Consumer<'_> {
         segment
             .append(seq, &ack_subject, &json)
             .context("cannot append to a segment")?;
-        self.pending
-            .lock()
-            .expect("lock")
-            .add(segment.first_seq, seq);
+        let held = {
+            let mut pending = self.pending.lock().expect("lock");
+            pending.add(segment.first_seq, seq);
+            pending.len()
+        };
         self.metrics.events_pending.inc();
         if segment.bytes >= self.settings.rotate_max_bytes {
             self.seal(&partition)?;
+        } else if held >= self.settings.max_pending.max(1) as u64 {
+            // JetStream sends no more until some are acknowledged, and an event is acknowledged
+            // once its segment is uploaded: what is open is sealed now, not when it is due
+            let open: Vec<Partition> = self.open.keys().cloned().collect();
+            for partition in open {
+                self.seal(&partition)?;
+            }
         }
         Ok(())
     }

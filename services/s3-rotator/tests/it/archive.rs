@@ -425,3 +425,79 @@ async fn replay_of_an_archived_hour_gives_the_same_events() {
 async fn bus_for(nats: &NatsServer) -> learntrail_runtime::bus::Bus {
     bus(nats).await
 }
+
+#[tokio::test]
+async fn events_sent_again_as_first_deliveries_are_not_archived_twice() {
+    let nats = NatsServer::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut flags = flags(
+        &nats,
+        None,
+        &dirs.path().join("segments"),
+        &dirs.path().join("archive"),
+    );
+    // the segment stays open while its events come again
+    let at = flags.iter().position(|f| f == "--rotate-interval").unwrap();
+    flags[at + 1] = "1h".into();
+    let bus = bus(&nats).await;
+    let rotator = start(&flags).await;
+    let published = events(40);
+    publish(&bus, &published).await;
+    eventually(
+        Duration::from_secs(10),
+        "40 events in a segment",
+        || async {
+            (metric(&rotator.ops, "learntrail_archive_events_pending").await == 40.0).then_some(())
+        },
+    )
+    .await;
+    // the consumer made anew (as a NATS node that died before recording its deliveries would
+    // leave it): JetStream sends all 40 again, each as a first delivery
+    bus.jetstream()
+        .get_stream(subject::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .delete_consumer("s3-rotator")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the 40 sent again", || async {
+        (metric(&rotator.ops, "learntrail_archive_deliveries_total").await >= 80.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &rotator.ops,
+            "learntrail_archive_redeliveries_ignored_total"
+        )
+        .await,
+        40.0
+    );
+    // stopping seals and uploads the open segment
+    rotator.stop().await;
+    let objects = wait_archived(&store(&flags), 40).await;
+    assert_archived_once(&objects, &published);
+}
+
+#[tokio::test]
+async fn at_the_pending_limit_open_segments_are_sealed_so_the_flow_goes_on() {
+    let nats = NatsServer::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut flags = flags(
+        &nats,
+        None,
+        &dirs.path().join("segments"),
+        &dirs.path().join("archive"),
+    );
+    // JetStream holds back all but 20 events until some are acknowledged, and no segment is
+    // due by age within the test
+    let at = flags.iter().position(|f| f == "--rotate-interval").unwrap();
+    flags[at + 1] = "1h".into();
+    flags.extend(["--max-pending".into(), "20".into()]);
+    let bus = bus(&nats).await;
+    let rotator = start(&flags).await;
+    let published = events(70);
+    publish(&bus, &published).await;
+    let objects = wait_archived(&store(&flags), 70).await;
+    assert_archived_once(&objects, &published);
+    rotator.stop().await;
+}
