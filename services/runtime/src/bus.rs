@@ -436,8 +436,9 @@ impl Bus {
             .await
     }
 
-    /// Publishes many events, pipelined: all are sent before any ack is awaited. One result per
-    /// event, in order.
+    /// Publishes many events, pipelined: all are sent before any ack is awaited, and the acks
+    /// are awaited together (each one's timeout starts when it is awaited: one after another,
+    /// lost acks would add a timeout each). One result per event, in order.
     pub async fn publish_many<'a>(
         &self,
         events: impl IntoIterator<Item = &'a Event>,
@@ -447,14 +448,13 @@ impl Bus {
             let payload = Bytes::from(event.encode_to_vec());
             pending.push(self.send(event.subject(), &event.id, payload).await);
         }
-        let mut results = Vec::with_capacity(pending.len());
-        for sent in pending {
-            results.push(match sent {
+        futures_util::future::join_all(pending.into_iter().map(|sent| async move {
+            match sent {
                 Ok(ack) => ack.wait().await,
                 Err(err) => Err(err),
-            });
-        }
-        results
+            }
+        }))
+        .await
     }
 
     /// Records a payload that failed validation or delivery on `deadletter.<source>`, with the

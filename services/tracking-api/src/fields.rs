@@ -139,7 +139,8 @@ impl<'a, 'p> Fields<'a, 'p> {
         object
     }
 
-    /// Reports every key not in `allowed`.
+    /// Reports the keys not in `allowed`: the first [`UNKNOWN_NAMED`] by name, then how many
+    /// more (an answer stays about as small as the body that asked, however many keys it has).
     pub fn deny_unknown(&mut self, allowed: &[&str]) {
         let unknown: Vec<String> = self
             .map
@@ -147,19 +148,45 @@ impl<'a, 'p> Fields<'a, 'p> {
             .filter(|key| !allowed.contains(&key.as_str()))
             .cloned()
             .collect();
-        for key in unknown {
+        for key in unknown.iter().take(UNKNOWN_NAMED) {
             self.problem(
-                &key,
+                key,
                 format!("unknown field (known: {})", allowed.join(", ")),
             );
         }
+        if unknown.len() > UNKNOWN_NAMED {
+            let more = unknown.len() - UNKNOWN_NAMED;
+            let path = match self.prefix.trim_end_matches('.') {
+                "" => "(body)",
+                object => object,
+            };
+            self.problem_at(path, format!("and {more} more unknown fields"));
+        }
     }
 }
+
+/// Unknown fields named one by one in an answer; past them, a count.
+pub const UNKNOWN_NAMED: usize = 10;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_named_up_to_a_few_then_counted() {
+        let mut body = Map::new();
+        for i in 0..10_000 {
+            body.insert(format!("a{i:05}"), json!(0));
+        }
+        body.insert("known".into(), json!(1));
+        let mut problems = Vec::new();
+        Fields::new(&body, "event_data.", &mut problems).deny_unknown(&["known"]);
+        assert_eq!(problems.len(), UNKNOWN_NAMED + 1);
+        let last = serde_json::to_string(&problems[UNKNOWN_NAMED]).unwrap();
+        assert!(last.contains("and 9990 more unknown fields"), "{last}");
+        assert!(last.contains("\"event_data\""), "{last}");
+    }
 
     #[test]
     fn collects_every_problem_with_its_path() {

@@ -157,8 +157,17 @@ async fn track_batch(
                     let mut result = err.body();
                     result["index"] = json!(index);
                     result["status"] = json!(err.status.as_u16());
-                    if let Ok(event) = parsed {
-                        result["id"] = json!(event.id);
+                    match parsed {
+                        Ok(event) => result["id"] = json!(event.id),
+                        // a refused event keeps the id its sender gave, so it can be matched
+                        Err(_) => {
+                            if let Some(id) = items[index]
+                                .get("id")
+                                .filter(|id| id.is_string() || id.is_number())
+                            {
+                                result["id"] = id.clone();
+                            }
+                        }
                     }
                     result
                 }

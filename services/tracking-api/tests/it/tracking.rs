@@ -288,7 +288,7 @@ async fn batches_answer_per_event() {
     let app = spawn_app().await;
     let batch = json!({"events": [
         video_play("01JBQ0Z6W0000000000000VXD5"),
-        {"tracking_event_type": "video_pause", "node_id": "n", "event_data": {"video_id": "v"}},
+        {"id": "01JBQ0Z6W0000000000000VXD7", "tracking_event_type": "video_pause", "node_id": "n", "event_data": {"video_id": "v"}},
         {"tracking_event_type": "video_ended", "node_id": "n", "course_slug": "c", "event_data": {"video_id": "v", "current_time": 60}},
     ]});
     let (status, body) = app
@@ -312,6 +312,10 @@ async fn batches_answer_per_event() {
         "event_data.current_time"
     );
     assert_eq!(results[0]["id"], "01JBQ0Z6W0000000000000VXD5");
+    assert_eq!(
+        results[1]["id"], "01JBQ0Z6W0000000000000VXD7",
+        "a refused event keeps its sender's id"
+    );
     let stored = app.stored().await;
     assert_eq!(
         stored.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
