@@ -23,16 +23,22 @@ impl RedisServer {
             .prefix("lt-redis-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
-        let child = Self::spawn(&dir, port);
-        Self {
-            child: Some(child),
-            dir,
-            port,
+        // another process may take the free port before redis-server binds it: then another
+        for _ in 0..10 {
+            let port = free_port();
+            if let Some(child) = Self::spawn(&dir, port) {
+                return Self {
+                    child: Some(child),
+                    dir,
+                    port,
+                };
+            }
         }
+        panic!("redis-server found every port it was given taken");
     }
 
-    fn spawn(dir: &TempDir, port: u16) -> Child {
+    /// The server on `port`, or `None` when it exited (the port was taken).
+    fn spawn(dir: &TempDir, port: u16) -> Option<Child> {
         let bin = binary(
             "redis-server",
             "REDIS_SERVER_BIN",
@@ -47,23 +53,41 @@ impl RedisServer {
                 .arg("--dir")
                 .arg(dir.path()),
         );
+        let mut child = child;
+        let mut exited = false;
         wait_for("redis-server", &log, Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited || redis_answers(port)
         });
-        child
+        (!exited).then_some(child)
     }
 
     /// Stops the server and starts it again on the same port: empty, as a Redis that kept
     /// nothing on disk comes back after a crash.
     pub fn restart(&mut self) {
         stop(&mut self.child);
-        self.child = Some(Self::spawn(&self.dir, self.port));
+        let child = Self::spawn(&self.dir, self.port);
+        self.child = Some(child.expect("redis-server restarted on its port"));
     }
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+}
+
+/// True when `port` answers a Redis PING: a server of ours, not another process that took the
+/// port between [`free_port`] and redis-server's bind (a test would then talk to it).
+fn redis_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }
 
 impl Drop for RedisServer {
