@@ -465,9 +465,47 @@ fn prepare(
 }
 
 /// The file's bytes, or `None` when it is (or has grown) over `limit`.
+/// Reads at most `limit` bytes of the regular file at `path` (`None` past the limit). The walk
+/// saw a regular file, but a learner may swap it since: a link is not followed (it could name a
+/// file only the scanner may read) and a FIFO is not waited on.
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::with_capacity(file.metadata()?.len().min(limit) as usize);
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_is_read_never_through_a_link_or_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"only the scanner may read this").unwrap();
+        let notebook = dir.path().join("a.ipynb");
+        std::fs::write(&notebook, b"{}").unwrap();
+        assert_eq!(read_limited(&notebook, 10).unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(read_limited(&notebook, 1).unwrap(), None, "past the limit");
+        // swapped for a link since the walk looked
+        let swapped = dir.path().join("b.ipynb");
+        std::os::unix::fs::symlink(&secret, &swapped).unwrap();
+        assert!(read_limited(&swapped, 1_000).is_err());
+        // or for a FIFO, which would block an ordinary open until someone writes
+        let fifo = dir.path().join("c.ipynb");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(read_limited(&fifo, 1_000).is_err());
+    }
 }
