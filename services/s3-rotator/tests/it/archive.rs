@@ -453,25 +453,32 @@ async fn events_sent_again_as_first_deliveries_are_not_archived_twice() {
     .await;
     // the consumer made anew (as a NATS node that died before recording its deliveries would
     // leave it): JetStream sends all 40 again, each as a first delivery
-    bus.jetstream()
+    let stream = bus
+        .jetstream()
         .get_stream(subject::EVENTS_STREAM)
         .await
-        .unwrap()
-        .delete_consumer("s3-rotator")
-        .await
         .unwrap();
+    eventually(Duration::from_secs(10), "the consumer deleted", || async {
+        // nats-server 2.9 may answer "directory not empty" while the consumer writes its state
+        // (it is gone from the stream all the same); a retry that deletes the consumer the
+        // rotator made again only sends everything once more
+        match stream.delete_consumer("s3-rotator").await {
+            Ok(_) => Some(()),
+            Err(err) if err.to_string().contains("directory not empty") => Some(()),
+            Err(_) => None,
+        }
+    })
+    .await;
     eventually(Duration::from_secs(30), "the 40 sent again", || async {
         (metric(&rotator.ops, "learntrail_archive_deliveries_total").await >= 80.0).then_some(())
     })
     .await;
-    assert_eq!(
-        metric(
-            &rotator.ops,
-            "learntrail_archive_redeliveries_ignored_total"
-        )
-        .await,
-        40.0
-    );
+    let ignored = metric(
+        &rotator.ops,
+        "learntrail_archive_redeliveries_ignored_total",
+    )
+    .await;
+    assert!(ignored >= 40.0, "{ignored}");
     // stopping seals and uploads the open segment
     rotator.stop().await;
     let objects = wait_archived(&store(&flags), 40).await;
