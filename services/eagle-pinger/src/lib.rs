@@ -33,6 +33,7 @@ use learntrail_runtime::{
     health, http,
     retry::Delays,
     telemetry::LogArgs,
+    telemetry::redact_urls,
     units::parse_duration,
 };
 use prometheus_client::registry::Registry as Prometheus;
@@ -79,7 +80,7 @@ impl StoreArgs {
     /// needs one Redis server) is a configuration error at once, not a retry forever.
     pub async fn connect(&self, token: &CancellationToken) -> anyhow::Result<Registry> {
         let keys = Arc::new(self.keyring()?);
-        let shown = learntrail_runtime::telemetry::redact_urls(&self.redis_url);
+        let shown = redact_urls(&self.redis_url);
         if self.redis_url.contains(',') {
             return Err(ConfigError::new(format!(
                 "REDIS_URL {shown} lists several nodes (a Redis Cluster); the meter registry needs \
@@ -95,7 +96,7 @@ impl StoreArgs {
             match Registry::connect(&self.redis_url, &self.redis_prefix, keys.clone()).await {
                 Ok(registry) => return Ok(registry),
                 Err(err) => {
-                    tracing::warn!(error = %err, redis_url = %learntrail_runtime::telemetry::redact_urls(&self.redis_url), "cannot reach Redis yet")
+                    tracing::warn!(error = %err, redis_url = %shown, "cannot reach Redis yet")
                 }
             }
             if !delays.wait(token).await {
@@ -265,8 +266,8 @@ pub async fn serve(
     tracing::info!(
         http_addr = %api.local_addr()?,
         metrics_addr = %ops.local_addr()?,
-        nats_url = %learntrail_runtime::telemetry::redact_urls(&config.nats.url),
-        redis_url = %learntrail_runtime::telemetry::redact_urls(&config.store.redis_url),
+        nats_url = %redact_urls(&config.nats.url),
+        redis_url = %redact_urls(&config.store.redis_url),
         eagle_cloud_url = %config.eagle_cloud_url,
         poll_interval_secs = config.poll_interval.as_secs_f64(),
         shard_index = shard.index,

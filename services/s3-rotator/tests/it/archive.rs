@@ -430,15 +430,8 @@ async fn bus_for(nats: &NatsServer) -> learntrail_runtime::bus::Bus {
 async fn events_sent_again_as_first_deliveries_are_not_archived_twice() {
     let nats = NatsServer::start();
     let dirs = tempfile::tempdir().unwrap();
-    let mut flags = flags(
-        &nats,
-        None,
-        &dirs.path().join("segments"),
-        &dirs.path().join("archive"),
-    );
     // the segment stays open while its events come again
-    let at = flags.iter().position(|f| f == "--rotate-interval").unwrap();
-    flags[at + 1] = "1h".into();
+    let flags = held_open_flags(&nats, dirs.path());
     let bus = bus(&nats).await;
     let rotator = start(&flags).await;
     let published = events(40);
@@ -489,16 +482,9 @@ async fn events_sent_again_as_first_deliveries_are_not_archived_twice() {
 async fn at_the_pending_limit_open_segments_are_sealed_so_the_flow_goes_on() {
     let nats = NatsServer::start();
     let dirs = tempfile::tempdir().unwrap();
-    let mut flags = flags(
-        &nats,
-        None,
-        &dirs.path().join("segments"),
-        &dirs.path().join("archive"),
-    );
     // JetStream holds back all but 20 events until some are acknowledged, and no segment is
     // due by age within the test
-    let at = flags.iter().position(|f| f == "--rotate-interval").unwrap();
-    flags[at + 1] = "1h".into();
+    let mut flags = held_open_flags(&nats, dirs.path());
     flags.extend(["--max-pending".into(), "20".into()]);
     let bus = bus(&nats).await;
     let rotator = start(&flags).await;

@@ -133,6 +133,15 @@ pub fn flags(
     flags
 }
 
+/// [`flags`] for a local archive in `dir` whose segments stay open within a test (a rotation
+/// interval of an hour): only a shutdown, the size limit or the pending limit seals them.
+pub fn held_open_flags(nats: &NatsServer, dir: &std::path::Path) -> Vec<String> {
+    let mut flags = flags(nats, None, &dir.join("segments"), &dir.join("archive"));
+    let at = flags.iter().position(|f| f == "--rotate-interval").unwrap();
+    flags[at + 1] = "1h".into();
+    flags
+}
+
 pub struct Rotator {
     pub token: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,

@@ -141,6 +141,18 @@ impl Lab {
         shimmed
     }
 
+    /// The spool's record files, oldest first.
+    pub fn record_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.spool())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pb"))
+            .collect();
+        files.sort();
+        files
+    }
+
     /// Every spooled event, oldest first.
     pub fn records(&self) -> Vec<Event> {
         spool_events(&self.spool())

@@ -556,12 +556,7 @@ fn records_are_private_to_their_owner() {
 }
 
 fn only_record_file(lab: &Lab) -> std::path::PathBuf {
-    let records: Vec<_> = std::fs::read_dir(lab.spool())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pb"))
-        .collect();
+    let records = lab.record_files();
     assert_eq!(records.len(), 1, "{records:?}");
     records.into_iter().next().unwrap()
 }

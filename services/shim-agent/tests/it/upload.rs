@@ -425,13 +425,7 @@ async fn the_spool_quota_holds_when_an_upload_fails() {
     for i in 0..5 {
         lab.run(true, &["-e", &format!("warn 'run {i}'")], b"");
     }
-    let mut files: Vec<_> = std::fs::read_dir(lab.spool())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pb"))
-        .collect();
-    files.sort();
+    let files = lab.record_files();
     assert_eq!(files.len(), 5);
     // room for the newest two
     let quota: u64 = files[3..]
@@ -447,15 +441,8 @@ async fn the_spool_quota_holds_when_an_upload_fails() {
         .unwrap();
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.contains("upload stopped"), "{said}");
-    let mut left: Vec<_> = std::fs::read_dir(lab.spool())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pb"))
-        .collect();
-    left.sort();
     assert_eq!(
-        left,
+        lab.record_files(),
         files[3..],
         "the oldest records went, the newest two stay"
     );
