@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, Method, StatusCode, header},
     middleware::from_fn_with_state,
     response::{IntoResponse, Response},
@@ -33,18 +33,46 @@ pub fn router(
     http_metrics: HttpMetrics,
     timeout: Duration,
 ) -> anyhow::Result<Router> {
+    let api = Arc::new(api);
+    // everything under /3.0 answers in Keen's shapes, its failures too: an unknown path or
+    // method, a body too large, a query past REQUEST_TIMEOUT (Keen's 504)
+    let keen = Router::new()
+        .route(
+            "/projects/{project}/queries/{analysis}",
+            get(keen_query).post(keen_query),
+        )
+        .fallback(|| async {
+            KeenAnswer(KeenError {
+                status: 404,
+                code: "ResourceNotFoundError",
+                message: "Resource not found".into(),
+            })
+        })
+        .method_not_allowed_fallback(|| async {
+            KeenAnswer(KeenError {
+                status: 405,
+                code: "MethodNotAllowedError",
+                message: "queries are GET or POST".into(),
+            })
+        })
+        .with_state(api.clone());
+    let keen = http::with_timeout_answer(keen, timeout, |timeout| {
+        KeenAnswer(KeenError {
+            status: 504,
+            code: "QueryTimeoutError",
+            message: format!("the query took longer than {timeout:?} (REQUEST_TIMEOUT)"),
+        })
+        .into_response()
+    });
     let routes = Router::new()
         .route("/api/v1/learners/{learner}/summary", get(summary))
         .route("/api/v1/learners/{learner}/timeline", get(timeline))
         .route("/api/v1/learners/{learner}/compare", get(compare))
         .route("/api/v1/cohorts/{course}", get(cohort))
-        .route(
-            "/3.0/projects/{project}/queries/{analysis}",
-            get(keen_query).post(keen_query),
-        )
         .fallback(not_found)
-        .with_state(Arc::new(api));
+        .with_state(api);
     Ok(http::with_timeout(routes, timeout)
+        .nest("/3.0", keen)
         .layer(from_fn_with_state(http_metrics, HttpMetrics::track))
         .layer(http::cors(cors_origins, &[Method::GET, Method::POST])?))
 }
@@ -63,10 +91,13 @@ fn api_error(err: QueryError) -> ApiError {
     }
 }
 
+/// The Authorization header's value; an empty one counts as none (keen-analysis.js sends an
+/// empty header beside `?api_key=`).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
 }
 
 type Answer = Result<Response, ApiError>;
@@ -192,8 +223,15 @@ async fn keen_query(
     Path((project, analysis)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, KeenAnswer> {
+    let body = body.map_err(|rejection| {
+        KeenAnswer(KeenError {
+            status: rejection.status().as_u16(),
+            code: "BadRequestError",
+            message: rejection.body_text(),
+        })
+    })?;
     if project != api.project_id {
         return Err(KeenAnswer(KeenError {
             status: 404,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::{
     Json, Router,
     extract::{MatchedPath, Request, State},
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -21,10 +21,7 @@ use serde_json::json;
 use crate::metrics::{latency_family, register};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{
-    cors::{AllowOrigin, Any, CorsLayer},
-    timeout::TimeoutLayer,
-};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 /// An error answer: HTTP status plus `{"error": code, "message": ..., "problems": [...]}`.
 #[derive(Debug, Clone)]
@@ -205,16 +202,38 @@ fn method_label(method: &Method) -> String {
 }
 
 /// Bounds every request of `router` to `timeout`: a request still running then is answered
-/// 408 and its work dropped, so a slow client or a stuck dependency cannot hold a connection.
+/// 408 with an [`ApiError`] body (`"error": "timeout"`) and its work dropped, so a slow client or a stuck dependency cannot hold a connection.
 pub fn with_timeout(router: Router, timeout: Duration) -> Router {
-    router.layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        timeout,
+    with_timeout_answer(router, timeout, |timeout| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request took longer than {timeout:?} (REQUEST_TIMEOUT)"),
+        )
+        .into_response()
+    })
+}
+
+/// Like [`with_timeout`], answering a request that takes longer than `timeout` with
+/// `answer(timeout)` (an API's own error shape).
+pub fn with_timeout_answer(
+    router: Router,
+    timeout: Duration,
+    answer: fn(Duration) -> Response,
+) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| async move {
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => answer(timeout),
+            }
+        },
     ))
 }
 
 /// CORS for browser clients (`CORS_ORIGINS`): the listed origins, or any with `*`, may call
-/// `methods` with a bearer token; none when the list is empty (same-origin only).
+/// `methods` with a bearer token (and the `keen-sdk` header Keen's clients add); none when the
+/// list is empty (same-origin only).
 pub fn cors(origins: &[String], methods: &[Method]) -> anyhow::Result<CorsLayer> {
     let origins: Vec<&str> = origins
         .iter()
@@ -238,7 +257,12 @@ pub fn cors(origins: &[String], methods: &[Method]) -> anyhow::Result<CorsLayer>
     Ok(CorsLayer::new()
         .allow_origin(allow)
         .allow_methods(methods)
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        // `keen-sdk`: Keen's JavaScript clients send it on every request
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("keen-sdk"),
+        ])
         .max_age(Duration::from_secs(3600)))
 }
 

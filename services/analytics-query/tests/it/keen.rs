@@ -135,6 +135,43 @@ async fn keen_counts_match_the_events() {
         json!({"result": 7})
     );
 
+    // keen-analysis.js in a browser: its preflight asks for its own `keen-sdk` header, and its
+    // URL-keyed requests send an empty Authorization beside ?api_key=
+    let preflight = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/3.0/projects/learntrail/queries/count", app.api),
+        )
+        .header("origin", "https://dash.example")
+        .header("access-control-request-method", "GET")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,keen-sdk",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{preflight:?}");
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("keen-sdk"), "{allowed}");
+    let response = app
+        .http
+        .get(format!("{}/3.0/projects/learntrail/queries/count?api_key={key}&event_collection=shim.ruby_run&timeframe=previous_3_hours", app.api))
+        .header("authorization", "")
+        .header("content-type", "application/json")
+        .header("keen-sdk", "javascript-4.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"result": 7})
+    );
+
     // the top error class, as KeenClient-Python asks it (order_by JSON-encoded)
     let grouped = "event_collection=shim.ruby_run&timeframe=previous_3_hours&group_by=rubyRun.error.className";
     let (status, all) = app.keen("count", grouped, &key).await;
@@ -679,4 +716,89 @@ async fn int(redis: &mut redis::aio::MultiplexedConnection, command: &str, key: 
         .query_async(redis)
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn failures_under_3_0_answer_in_keen_shapes() {
+    let (app, _) = seeded().await;
+    let key = service();
+    let keen_error = |status: u16, code: &str, answer: (u16, Value)| {
+        assert_eq!(answer.0, status, "{}", answer.1);
+        assert_eq!(answer.1["error_code"], code, "{}", answer.1);
+        assert!(answer.1["message"].is_string(), "{}", answer.1);
+    };
+    // a path Keen has and Learntrail does not (saved queries), and one nobody has
+    keen_error(
+        404,
+        "ResourceNotFoundError",
+        app.get(
+            "/3.0/projects/learntrail/queries/saved/top-errors",
+            Some(&key),
+        )
+        .await,
+    );
+    keen_error(
+        404,
+        "ResourceNotFoundError",
+        app.get("/3.0/nothing", Some(&key)).await,
+    );
+    let put = app
+        .http
+        .put(format!("{}/3.0/projects/learntrail/queries/count", app.api))
+        .header("authorization", &key)
+        .send()
+        .await
+        .unwrap();
+    let status = put.status().as_u16();
+    keen_error(
+        405,
+        "MethodNotAllowedError",
+        (status, put.json().await.unwrap()),
+    );
+    let huge = app
+        .http
+        .post(format!("{}/3.0/projects/learntrail/queries/count", app.api))
+        .header("authorization", &key)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    let status = huge.status().as_u16();
+    keen_error(413, "BadRequestError", (status, huge.json().await.unwrap()));
+    // the rest of the API keeps its own shape
+    let (status, body) = app.get("/api/v1/nothing", Some(&key)).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    app.stop().await;
+
+    // past REQUEST_TIMEOUT (Redis stopped): Keen's 504 on the Keen route, 408 with a JSON body
+    // elsewhere
+    let redis = RedisServer::start();
+    let app = spawn_with(
+        NatsServer::start(),
+        redis.url(),
+        None,
+        &["--request-timeout", "1s"],
+    )
+    .await;
+    redis.pause();
+    let count = "event_collection=shim.ruby_run&timeframe=previous_3_hours";
+    keen_error(
+        504,
+        "QueryTimeoutError",
+        app.keen("count", count, &key).await,
+    );
+    let (status, body) = app
+        .get(
+            "/api/v1/learners/someone/summary",
+            Some(&format!("Bearer {key}")),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (408, Some("timeout")),
+        "{body}"
+    );
+    redis.resume();
+    app.stop().await;
 }
