@@ -20,6 +20,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(&protos, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
+    let mut zeros = String::from(
+        "/// Per message type, the fields canonical JSON leaves out at their default that a Keen\n\
+         /// event carries: numbers and booleans without presence, and the messages to look into.\n\
+         pub(crate) static ZEROS: &[(&str, &[(&str, Zero)])] = &[\n",
+    );
+    for file in &descriptors.file {
+        let package = file.package.clone().unwrap_or_default();
+        let mut stack: Vec<(String, _)> = file
+            .message_type
+            .iter()
+            .map(|m| (format!(".{package}"), m))
+            .collect();
+        while let Some((scope, message)) = stack.pop() {
+            let name = format!("{scope}.{}", message.name.clone().unwrap_or_default());
+            stack.extend(message.nested_type.iter().map(|m| (name.clone(), m)));
+            let mut fields = String::new();
+            for field in &message.field {
+                // repeated fields and maps stay as they are
+                if field.label == Some(3) {
+                    continue;
+                }
+                let json = field
+                    .json_name
+                    .clone()
+                    .unwrap_or_else(|| lower_camel(field.name.as_deref().unwrap_or_default()));
+                let zero = match field.r#type.unwrap_or_default() {
+                    11 => match field.type_name.as_deref() {
+                        Some(t) if t.starts_with(".learntrail.") => format!("Zero::Message({t:?})"),
+                        _ => continue,
+                    },
+                    // a scalar in a oneof (proto3 `optional` too) has presence: absent is absent
+                    _ if field.oneof_index.is_some() => continue,
+                    1 | 2 => "Zero::Float".to_string(),
+                    3..=7 | 13 | 15..=18 => "Zero::Int".to_string(),
+                    8 => "Zero::Bool".to_string(),
+                    // strings, bytes and enums: their default says "not given"
+                    _ => continue,
+                };
+                fields.push_str(&format!("({json:?}, {zero}), "));
+            }
+            if !fields.is_empty() {
+                zeros.push_str(&format!("    ({name:?}, &[{fields}]),\n"));
+            }
+        }
+    }
+    zeros.push_str("];\n");
+    std::fs::write(out.join("keen_zeros.rs"), zeros)?;
     let encoded = descriptors.encode_to_vec();
     std::fs::write(out.join("learntrail_descriptors.bin"), &encoded)?;
     prost_build::Config::new()
@@ -30,4 +77,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&encoded)?
         .build(&[".learntrail"])?;
     Ok(())
+}
+
+/// protoc's JSON name of a field: `error_outputs` → `errorOutputs`.
+fn lower_camel(name: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -40,6 +40,7 @@ pub fn collection(event: &Event) -> String {
 /// JSON does (a timestamp out of range, a NaN).
 pub fn to_keen(event: &Event) -> Result<Value, serde_json::Error> {
     let mut value = serde_json::to_value(event)?;
+    with_zeros(&mut value, ".learntrail.v1.Event");
     for path in INT64_PATHS {
         number_at(&mut value, path);
     }
@@ -49,6 +50,49 @@ pub fn to_keen(event: &Event) -> Result<Value, serde_json::Error> {
         map.insert("keen".into(), json!({ "timestamp": timestamp }));
     }
     Ok(value)
+}
+
+/// What a field left out of canonical JSON holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Zero {
+    Int,
+    Float,
+    Bool,
+    /// A message field: its own fields are filled in when it is there.
+    Message(&'static str),
+}
+
+include!(concat!(env!("OUT_DIR"), "/keen_zeros.rs"));
+
+/// Puts back the numbers and booleans canonical JSON leaves out at 0 and false (proto3 fields
+/// without presence), in `value`, a message of type `message`, and in the messages within it:
+/// a Ruby run with no stderr has `stderrBytes` 0 and an answer cell `syntaxError` false, for
+/// Keen's sums, averages, minimums and filters as for anything else. Strings, enums, lists and
+/// fields with presence stay as they were: there the default means "not given".
+fn with_zeros(value: &mut Value, message: &str) {
+    let (Value::Object(map), Some((_, fields))) =
+        (value, ZEROS.iter().find(|(name, _)| *name == message))
+    else {
+        return;
+    };
+    for (name, zero) in fields.iter() {
+        match zero {
+            Zero::Message(inner) => {
+                if let Some(child) = map.get_mut(*name) {
+                    with_zeros(child, inner);
+                }
+            }
+            Zero::Int => {
+                map.entry(*name).or_insert_with(|| Value::from(0));
+            }
+            Zero::Float => {
+                map.entry(*name).or_insert_with(|| Value::from(0.0));
+            }
+            Zero::Bool => {
+                map.entry(*name).or_insert(Value::Bool(false));
+            }
+        }
+    }
 }
 
 /// Looks up a dotted property path (`rubyRun.error.className`) in a Keen event.
@@ -144,6 +188,38 @@ mod tests {
         assert_eq!(property(&keen, "rubyRun.signal"), None);
         let stderr = keen["rubyRun"]["stderr"].as_str().unwrap();
         assert_eq!(stderr.chars().count(), MAX_STRING_CHARS);
+    }
+
+    #[test]
+    fn numbers_and_booleans_at_their_default_are_properties_too() {
+        let keen = to_keen(&ruby_event()).unwrap();
+        // canonical JSON leaves these out at 0 and false; a Keen event has them
+        assert_eq!(keen["rubyRun"]["stderrBytes"], 0);
+        assert_eq!(keen["rubyRun"]["stderrTruncated"], false);
+        assert_eq!(keen["rubyRun"]["error"]["syntaxError"], false);
+        assert_eq!(
+            property(&keen, "rubyRun.error.syntaxError"),
+            Some(&json!(false))
+        );
+        // presence kept: no signal, no made-up message, strings not given stay out
+        assert_eq!(property(&keen, "rubyRun.signal"), None);
+        assert_eq!(property(&keen, "rubyRun.cwd"), None);
+        assert!(keen.get("labLog").is_none());
+        let mut clean = ruby_event();
+        if let Some(crate::Payload::RubyRun(run)) = &mut clean.payload {
+            run.error = None;
+        }
+        assert_eq!(property(&to_keen(&clean).unwrap(), "rubyRun.error"), None);
+        let snapshot = Event {
+            payload: Some(crate::Payload::NotebookSnapshot(NotebookSnapshot {
+                code_ok: 3,
+                ..Default::default()
+            })),
+            ..ruby_event()
+        };
+        let keen = to_keen(&snapshot).unwrap();
+        assert_eq!(keen["notebookSnapshot"]["codeOk"], 3);
+        assert_eq!(keen["notebookSnapshot"]["errorOutputs"], 0);
     }
 
     #[test]

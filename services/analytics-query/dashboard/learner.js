@@ -148,21 +148,22 @@
     let c;
     try { c = await get("/api/v1/learners/" + encodeURIComponent(learner) + "/compare?course=" + encodeURIComponent(course) + "&metric=" + metric); }
     catch (err) { box.replaceChildren(el("p", { text: "The cohort cannot be shown (" + err.message + ")." })); return; }
-    const ds = c.deciles || [];
-    const text = el("p", { id: "compare-text", "data-value": String(c.value), "data-rank": String(c.percentileRank), "data-size": String(c.cohortSize),
-      text: metric + ": " + Math.round(c.value * 1000) / 1000 + " — percentile rank " + Math.round(n(c.percentileRank)) + " among " + c.cohortSize + " learners (triangle = this learner; dots = the cohort's deciles, 0th to 100th)." });
+    // the API's JSON leaves out numbers that are 0
+    const ds = (c.deciles || []).map(n), value = n(c.value), rank = n(c.percentileRank), size = n(c.cohortSize);
+    const text = el("p", { id: "compare-text", "data-value": String(value), "data-rank": String(rank), "data-size": String(size),
+      text: metric + ": " + Math.round(value * 1000) / 1000 + " — percentile rank " + Math.round(rank) + " among " + size + " learners (triangle = this learner; dots = the cohort's deciles, 0th to 100th)." });
     const table = el("table", { id: "compare-data" }, el("caption", { text: "The cohort's deciles of " + metric + ", and this learner" }),
       el("tr", {}, el("th", { scope: "col", text: "Percentile" }), el("th", { scope: "col", text: metric })));
     ds.forEach((d, i) => table.append(el("tr", { "data-decile": String(i * 10), "data-value": String(d) },
       el("td", { text: "p" + i * 10 }), el("td", { class: "num", text: String(Math.round(d * 1000) / 1000) }))));
-    table.append(el("tr", { "data-learner": String(c.value) }, el("th", { scope: "row", text: "this learner" }),
-      el("td", { class: "num", text: String(Math.round(c.value * 1000) / 1000) })));
+    table.append(el("tr", { "data-learner": String(value) }, el("th", { scope: "row", text: "this learner" }),
+      el("td", { class: "num", text: String(Math.round(value * 1000) / 1000) })));
     draw(box, "The cohort's distribution of " + metric + " (deciles) with this learner marked (the numbers are in the table below)", {
       type: "scatter",
       data: {
         datasets: [
           { label: "cohort deciles", data: ds.map((d, i) => ({ x: d, y: 0, decile: i * 10 })), pointStyle: "circle", pointRadius: 5, backgroundColor: PALETTE[0], borderColor: PALETTE[0] },
-          { label: "this learner", data: [{ x: c.value, y: 0 }], pointStyle: "triangle", pointRadius: 11, backgroundColor: PALETTE[5], borderColor: "#000" },
+          { label: "this learner", data: [{ x: value, y: 0 }], pointStyle: "triangle", pointRadius: 11, backgroundColor: PALETTE[5], borderColor: "#000" },
         ],
       },
       options: {

@@ -660,7 +660,8 @@ mod tests {
             by: 1
         }));
         let agg: Vec<Op> = writes[2].ops.iter().flat_map(Op::expand).collect();
-        let tuple = r#"{"context.course":"ruby-101","kind":"ruby_run","rubyRun.error.className":"NoMethodError","rubyRun.exitCode":1,"source":"shim"}"#;
+        // a boolean at false is a value, as Keen has it
+        let tuple = r#"{"context.course":"ruby-101","kind":"ruby_run","rubyRun.error.className":"NoMethodError","rubyRun.error.syntaxError":false,"rubyRun.exitCode":1,"source":"shim"}"#;
         assert!(agg.contains(&Op::Incr {
             key: format!("{{a:shim.ruby_run:{hour}}}:h"),
             field: format!("|c|{tuple}"),

@@ -16,7 +16,7 @@
 /// The version of this layout (and of what its fields mean), kept in Redis at [`LAYOUT_KEY`]. A
 /// build that changes either raises it; analytics-query refuses to start on a Redis that holds
 /// another version (its answers would be wrong), until the projection is rebuilt.
-pub const LAYOUT: u32 = 1;
+pub const LAYOUT: u32 = 2;
 
 /// Where Redis keeps the version of the layout it holds (set by the first start on it).
 pub const LAYOUT_KEY: &str = "learntrail:analytics:layout";

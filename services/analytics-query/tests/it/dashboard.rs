@@ -422,6 +422,24 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
     );
     let text = own[2].as_str().unwrap();
     assert!(!text.contains("Carol") && !text.contains("Alice"), "{text}");
+    // carol's own value is 0, which the API's JSON leaves out: the page still says 0
+    let zero = browser
+        .eval("(async () => { const s = document.getElementById('compare-metric'); s.value = 'ruby_runs'; s.dispatchEvent(new Event('change', {bubbles: true})); \
+               for (let i = 0; i < 400 && !(document.getElementById('compare-text') && document.getElementById('compare-text').textContent.startsWith('ruby_runs')); i++) await new Promise(r => setTimeout(r, 25)); \
+               const t = document.getElementById('compare-text'); \
+               const c = Chart.getChart(document.querySelector('#compare-chart canvas')); \
+               return [t.textContent, t.dataset.value, c.data.datasets[1].data.map(p => p.x)[0], \
+                       document.querySelector('#compare-data tr[data-learner]').dataset.learner]; })()")
+        .await;
+    assert!(
+        zero[0].as_str().unwrap().starts_with("ruby_runs: 0 "),
+        "{zero}"
+    );
+    assert!(!zero.to_string().contains("NaN"), "{zero}");
+    assert_eq!(
+        (&zero[1], &zero[2], &zero[3]),
+        (&json!("0"), &json!(0), &json!("0"))
+    );
     let (status, _) = app
         .get(
             "/api/v1/dashboard/cohorts/ruby-101",
