@@ -186,35 +186,52 @@ fn pipeline(learner: &str) -> redis::Pipeline {
 }
 
 /// Reads one learner's timeline page: events that occurred before `before_ms`, newest first.
+/// A page never ends inside a millisecond: the events sharing the last one's millisecond all
+/// come on it (a page may then hold more than `limit`), so `next_before`, that millisecond,
+/// leaves none of them out of the next page.
 pub async fn timeline(
     store: &Store,
     learner: &str,
     before_ms: Option<i64>,
     limit: usize,
 ) -> RedisResult<LearnerTimeline> {
+    let key = format!("{}:tl", keys::learner(learner));
     let max = before_ms.map_or("+inf".to_string(), |ms| format!("({ms}"));
     let mut pipe = redis::pipe();
-    pipe.zrevrangebyscore_limit(
-        format!("{}:tl", keys::learner(learner)),
-        max,
-        "-inf",
-        0,
-        limit as isize + 1,
-    );
+    pipe.zrevrangebyscore_limit_withscores(&key, max, "-inf", 0, limit as isize + 1);
     let answer = store.query_groups(&[pipe]).await?;
-    let entries: Vec<Vec<u8>> =
+    let mut entries: Vec<(Vec<u8>, f64)> =
         parse(answer.into_iter().next().and_then(|a| a.into_iter().next()))?;
-    let more = entries.len() > limit;
-    let events: Vec<Event> = entries
-        .iter()
-        .take(limit)
-        .filter_map(|bytes| Event::decode(bytes.as_slice()).ok())
-        .collect();
-    let next_before = if more {
-        events.last().and_then(|e| e.occurred_at)
+    let extra = if entries.len() > limit {
+        entries.pop()
     } else {
         None
     };
+    let mut next_before = None;
+    if let (Some((_, extra)), Some(&(_, last))) = (extra, entries.last()) {
+        if extra < last {
+            next_before = time::from_millis(last as i64);
+        } else {
+            // the page would end inside a millisecond: the rest of it, and whether anything is
+            // older
+            let mut pipe = redis::pipe();
+            pipe.zrevrangebyscore_withscores(&key, last, last)
+                .zrevrangebyscore_limit(&key, format!("({last}"), "-inf", 0, 1);
+            let answer = store.query_groups(&[pipe]).await?;
+            let mut answer = answer.into_iter().next().unwrap_or_default().into_iter();
+            let ties: Vec<(Vec<u8>, f64)> = parse(answer.next())?;
+            let older: Vec<Vec<u8>> = parse(answer.next())?;
+            entries.retain(|(_, score)| *score > last);
+            entries.extend(ties);
+            if !older.is_empty() {
+                next_before = time::from_millis(last as i64);
+            }
+        }
+    }
+    let events: Vec<Event> = entries
+        .iter()
+        .filter_map(|(bytes, _)| Event::decode(bytes.as_slice()).ok())
+        .collect();
     Ok(LearnerTimeline {
         learner: learner.to_string(),
         events,

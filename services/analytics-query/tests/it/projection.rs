@@ -124,6 +124,48 @@ async fn summaries_follow_events_and_replays_change_nothing() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn timeline_pages_lose_no_event_that_shares_a_millisecond() {
+    let app = spawn_app().await;
+    let h = this_hour();
+    // five events, three of them in one millisecond, paged two at a time
+    let events = vec![
+        lab("t1", "tie", h - 5_000, "spinner", "click"),
+        lab("t2", "tie", h - 4_000, "spinner", "click"),
+        lab("t3", "tie", h - 4_000, "spinner", "click"),
+        lab("t4", "tie", h - 4_000, "spinner", "click"),
+        lab("t5", "tie", h - 3_000, "spinner", "click"),
+    ];
+    app.publish(&events).await;
+    app.caught_up().await;
+    let auth = format!("Bearer {}", service());
+    let (mut seen, mut pages, mut before) = (Vec::new(), 0, String::new());
+    loop {
+        let (status, page) = app
+            .get(
+                &format!("/api/v1/learners/tie/timeline?limit=2&before={before}"),
+                Some(&auth),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for event in page["events"].as_array().unwrap() {
+            seen.push(event["id"].as_str().unwrap().to_string());
+        }
+        match page["nextBefore"].as_str() {
+            Some(next) => before = next.to_string(),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end: {seen:?}");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["t1", "t2", "t3", "t4", "t5"], "pages: {seen:?}");
+    assert_eq!(seen[0], "t5", "newest first");
+    assert_eq!(seen[4], "t1");
+    app.stop().await;
+}
+
 /// A backlog waiting when the service starts is written in writes of many pulls (a learner's
 /// events merge), with the same result as one event at a time: counters, the capped timeline
 /// and recent errors (one ZADD and one trim per key), the course's learners (one SADD).
