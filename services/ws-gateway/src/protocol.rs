@@ -126,6 +126,14 @@ impl Incoming {
             Self::Request(request) => Some(&request.user),
         }
     }
+
+    /// The course a message writes into (a log's `course`); `None` for one that writes nothing.
+    pub fn course(&self) -> Option<&str> {
+        match self {
+            Self::Log(log) => Some(&log.course),
+            Self::Auth { .. } | Self::Request(_) => None,
+        }
+    }
 }
 
 /// The client `id` of a message, read even from one that is otherwise refused, so its error

@@ -83,17 +83,24 @@ impl Session {
 
     /// `?auth=message`: the first message must be `{"type":"auth","token":...}` with a valid
     /// token, within `WS_AUTH_TIMEOUT`; otherwise the socket is closed with 4401.
+    /// A shutdown while it waits closes it with 1001, as it does an authenticated socket.
     async fn authenticate(&mut self, socket: &mut WebSocket) -> bool {
-        let first = tokio::time::timeout(self.gateway.limits.auth_timeout, async {
-            loop {
-                match socket.recv().await {
-                    Some(Ok(Message::Text(text))) => return Some(text),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    _ => return None,
+        let shutdown = self.gateway.shutdown.clone();
+        let first = tokio::select! {
+            first = tokio::time::timeout(self.gateway.limits.auth_timeout, async {
+                loop {
+                    match socket.recv().await {
+                        Some(Ok(Message::Text(text))) => return Some(text),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        _ => return None,
+                    }
                 }
+            }) => first,
+            () = shutdown.cancelled() => {
+                close(socket, close_code::AWAY, "server shutting down").await;
+                return false;
             }
-        })
-        .await;
+        };
         let text = match first {
             Ok(Some(text)) => text,
             Ok(None) => return false,
@@ -274,7 +281,7 @@ impl Session {
             Err(refusal) => return self.refuse(seq, client_id.as_deref(), refusal),
         };
         if let Some(user) = incoming.user()
-            && let Err(refusal) = self.may_act_for(user)
+            && let Err(refusal) = self.may_act_for(user, incoming.course())
         {
             return self.refuse(seq, client_id.as_deref(), refusal);
         }
@@ -297,17 +304,37 @@ impl Session {
         exp.is_some_and(|exp| auth::now() > exp + 30)
     }
 
-    fn may_act_for(&self, user: &str) -> Result<(), Refusal> {
+    /// Whether the token may send a message for `user` that writes into `course`. An instructor
+    /// limited to some courses (a `courses` claim) writes for others only within them: a log
+    /// naming one of their courses would otherwise put a learner into it, and open that
+    /// learner's analytics to them.
+    fn may_act_for(&self, user: &str, course: Option<&str>) -> Result<(), Refusal> {
         let Some((claims, _)) = &self.credentials else {
             return Err(Refusal::new(ErrorCode::Forbidden, "not authenticated"));
         };
-        if claims.role == Role::Student && claims.sub != user {
-            return Err(Refusal::new(
+        if claims.sub == user {
+            return Ok(());
+        }
+        match claims.role {
+            Role::Student => Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "user must be the token's sub (only service and instructor tokens act for others)",
-            ));
+            )),
+            Role::Instructor
+                if course.is_some_and(|course| {
+                    claims
+                        .courses
+                        .as_ref()
+                        .is_some_and(|mine| !mine.iter().any(|c| c == course))
+                }) =>
+            {
+                Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "an instructor token limited to courses acts for others only in one of them (course)",
+                ))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn refuse(&mut self, seq: u64, client_id: Option<&str>, refusal: Refusal) {

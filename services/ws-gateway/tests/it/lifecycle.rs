@@ -197,7 +197,18 @@ async fn sigterm_sends_every_owed_ack_then_closes_with_1001() {
             .then_some(())
     })
     .await;
+    // and one still waiting to send its auth message: it is closed with 1001 too, at once
+    let mut waiting = Client::connect(&format!("{url}?auth=message"), None, None)
+        .await
+        .unwrap();
     signal(child.id(), "TERM");
+    let before_auth_timeout = tokio::time::timeout(Duration::from_secs(5), waiting.next_frame())
+        .await
+        .expect("the socket waiting for its auth message is closed before WS_AUTH_TIMEOUT (10s)");
+    match before_auth_timeout {
+        Frame::Close(close) => assert_eq!(close.map(|c| c.0), Some(1001)),
+        other => panic!("{other:?}"),
+    }
     // it stops accepting before the owed acks can come (NATS is still paused)
     eventually(Duration::from_secs(30), "new sockets refused", || async {
         Client::connect(&url, Some(&student), None)

@@ -1,9 +1,9 @@
 use learntrail_proto::{Payload, time};
-use learntrail_runtime::auth::Role;
+use learntrail_runtime::auth::{self, Claims, Role};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Client, Frame, click, refused_status, spawn_gateway, token};
+use crate::helpers::{Client, Frame, SECRET, click, refused_status, spawn_gateway, token};
 
 /// The example of PROTOCOLS.md §4.2, byte for byte.
 const SPINNER_CLICK: &str = r#"{"user": "8f2d4e23-fd99-44f0-bdbc-82add7c0973c",
@@ -263,6 +263,48 @@ async fn another_learners_user_needs_a_service_or_instructor_token() {
         .map(|e| e.actor)
         .collect();
     assert_eq!(actors, ["learner-2", "learner-2"]);
+
+    // an instructor limited to some courses writes for others only within them (a log naming
+    // one of their courses would put the learner in their cohort)
+    let limited = auth::sign(
+        SECRET.as_bytes(),
+        &Claims {
+            sub: "ta".into(),
+            role: Role::Instructor,
+            exp: Some(auth::now() + 600),
+            nbf: None,
+            iat: None,
+            courses: Some(vec!["physics-2".into()]),
+        },
+    );
+    let mut ta = Client::connect(&gateway.ws, Some(&limited), None)
+        .await
+        .unwrap();
+    // click() names the course engdes1
+    ta.send_json(&click("learner-3", "ta-1", 1)).await;
+    let refused = ta.next_json().await;
+    assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    let mut own_course = click("learner-3", "ta-2", 1);
+    own_course["course"] = "physics-2".into();
+    ta.send_json(&own_course).await;
+    assert!(ta.next_json().await["ack"].is_string());
+    // as themselves, any course
+    ta.send_json(&click("ta", "ta-3", 1)).await;
+    assert!(ta.next_json().await["ack"].is_string());
+    let stored: Vec<(String, String)> = gateway
+        .stored()
+        .await
+        .into_iter()
+        .skip(2)
+        .map(|e| (e.actor, e.context.unwrap_or_default().course))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("learner-3".to_string(), "physics-2".to_string()),
+            ("ta".to_string(), "engdes1".to_string())
+        ]
+    );
     gateway.stop().await;
 }
 
