@@ -104,7 +104,7 @@ pub enum Command {
         /// leave a gap
         #[arg(long, value_parser = parse_time)]
         to: DateTime<Utc>,
-        /// Only these sources (repeatable); default all
+        /// Only these sources (repeatable); default every source the archive holds
         #[arg(long = "source")]
         sources: Vec<String>,
     },

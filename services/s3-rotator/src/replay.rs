@@ -7,7 +7,7 @@ use std::{collections::HashSet, io::Read};
 
 use chrono::{DateTime, Utc};
 use flate2::read::GzDecoder;
-use learntrail_proto::{Event, subject, time};
+use learntrail_proto::{Event, time};
 use learntrail_runtime::bus::Bus;
 
 use crate::{layout::hours_between, store::Store};
@@ -35,7 +35,7 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Replays events received in `[from, to)` for `sources` (all known sources when empty). Objects
+/// Replays events received in `[from, to)` for `sources` (every source archived when empty). Objects
 /// are partitioned by the hour the stream stored an event, which can differ by moments from the
 /// `receivedAt` a producer stamped, so the hours on either side are read too and each event is
 /// chosen by its `receivedAt`.
@@ -49,11 +49,9 @@ pub async fn replay(
 ) -> anyhow::Result<Report> {
     anyhow::ensure!(from < to, "--from must be before --to");
     let sources: Vec<String> = if sources.is_empty() {
-        subject::source::ALL
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["_unknown".to_string()])
-            .collect()
+        // every source the archive holds, not only Learntrail's own: an event a producer
+        // published on a subject of its own is archived under its source too
+        store.sources(prefix).await?
     } else {
         sources.to_vec()
     };

@@ -302,6 +302,57 @@ impl Store {
         }
     }
 
+    /// The sources archived under `prefix` (the `source=` folders), sorted: every one written,
+    /// those outside Learntrail's own sources included.
+    pub async fn sources(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let folder = format!("{prefix}/source=");
+        let mut sources = match self {
+            Self::Local(dir) => {
+                let mut names = Vec::new();
+                let entries = match std::fs::read_dir(dir.join(prefix)) {
+                    Ok(entries) => entries,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+                    Err(err) => return Err(err.into()),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    if entry.file_type()?.is_dir()
+                        && let Some(source) = entry
+                            .file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("source=").map(String::from))
+                    {
+                        names.push(source);
+                    }
+                }
+                names
+            }
+            Self::S3 { client, bucket, .. } => {
+                let mut names = Vec::new();
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&folder)
+                    .delimiter("/")
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(s3_error)?;
+                    names.extend(page.common_prefixes().iter().filter_map(|p| {
+                        p.prefix()?
+                            .strip_prefix(&folder)?
+                            .strip_suffix('/')
+                            .map(String::from)
+                    }));
+                }
+                names
+            }
+        };
+        sources.sort();
+        sources.dedup();
+        Ok(sources)
+    }
+
     /// Keys under `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let mut keys = match self {

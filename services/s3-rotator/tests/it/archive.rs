@@ -347,10 +347,17 @@ async fn replay_of_an_archived_hour_gives_the_same_events() {
         bus,
         rotator,
     } = local_rig().await;
-    let published = events(120);
+    let mut published = events(120);
+    // a source of a producer's own (not one of Learntrail's) is archived and replayed too
+    published[2].source = "quiz".into();
     publish(&bus, &published).await;
     let objects = wait_archived(&store(&flags), 120).await;
     rotator.stop().await;
+    assert!(
+        objects.keys().any(|k| k.starts_with("events/source=quiz/")),
+        "{:?}",
+        objects.keys()
+    );
     let archived_events: HashMap<_, _> = objects
         .values()
         .flatten()
