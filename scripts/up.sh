@@ -175,13 +175,15 @@ forwarding=${forwarding%, }
 [ -x "$bin/keen-forwarder" ] || forwarding="not built (cargo build --release --bin keen-forwarder)"
 token=$("$bin/learntrail-token" --secret-file "$var/jwt-secret" --sub learner-1 --role student)
 instructor_token=$("$bin/learntrail-token" --secret-file "$var/jwt-secret" --sub make-up-instructor --role instructor)
+archive_where=${S3_BUCKET:+s3://$S3_BUCKET}
+archive_where=${archive_where:-$ARCHIVE_DIR}
 cat <<EOT
 
 Learntrail is up (data and logs under var/; stop it with: make down)
   NATS (JetStream)  $NATS_URL   (streams: http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1)
   Redis             $REDIS_URL
   tracking-api      http://127.0.0.1:$TRACKING_PORT/api/tracking   (ops: http://127.0.0.1:$TRACKING_METRICS_PORT/metrics)
-  s3-rotator        archive in ${S3_BUCKET:+s3://$S3_BUCKET}${S3_BUCKET:-$ARCHIVE_DIR} every ${ROTATE_INTERVAL:-1m}   (ops: http://127.0.0.1:$ROTATOR_METRICS_PORT/metrics)
+  s3-rotator        archive in $archive_where every ${ROTATE_INTERVAL:-1m}   (ops: http://127.0.0.1:$ROTATOR_METRICS_PORT/metrics)
   analytics-query   http://127.0.0.1:$ANALYTICS_PORT/api/v1/   gRPC 127.0.0.1:$ANALYTICS_GRPC_PORT   (ops: http://127.0.0.1:$ANALYTICS_METRICS_PORT/metrics)
   ws-gateway        ws://127.0.0.1:$WS_PORT/ws   (ops: http://127.0.0.1:$WS_METRICS_PORT/metrics)
   keen-forwarder    ${forwarding:-off (set KEEN_PROJECT_ID + KEEN_WRITE_KEY, WEBHOOK_URLS or LRS_URL)}   (ops: http://127.0.0.1:$FORWARDER_METRICS_PORT/metrics)

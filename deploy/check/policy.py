@@ -22,6 +22,9 @@ import yaml
 # edges that scale on load: each must have a HorizontalPodAutoscaler when it is deployed
 AUTOSCALED = {"tracking-api", "ws-gateway", "analytics-query"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+# ports a workload must be allowed to reach out to by its own NetworkPolicies, with their defaults:
+# eagle-pinger's EAGLE_CLOUD_URL is https://rainforestcloud.com:9445
+EGRESS_NEEDS = {"eagle-pinger": {443, 9445}}
 
 problems = []
 
@@ -115,9 +118,16 @@ def check_full(objs):
         if w["kind"] == "Deployment" and any(base.endswith(s) for s in AUTOSCALED):
             if not any(h["spec"]["scaleTargetRef"]["name"] == w["metadata"]["name"] for h in hpas):
                 fail(name_of(w), "no HorizontalPodAutoscaler scales it")
-        if not any(p["spec"].get("podSelector", {}).get("matchLabels") and
-                   selects(p["spec"]["podSelector"], labels) for p in policies):
+        own = [p for p in policies if p["spec"].get("podSelector", {}).get("matchLabels") and
+               selects(p["spec"]["podSelector"], labels)]
+        if not own:
             fail(name_of(w), "no NetworkPolicy of its own")
+        allowed = {port.get("port") for p in own for rule in p["spec"].get("egress") or []
+                   for port in rule.get("ports") or []}
+        for name, needed in EGRESS_NEEDS.items():
+            if base.endswith(name) and not needed <= allowed:
+                fail(name_of(w), f"its NetworkPolicy lets it reach no port {sorted(needed - allowed)} "
+                                 f"(its default destinations need {sorted(needed)})")
     jobs = [j for j in by_kind.get("Job", [])
             if any(c.get("command", [])[:2] == ["learntrail-admin", "provision"]
                    for c in pod_spec(j)[0].get("containers", []))]
@@ -136,11 +146,28 @@ def check_full(objs):
         fail("ServiceMonitor", "none rendered")
 
 
+def check_numbers(obj):
+    """A setting helm wrote in exponent form (5e+06): the services' parsers refuse it."""
+    import re
+
+    values = []
+    if obj["kind"] == "ConfigMap":
+        values = list((obj.get("data") or {}).items())
+    elif obj["kind"] in WORKLOADS:
+        spec, _ = pod_spec(obj)
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            values += [(e["name"], e.get("value")) for e in c.get("env", []) if "value" in e]
+    for name, value in values:
+        if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?e[+-]\d+", value):
+            fail(name_of(obj), f"{name}={value!r} is a number in exponent form, which the services refuse")
+
+
 def check_k8s(path, full, bins):
     objs = load(path)
     if not objs:
         fail(path, "renders no objects")
     for o in objs:
+        check_numbers(o)
         if o["kind"] in WORKLOADS:
             check_workload(o, bins)
     if full:

@@ -47,6 +47,10 @@ BREAKAGES = [
      r"name: learntrail\n", "name: learntrail   \n", "yamllint"),
     ("a service left out of kustomize", "k8s/base/kustomization.yaml",
      r"  - notebook-scanner\n", "", "every service is in the image"),
+    ("eagle-pinger cut off from the Rainforest cloud relay", "k8s/base/eagle-pinger/network.yaml",
+     r"        - \{protocol: TCP, port: 9445\}\n", "", "kustomize k8s/overlays/production validates"),
+    ("a whole number in values written as 5e+06", "deploy/helm/learntrail/templates/_helpers.tpl",
+     r"\{\{- \. \| int64 \| quote -\}\}", "{{- . | quote -}}", "helm chart validates (production values"),
     ("a service left out of the image", "deploy/docker/Dockerfile",
      r'(ARG BINS="[^"]*) keen-forwarder', r"\1", "every service is in the image"),
 ]

@@ -163,10 +163,10 @@ spec:
             {{- end }}
             - {name: METRICS_ADDR, value: {{ printf "0.0.0.0:%v" $def.metricsPort | quote }}}
             {{- range $name, $value := $def.env }}
-            - {name: {{ $name }}, value: {{ $value | quote }}}
+            - {name: {{ $name }}, value: {{ include "learntrail.envValue" $value }}}
             {{- end }}
             {{- range $name, $value := $v.env }}
-            - {name: {{ $name }}, value: {{ $value | quote }}}
+            - {name: {{ $name }}, value: {{ include "learntrail.envValue" $value }}}
             {{- end }}
             {{- if $def.podNameEnv }}
             - name: POD_NAME
@@ -327,4 +327,14 @@ spec:
     {{- end }}
   {{- end }}
 {{- end }}
+{{- end -}}
+
+{{- /* A setting's value, quoted. A whole number in values (ROTATOR_MAX_PENDING: 5000000) is
+written as one: YAML reads it as a float, which `quote` alone writes as 5e+06. */}}
+{{- define "learntrail.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- . | int64 | quote -}}
+{{- else -}}
+{{- . | quote -}}
+{{- end -}}
 {{- end -}}
