@@ -147,7 +147,8 @@ def check_full(objs):
 
 
 def check_numbers(obj):
-    """A setting helm wrote in exponent form (5e+06): the services' parsers refuse it."""
+    """A setting helm wrote in exponent form (5e+06), which the services' parsers refuse, or a URL
+    with a password outside the Secret."""
     import re
 
     values = []
@@ -160,12 +161,25 @@ def check_numbers(obj):
     for name, value in values:
         if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?e[+-]\d+", value):
             fail(name_of(obj), f"{name}={value!r} is a number in exponent form, which the services refuse")
+        # a password in a URL belongs in the Secret (redis-url, eagle-redis-url), not in plain config
+        if isinstance(value, str) and re.search(r"\b[a-z]+s?://[^/@\s]*:[^/@\s]+@", value):
+            fail(name_of(obj), f"{name} holds a password in plain config (put the URL in the Secret)")
+
+
+def check_autoscaled(objs):
+    """A workload an autoscaler scales sets no replicas: each apply would put them back."""
+    scaled = {(h["spec"]["scaleTargetRef"]["kind"], h["spec"]["scaleTargetRef"]["name"])
+              for h in objs if h["kind"] == "HorizontalPodAutoscaler"}
+    for o in objs:
+        if (o["kind"], o["metadata"]["name"]) in scaled and "replicas" in o.get("spec", {}):
+            fail(name_of(o), "sets spec.replicas, which its HorizontalPodAutoscaler owns")
 
 
 def check_k8s(path, full, bins):
     objs = load(path)
     if not objs:
         fail(path, "renders no objects")
+    check_autoscaled(objs)
     for o in objs:
         check_numbers(o)
         if o["kind"] in WORKLOADS:

@@ -17,7 +17,9 @@ root, script = sys.argv[1], sys.argv[2]
 # (what is broken, file, pattern, replacement, the check line that must fail)
 BREAKAGES = [
     ("a misspelt field", "k8s/base/tracking-api/deployment.yaml",
-     r"\n  replicas: 2\n", "\n  replica: 2\n", "kustomize k8s/base validates"),
+     r"\n  selector:\n", "\n  selectr:\n", "kustomize k8s/base validates"),
+    ("replicas beside an autoscaler", "k8s/base/tracking-api/deployment.yaml",
+     r"\n  selector:\n", "\n  replicas: 2\n  selector:\n", "kustomize k8s/base validates"),
     ("a missing readiness probe", "k8s/base/tracking-api/deployment.yaml",
      r"          readinessProbe:\n            httpGet: \{path: /readyz, port: metrics\}\n            periodSeconds: 5\n", "",
      "kustomize k8s/base validates"),
@@ -51,6 +53,8 @@ BREAKAGES = [
      r"        - \{protocol: TCP, port: 9445\}\n", "", "kustomize k8s/overlays/production validates"),
     ("a whole number in values written as 5e+06", "deploy/helm/learntrail/templates/_helpers.tpl",
      r"\{\{- \. \| int64 \| quote -\}\}", "{{- . | quote -}}", "helm chart validates (production values"),
+    ("a Redis password in plain values", "deploy/helm/learntrail/ci/production-values.yaml",
+     r"redis://redis-registry", "redis://:hunter2@redis-registry", "helm chart validates (production values"),
     ("a service left out of the image", "deploy/docker/Dockerfile",
      r'(ARG BINS="[^"]*) keen-forwarder', r"\1", "every service is in the image"),
 ]
