@@ -102,7 +102,7 @@ pub struct LogMessage {
     /// The payload without `log`.
     pub data: Map<String, Value>,
     /// The client's own message id, echoed in the ack and the basis of the event id.
-    pub client_id: Option<String>,
+    pub client_id: Option<ClientId>,
 }
 
 /// An analytics request of a dashboard.
@@ -114,7 +114,7 @@ pub struct RequestMessage {
     pub course: String,
     /// For `comparison`: the metric (default `lab_actions`).
     pub metric: String,
-    pub client_id: Option<String>,
+    pub client_id: Option<ClientId>,
 }
 
 impl Incoming {
@@ -138,11 +138,38 @@ impl Incoming {
 
 /// The client `id` of a message, read even from one that is otherwise refused, so its error
 /// frame can name it.
-pub fn client_id_of(value: &Value) -> Option<String> {
+pub fn client_id_of(value: &Value) -> Option<ClientId> {
     match value.get("id")? {
-        Value::String(id) => Some(id.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::String(id) => Some(ClientId::Text(id.clone())),
+        Value::Number(n) => Some(ClientId::Number(n.clone())),
         _ => None,
+    }
+}
+
+/// A client's own message `id`: a string or a number, echoed as it came (`7` as `7`, `"7"` as
+/// `"7"`), and two different ids, so the two are two messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientId {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl ClientId {
+    /// Its text (a number's JSON text), as the event keeps it (`LabLog.client_id`).
+    pub fn text(&self) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::Number(n) => n.to_string(),
+        }
+    }
+}
+
+impl Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Text(text) => serializer.serialize_str(text),
+            Self::Number(n) => n.serialize(serializer),
+        }
     }
 }
 
@@ -162,6 +189,9 @@ pub fn parse_value(value: Value) -> Result<Incoming, Refusal> {
             "a message is a JSON object",
         ));
     };
+    if client_id.is_none() && object.get("id").is_some() {
+        return Err(Refusal::field("id", "must be a string or a number"));
+    }
     let kind = required_str(&object, "type")?;
     if let Some(log_type) = LOG_TYPES.iter().find(|log_type| **log_type == kind) {
         return parse_log(object, log_type, client_id).map(Incoming::Log);
@@ -196,7 +226,7 @@ pub fn parse_value(value: Value) -> Result<Incoming, Refusal> {
 fn parse_log(
     mut object: Map<String, Value>,
     log_type: &str,
-    client_id: Option<String>,
+    client_id: Option<ClientId>,
 ) -> Result<LogMessage, Refusal> {
     let t = match object.get("t") {
         Some(Value::Number(n)) => n
@@ -290,7 +320,7 @@ fn optional_str(object: &Map<String, Value>, name: &str) -> Result<String, Refus
 /// The event id of a message: derived from the user and the client's `id` when it sent one (so
 /// a resent message is the same event, stored once), a fresh ULID otherwise. Derived ids are
 /// UUIDs (version 8) of a SHA-256 of both, so two users' equal ids never collide.
-pub fn event_id(user: &str, client_id: Option<&str>) -> String {
+pub fn event_id(user: &str, client_id: Option<&ClientId>) -> String {
     let Some(client_id) = client_id else {
         return learntrail_proto::id::new_id();
     };
@@ -298,7 +328,14 @@ pub fn event_id(user: &str, client_id: Option<&str>) -> String {
     hash.update(b"learntrail ws-gateway\0");
     hash.update(user.as_bytes());
     hash.update([0]);
-    hash.update(client_id.as_bytes());
+    match client_id {
+        ClientId::Text(text) => hash.update(text.as_bytes()),
+        // apart from the string of the same digits
+        ClientId::Number(n) => {
+            hash.update([0, b'#']);
+            hash.update(n.to_string().as_bytes());
+        }
+    }
     let bytes: [u8; 16] = hash.finalize()[..16].try_into().expect("16 of 32 bytes");
     // sets the version (8) and the RFC 4122 variant bits
     uuid::Builder::from_custom_bytes(bytes)
@@ -312,7 +349,7 @@ pub fn event_id(user: &str, client_id: Option<&str>) -> String {
 pub fn to_event(message: LogMessage, received_ms: i64) -> Event {
     let client_time = time::from_millis(message.t);
     Event {
-        id: event_id(&message.user, message.client_id.as_deref()),
+        id: event_id(&message.user, message.client_id.as_ref()),
         occurred_at: client_time,
         received_at: time::from_millis(received_ms),
         source: subject::source::LAB.into(),
@@ -329,7 +366,11 @@ pub fn to_event(message: LogMessage, received_ms: i64) -> Event {
             log_kind: message.log_kind,
             data: (!message.data.is_empty()).then(|| to_struct(message.data)),
             client_time,
-            client_id: message.client_id.unwrap_or_default(),
+            client_id: message
+                .client_id
+                .as_ref()
+                .map(ClientId::text)
+                .unwrap_or_default(),
         })),
     }
 }
@@ -363,7 +404,12 @@ fn to_value(value: Value) -> wkt::Value {
 
 /// `{"ack": id, "seq": n}`, with the client's `id` echoed and `duplicate` when the stream
 /// already held it.
-pub fn ack_frame(event_id: &str, seq: u64, client_id: Option<&str>, duplicate: bool) -> String {
+pub fn ack_frame(
+    event_id: &str,
+    seq: u64,
+    client_id: Option<&ClientId>,
+    duplicate: bool,
+) -> String {
     /// The frame's fields in the order the other frames have them (sorted).
     #[derive(Serialize)]
     struct Ack<'a> {
@@ -371,7 +417,7 @@ pub fn ack_frame(event_id: &str, seq: u64, client_id: Option<&str>, duplicate: b
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         duplicate: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a str>,
+        id: Option<&'a ClientId>,
         seq: u64,
     }
     let frame = Ack {
@@ -384,7 +430,7 @@ pub fn ack_frame(event_id: &str, seq: u64, client_id: Option<&str>, duplicate: b
 }
 
 /// `{"error": {"code", "message"}, "seq": n}`, with the client's `id` echoed.
-pub fn error_frame(refusal: &Refusal, seq: u64, client_id: Option<&str>) -> String {
+pub fn error_frame(refusal: &Refusal, seq: u64, client_id: Option<&ClientId>) -> String {
     let mut frame = json!({
         "error": {"code": refusal.code.as_str(), "message": refusal.message},
         "seq": seq,
@@ -543,9 +589,17 @@ mod tests {
 
     #[test]
     fn a_resent_id_is_the_same_event_and_users_do_not_collide() {
-        let a = event_id("u1", Some("m-1"));
-        assert_eq!(a, event_id("u1", Some("m-1")));
-        assert_ne!(a, event_id("u2", Some("m-1")));
+        let text = |id: &str| ClientId::Text(id.into());
+        let a = event_id("u1", Some(&text("m-1")));
+        assert_eq!(a, event_id("u1", Some(&text("m-1"))));
+        assert_ne!(a, event_id("u2", Some(&text("m-1"))));
+        // the number 7 and the string "7" are two ids
+        let seven = ClientId::Number(7.into());
+        assert_ne!(
+            event_id("u1", Some(&seven)),
+            event_id("u1", Some(&text("7")))
+        );
+        assert_eq!(event_id("u1", Some(&seven)), event_id("u1", Some(&seven)));
         assert!(learntrail_proto::id::is_valid_id(&a), "{a}");
         assert_eq!(&a[14..15], "8");
         // the same id as ever for the same user and client id (stored ids stay stable)
@@ -556,9 +610,26 @@ mod tests {
     #[test]
     fn frames() {
         assert_eq!(
-            ack_frame("e1", 3, Some("m-1"), false),
+            ack_frame("e1", 3, Some(&ClientId::Text("m-1".into())), false),
             r#"{"ack":"e1","id":"m-1","seq":3}"#
         );
+        // a number comes back a number
+        assert_eq!(
+            ack_frame("e3", 5, Some(&ClientId::Number(7.into())), false),
+            r#"{"ack":"e3","id":7,"seq":5}"#
+        );
+        let numbered = parse(r#"{"id": 7, "type": "nope"}"#).unwrap_err();
+        let frame: Value = serde_json::from_str(&error_frame(
+            &numbered,
+            6,
+            client_id_of(&json!({"id": 7})).as_ref(),
+        ))
+        .unwrap();
+        assert_eq!(frame["id"], 7);
+        // an id of another kind is refused, naming it
+        let refused = parse(r#"{"id": {"n": 7}, "type": "log"}"#).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidField);
+        assert!(refused.message.contains("id"), "{}", refused.message);
         assert_eq!(
             ack_frame("e2", 4, None, true),
             r#"{"ack":"e2","duplicate":true,"seq":4}"#

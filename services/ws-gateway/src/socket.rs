@@ -278,17 +278,17 @@ impl Session {
         let client_id = protocol::client_id_of(&value);
         let incoming = match protocol::parse_value(value) {
             Ok(incoming) => incoming,
-            Err(refusal) => return self.refuse(seq, client_id.as_deref(), refusal),
+            Err(refusal) => return self.refuse(seq, client_id.as_ref(), refusal),
         };
         if let Some(user) = incoming.user()
             && let Err(refusal) = self.may_act_for(user, incoming.course())
         {
-            return self.refuse(seq, client_id.as_deref(), refusal);
+            return self.refuse(seq, client_id.as_ref(), refusal);
         }
         match incoming {
             Incoming::Auth { .. } => self.refuse(
                 seq,
-                client_id.as_deref(),
+                client_id.as_ref(),
                 Refusal::new(
                     ErrorCode::AlreadyAuthenticated,
                     "this socket is already authenticated",
@@ -337,7 +337,7 @@ impl Session {
         }
     }
 
-    fn refuse(&mut self, seq: u64, client_id: Option<&str>, refusal: Refusal) {
+    fn refuse(&mut self, seq: u64, client_id: Option<&protocol::ClientId>, refusal: Refusal) {
         self.gateway.metrics.error(refusal.code.as_str());
         let frame = protocol::error_frame(&refusal, seq, client_id);
         self.replies.push_back(std::future::ready(frame).boxed());
@@ -370,13 +370,13 @@ impl Session {
                     } else {
                         metrics.acked.inc();
                     }
-                    protocol::ack_frame(&event.id, seq, client_id.as_deref(), ack.duplicate)
+                    protocol::ack_frame(&event.id, seq, client_id.as_ref(), ack.duplicate)
                 }
                 Err(err) => {
                     let refusal = not_stored(&err);
                     gateway.metrics.error(refusal.code.as_str());
                     let mut frame: serde_json::Value = serde_json::from_str(
-                        &protocol::error_frame(&refusal, seq, client_id.as_deref()),
+                        &protocol::error_frame(&refusal, seq, client_id.as_ref()),
                     )
                     .expect("our own JSON");
                     frame["event_id"] = json!(event.id);
@@ -409,7 +409,7 @@ impl Session {
                     }
                     Err(refusal) => {
                         gateway.metrics.error(refusal.code.as_str());
-                        protocol::error_frame(&refusal, seq, client_id.as_deref())
+                        protocol::error_frame(&refusal, seq, client_id.as_ref())
                     }
                 }
             }
