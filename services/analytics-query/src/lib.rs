@@ -74,6 +74,8 @@ pub struct Config {
     /// Talk to Redis Cluster (on by itself when REDIS_URL names several nodes)
     #[arg(long, env = "REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    #[command(flatten)]
+    pub redis_tls: learntrail_runtime::redis::RedisTlsArgs,
     /// Project id of the Keen-compatible API (/3.0/projects/{id}/queries/...)
     #[arg(long, env = "ANALYSIS_PROJECT_ID", default_value = "learntrail")]
     pub analysis_project_id: String,
@@ -181,17 +183,31 @@ pub async fn run(config: Config, token: CancellationToken) -> anyhow::Result<()>
     serve(config, listeners, token).await
 }
 
-/// Connects to Redis, retrying until it answers or `token` is cancelled.
-async fn connect_store(config: &Config, token: &CancellationToken) -> Option<store::Store> {
+/// Connects to Redis, retrying until it answers or `token` is cancelled. A `REDIS_URL` or a
+/// `REDIS_TLS_CA` that can never work is a configuration error at once.
+async fn connect_store(
+    config: &Config,
+    token: &CancellationToken,
+) -> anyhow::Result<Option<store::Store>> {
     let cluster = config.redis_cluster || config.redis_url.len() > 1;
+    let certificates = config.redis_tls.certificates()?;
+    for url in &config.redis_url {
+        if let Err(err) = learntrail_runtime::redis::client(url, certificates.as_ref()) {
+            let shown = learntrail_runtime::telemetry::redact_urls(url);
+            return Err(learntrail_runtime::cli::ConfigError::new(format!(
+                "REDIS_URL {shown}: {err}"
+            ))
+            .into());
+        }
+    }
     let mut delays = Delays::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match store::Store::connect(&config.redis_url, cluster).await {
-            Ok(store) => return Some(store),
+        match store::Store::connect(&config.redis_url, cluster, certificates.as_ref()).await {
+            Ok(store) => return Ok(Some(store)),
             Err(err) => tracing::warn!(error = %err, "cannot reach redis yet"),
         }
         if !delays.wait(token).await {
-            return None;
+            return Ok(None);
         }
     }
 }
@@ -235,9 +251,16 @@ pub async fn serve(
     }
     let (bus, provisioning) =
         Bus::start(&config.nats, &config.streams, "analytics-query", &token).await?;
-    let Some(store) = connect_store(&config, &token).await else {
-        provisioning.abort();
-        return Ok(());
+    let store = match connect_store(&config, &token).await {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            provisioning.abort();
+            return Ok(());
+        }
+        Err(err) => {
+            provisioning.abort();
+            return Err(err);
+        }
     };
     if let Err(err) = check_layout(&store).await {
         provisioning.abort();

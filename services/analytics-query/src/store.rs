@@ -14,7 +14,7 @@ use std::{
 
 use futures_util::future::try_join_all;
 use redis::{
-    Pipeline, RedisResult, Value,
+    Pipeline, RedisResult, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
@@ -169,11 +169,19 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Store {
     /// Connects to `urls` (one server, or any nodes of a cluster when `cluster`).
-    pub async fn connect(urls: &[String], cluster: bool) -> RedisResult<Self> {
+    /// With `certificates`, over TLS checked against them (`REDIS_TLS_CA`).
+    pub async fn connect(
+        urls: &[String],
+        cluster: bool,
+        certificates: Option<&TlsCertificates>,
+    ) -> RedisResult<Self> {
         let conn = if cluster {
-            let client = ClusterClientBuilder::new(urls.to_vec())
-                .response_timeout(RESPONSE_TIMEOUT)
-                .build()?;
+            let mut builder =
+                ClusterClientBuilder::new(urls.to_vec()).response_timeout(RESPONSE_TIMEOUT);
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates.clone());
+            }
+            let client = builder.build()?;
             Conn::Cluster(client.get_async_connection().await?)
         } else {
             let url = urls
@@ -182,7 +190,7 @@ impl Store {
             let config =
                 ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
             Conn::Single(
-                redis::Client::open(url)?
+                learntrail_runtime::redis::client(url, certificates)?
                     .get_connection_manager_with_config(config)
                     .await?,
             )

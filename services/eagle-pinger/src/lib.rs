@@ -58,6 +58,8 @@ pub struct StoreArgs {
     /// Redis holding the meter registry
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    #[command(flatten)]
+    pub redis_tls: learntrail_runtime::redis::RedisTlsArgs,
     /// Prefix of the registry's Redis keys (a record is <prefix><cloud_id>)
     #[arg(long, env = "REDIS_PREFIX", default_value = "eagle:")]
     pub redis_prefix: String,
@@ -88,12 +90,15 @@ impl StoreArgs {
             ))
             .into());
         }
-        if let Err(err) = redis::Client::open(self.redis_url.as_str()) {
+        let certificates = self.redis_tls.certificates()?;
+        if let Err(err) = learntrail_runtime::redis::client(&self.redis_url, certificates.as_ref())
+        {
             return Err(ConfigError::new(format!("REDIS_URL {shown}: {err}")).into());
         }
         let mut delays = Delays::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            match Registry::connect(&self.redis_url, &self.redis_prefix, keys.clone()).await {
+            let client = learntrail_runtime::redis::client(&self.redis_url, certificates.as_ref())?;
+            match Registry::connect(client, &self.redis_prefix, keys.clone()).await {
                 Ok(registry) => return Ok(registry),
                 Err(err) => {
                     tracing::warn!(error = %err, redis_url = %shown, "cannot reach Redis yet")
@@ -335,6 +340,36 @@ mod tests {
                 .to_string();
             assert!(message.contains("REDIS_URL"), "{message}");
             assert!(!message.contains("s3cret"), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_registry_is_reached_over_tls_checked_against_redis_tls_ca() {
+        let redis = learntrail_testkit::RedisServer::start_tls();
+        let ca = redis.ca_file().unwrap().to_str().unwrap().to_string();
+        let token = CancellationToken::new();
+        let store = config(&["--redis-url", &redis.url(), "--redis-tls-ca", &ca]).store;
+        let registry = store.connect(&token).await.unwrap();
+        assert_eq!(registry.all_ids().await.unwrap(), Vec::<String>::new());
+        // without the authority its certificate is not trusted: never connected
+        let untrusted = config(&["--redis-url", &redis.url()]).store;
+        let attempt = tokio::time::timeout(Duration::from_secs(2), untrusted.connect(&token)).await;
+        assert!(attempt.is_err(), "connected to a server it cannot trust");
+        // an authority for a plain redis:// URL, or one that cannot be read, cannot work
+        for args in [
+            ["--redis-url", "redis://127.0.0.1:1", "--redis-tls-ca", &ca],
+            [
+                "--redis-url",
+                &redis.url(),
+                "--redis-tls-ca",
+                "/no/such/ca.pem",
+            ],
+        ] {
+            let err = config(&args).store.connect(&token).await.unwrap_err();
+            assert!(
+                err.downcast_ref::<ConfigError>().is_some(),
+                "{args:?}: {err:#}"
+            );
         }
     }
 

@@ -127,13 +127,12 @@ impl Registry {
         }
     }
 
-    /// Connects to `url` (one attempt; callers retry).
+    /// Connects with `client` (one attempt; callers retry).
     pub async fn connect(
-        url: &str,
+        client: redis::Client,
         prefix: &str,
         keys: std::sync::Arc<Keyring>,
     ) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(5)));

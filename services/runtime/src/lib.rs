@@ -6,6 +6,7 @@
 //! - [`bus`]: NATS connect with retry, stream provisioning, publish-with-ack, dead letters;
 //! - [`health`]: the `/healthz`, `/readyz` and Prometheus `/metrics` server;
 //! - [`metrics`]: one-line Prometheus registration and shared buckets;
+//! - [`redis`]: Redis clients, over TLS (`rediss://`, `REDIS_TLS_CA`) where asked;
 //! - [`http`]: JSON error bodies and request metrics for HTTP edges;
 //! - [`auth`]: HS256 bearer tokens with `sub` and `role`;
 //! - [`retry`]: the one backoff policy (exponential with jitter) every retry loop uses;
@@ -20,6 +21,7 @@ pub mod health;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod redis;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

@@ -15,6 +15,7 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: TempDir,
     port: u16,
+    tls: Option<Tls>,
 }
 
 impl RedisServer {
@@ -31,6 +32,7 @@ impl RedisServer {
                     child: Some(child),
                     dir,
                     port,
+                    tls: None,
                 };
             }
         }
@@ -39,6 +41,11 @@ impl RedisServer {
 
     /// The server on `port`, or `None` when it exited (the port was taken).
     fn spawn(dir: &TempDir, port: u16) -> Option<Child> {
+        Self::spawn_with(dir, port, &[])
+    }
+
+    /// The same with more arguments (TLS); ready once `port` answers.
+    fn spawn_with(dir: &TempDir, port: u16, extra: &[String]) -> Option<Child> {
         let bin = binary(
             "redis-server",
             "REDIS_SERVER_BIN",
@@ -51,7 +58,8 @@ impl RedisServer {
                 .args(["--save", "", "--appendonly", "no", "--logfile"])
                 .arg(&log)
                 .arg("--dir")
-                .arg(dir.path()),
+                .arg(dir.path())
+                .args(extra),
         );
         let mut child = child;
         let mut exited = false;
@@ -65,12 +73,12 @@ impl RedisServer {
     /// Stops the server and starts it again on the same port: empty, as a Redis that kept
     /// nothing on disk comes back after a crash.
     pub fn restart(&mut self) {
+        assert!(self.tls.is_none(), "restart is for plain servers");
         stop(&mut self.child);
         let child = Self::spawn(&self.dir, self.port);
         self.child = Some(child.expect("redis-server restarted on its port"));
     }
 
-    /// `redis://127.0.0.1:<port>`.
     /// Stops the server (SIGSTOP) until [`RedisServer::resume`]: a Redis that takes its time.
     pub fn pause(&self) {
         self.signal("-STOP");
@@ -89,9 +97,119 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
+    /// `redis://127.0.0.1:<port>`, or `rediss://127.0.0.1:<tls port>` for [`RedisServer::start_tls`].
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some(tls) => format!("rediss://127.0.0.1:{}", tls.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
+
+    /// A server that also takes TLS connections, with a certificate for 127.0.0.1 signed by a
+    /// certificate authority of its own ([`RedisServer::ca_file`]); [`RedisServer::url`] is the
+    /// TLS one. The certificates are made with the `openssl` command.
+    pub fn start_tls() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lt-redis-tls-")
+            .tempdir()
+            .expect("temp dir");
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        std::fs::write(path("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+        for args in [
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=learntrail test CA",
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &path("ca.crt"),
+            ],
+            vec![
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &path("server.key"),
+                "-out",
+                &path("server.csr"),
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &path("server.csr"),
+                "-CA",
+                &path("ca.crt"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &path("san.ext"),
+                "-out",
+                &path("server.crt"),
+            ],
+        ] {
+            let output = Command::new("openssl")
+                .args(&args)
+                .output()
+                .expect("openssl (apt-get install -y openssl)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        for _ in 0..10 {
+            let (port, tls_port) = (free_port(), free_port());
+            let tls_args = [
+                "--tls-port".to_string(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                path("server.crt"),
+                "--tls-key-file".into(),
+                path("server.key"),
+                "--tls-ca-cert-file".into(),
+                path("ca.crt"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            if let Some(child) = Self::spawn_with(&dir, port, &tls_args) {
+                return Self {
+                    child: Some(child),
+                    port,
+                    tls: Some(Tls {
+                        port: tls_port,
+                        ca: dir.path().join("ca.crt"),
+                    }),
+                    dir,
+                };
+            }
+        }
+        panic!("redis-server found every port it was given taken");
+    }
+
+    /// The PEM file of the certificate authority of a [`RedisServer::start_tls`] server.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|tls| tls.ca.as_path())
+    }
+}
+
+/// The TLS side of a server: its port and its certificate authority.
+struct Tls {
+    port: u16,
+    ca: std::path::PathBuf,
 }
 
 /// True when `port` answers a Redis PING: a server of ours, not another process that took the

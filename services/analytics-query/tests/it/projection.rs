@@ -125,6 +125,26 @@ async fn summaries_follow_events_and_replays_change_nothing() {
 }
 
 #[tokio::test]
+async fn the_projection_runs_over_tls_to_a_redis_with_its_own_authority() {
+    let redis = learntrail_testkit::RedisServer::start_tls();
+    let ca = redis.ca_file().unwrap().to_str().unwrap().to_string();
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let app = spawn_with(
+        learntrail_testkit::NatsServer::start(),
+        url,
+        Some(redis),
+        &["--redis-tls-ca", &ca],
+    )
+    .await;
+    let h = this_hour();
+    app.publish(&every_source(h)).await;
+    app.caught_up().await;
+    check_summary(&app.summary("a1").await, h);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn timeline_pages_lose_no_event_that_shares_a_millisecond() {
     let app = spawn_app().await;
     let h = this_hour();

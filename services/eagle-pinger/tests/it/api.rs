@@ -219,9 +219,13 @@ async fn an_old_key_still_opens_after_rotation_and_rekey_reseals() {
     // rekey re-seals under the new key...
     let config = Config::parse_from(args);
     let keys = std::sync::Arc::new(config.store.keyring().unwrap());
-    let registry = Registry::connect(&rig.redis.url(), "eagle:", keys)
-        .await
-        .unwrap();
+    let registry = Registry::connect(
+        redis::Client::open(rig.redis.url()).unwrap(),
+        "eagle:",
+        keys,
+    )
+    .await
+    .unwrap();
     let report = registry.rekey().await.unwrap();
     assert_eq!((report.resealed, report.failed.len()), (1, 0));
     let new_kid = stored_kid().await;
