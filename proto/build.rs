@@ -37,14 +37,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stack.extend(message.nested_type.iter().map(|m| (name.clone(), m)));
             let mut fields = String::new();
             for field in &message.field {
-                // repeated fields and maps stay as they are
-                if field.label == Some(3) {
-                    continue;
-                }
+                let field_name = field.name.as_deref().unwrap_or_default();
                 let json = field
                     .json_name
                     .clone()
-                    .unwrap_or_else(|| lower_camel(field.name.as_deref().unwrap_or_default()));
+                    .unwrap_or_else(|| lower_camel(field_name));
+                if field.label == Some(3) {
+                    // a map of messages: their fields are filled in each value; other repeated
+                    // fields stay as they are
+                    let entry = field.type_name.as_deref().and_then(|t| {
+                        let short = t.rsplit('.').next()?;
+                        message.nested_type.iter().find(|n| {
+                            n.name.as_deref() == Some(short)
+                                && n.options.as_ref().and_then(|o| o.map_entry) == Some(true)
+                        })
+                    });
+                    let value = entry
+                        .and_then(|e| e.field.iter().find(|f| f.number == Some(2)))
+                        .and_then(|v| v.type_name.as_deref())
+                        .filter(|t| t.starts_with(".learntrail."));
+                    if let Some(value) = value {
+                        fields.push_str(&format!("({json:?}, Zero::Values({value:?})), "));
+                    }
+                    continue;
+                }
+                if NOT_GIVEN_AT_ZERO.contains(&format!("{name}.{field_name}").as_str()) {
+                    continue;
+                }
                 let zero = match field.r#type.unwrap_or_default() {
                     11 => match field.type_name.as_deref() {
                         Some(t) if t.starts_with(".learntrail.") => format!("Zero::Message({t:?})"),
@@ -78,6 +97,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build(&[".learntrail"])?;
     Ok(())
 }
+
+/// Numbers whose 0 says "not given" rather than zero: they stay out of a Keen event at 0, as
+/// canonical JSON leaves them.
+const NOT_GIVEN_AT_ZERO: &[&str] = &[
+    // a line Ruby's report did not name
+    ".learntrail.v1.RubyError.line",
+    // "when known"
+    ".learntrail.v1.VideoData.duration",
+    ".learntrail.v1.VideoData.speed",
+    // seek only
+    ".learntrail.v1.VideoData.old_time",
+    ".learntrail.v1.VideoData.new_time",
+    // attempts count from 1; a maximum of 0 is one the LMS did not send
+    ".learntrail.v1.AssessmentData.attempt",
+    ".learntrail.v1.AssessmentData.max_score",
+];
 
 /// protoc's JSON name of a field: `error_outputs` → `errorOutputs`.
 fn lower_camel(name: &str) -> String {

@@ -60,26 +60,40 @@ pub(crate) enum Zero {
     Bool,
     /// A message field: its own fields are filled in when it is there.
     Message(&'static str),
+    /// A map of messages: each value's fields are filled in.
+    Values(&'static str),
 }
 
 include!(concat!(env!("OUT_DIR"), "/keen_zeros.rs"));
 
 /// Puts back the numbers and booleans canonical JSON leaves out at 0 and false (proto3 fields
 /// without presence), in `value`, a message of type `message`, and in the messages within it:
-/// a Ruby run with no stderr has `stderrBytes` 0 and an answer cell `syntaxError` false, for
-/// Keen's sums, averages, minimums and filters as for anything else. Strings, enums, lists and
-/// fields with presence stay as they were: there the default means "not given".
+/// a Ruby run with no stderr has `stderrBytes` 0, a problem worth nothing `points` 0 and an
+/// error `syntaxError` false, for Keen's sums, averages, minimums and filters as for anything
+/// else. Strings, enums, lists, fields with presence and the numbers whose 0 says "not given"
+/// (`NOT_GIVEN_AT_ZERO` in build.rs) stay as they were, and so do the counts of a notebook that
+/// could not be parsed (`parseError`): they were never taken.
 fn with_zeros(value: &mut Value, message: &str) {
     let (Value::Object(map), Some((_, fields))) =
         (value, ZEROS.iter().find(|(name, _)| *name == message))
     else {
         return;
     };
+    if map.contains_key("parseError") {
+        return;
+    }
     for (name, zero) in fields.iter() {
         match zero {
             Zero::Message(inner) => {
                 if let Some(child) = map.get_mut(*name) {
                     with_zeros(child, inner);
+                }
+            }
+            Zero::Values(inner) => {
+                if let Some(Value::Object(values)) = map.get_mut(*name) {
+                    for child in values.values_mut() {
+                        with_zeros(child, inner);
+                    }
                 }
             }
             Zero::Int => {
@@ -220,6 +234,51 @@ mod tests {
         let keen = to_keen(&snapshot).unwrap();
         assert_eq!(keen["notebookSnapshot"]["codeOk"], 3);
         assert_eq!(keen["notebookSnapshot"]["errorOutputs"], 0);
+        // 0 where it says "not given" stays out: a line Ruby did not name
+        assert_eq!(
+            property(&to_keen(&ruby_event()).unwrap(), "rubyRun.error.line"),
+            Some(&json!(3))
+        );
+        let mut lineless = ruby_event();
+        if let Some(crate::Payload::RubyRun(run)) = &mut lineless.payload {
+            run.error.as_mut().unwrap().line = 0;
+        }
+        assert_eq!(
+            property(&to_keen(&lineless).unwrap(), "rubyRun.error.line"),
+            None
+        );
+        // a problem worth nothing has its 0 points, in the map's values
+        let mut problems = std::collections::HashMap::new();
+        problems.insert(
+            "q1".to_string(),
+            ProblemResult {
+                status: 1,
+                points: 0.0,
+                max_points: 0.0,
+            },
+        );
+        let graded = Event {
+            payload: Some(crate::Payload::NotebookSnapshot(NotebookSnapshot {
+                problems,
+                ..Default::default()
+            })),
+            ..ruby_event()
+        };
+        let keen = to_keen(&graded).unwrap();
+        assert_eq!(keen["notebookSnapshot"]["problems"]["q1"]["points"], 0.0);
+        assert_eq!(keen["notebookSnapshot"]["problems"]["q1"]["maxPoints"], 0.0);
+        // a notebook that could not be parsed: its counts were never taken
+        let broken = Event {
+            payload: Some(crate::Payload::NotebookSnapshot(NotebookSnapshot {
+                parse_error: "not JSON".into(),
+                ..Default::default()
+            })),
+            ..ruby_event()
+        };
+        assert_eq!(
+            property(&to_keen(&broken).unwrap(), "notebookSnapshot.errorOutputs"),
+            None
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl AnalyticsQuery for Service {
             .before
             .as_ref()
             .and_then(time::to_datetime)
-            .map(|t| t.timestamp_millis());
+            .map(crate::summary::before_ms);
         let page = self
             .0
             .timeline(&caller, &r.learner, before, r.limit, "grpc")

@@ -139,7 +139,7 @@ async fn timeline(
                     let text = text.replace(' ', "+");
                     time::parse_rfc3339(&text)
                         .and_then(|t| time::to_datetime(&t))
-                        .map(|t| t.timestamp_millis())
+                        .map(crate::summary::before_ms)
                 })
                 .ok_or_else(|| {
                     ApiError::new(

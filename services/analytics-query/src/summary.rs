@@ -185,6 +185,18 @@ fn pipeline(learner: &str) -> redis::Pipeline {
     pipe
 }
 
+/// The timeline's exclusive bound for a `before` time. Entries are kept by the millisecond, so a
+/// time inside a millisecond is rounded up: an event of that millisecond may come again on the
+/// next page, but none is skipped.
+pub fn before_ms(before: chrono::DateTime<chrono::Utc>) -> i64 {
+    let ms = before.timestamp_millis();
+    if before.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
+        ms
+    } else {
+        ms + 1
+    }
+}
+
 /// Reads one learner's timeline page: events that occurred before `before_ms`, newest first.
 /// A page never ends inside a millisecond: the events sharing the last one's millisecond all
 /// come on it (a page may then hold more than `limit`), so `next_before`, that millisecond,
@@ -528,6 +540,17 @@ fn energy(raw: &Raw) -> Vec<EnergySummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_before_inside_a_millisecond_leaves_that_millisecond_in() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+        assert_eq!(before_ms(at("2026-11-24T16:30:18.123Z")), 1_795_537_818_123);
+        assert_eq!(
+            before_ms(at("2026-11-24T16:30:18.123456Z")),
+            1_795_537_818_124
+        );
+        assert_eq!(before_ms(at("2026-11-24T16:30:18Z")), 1_795_537_818_000);
+    }
 
     #[test]
     fn seconds_watched_pairs_plays_with_the_next_marker() {
