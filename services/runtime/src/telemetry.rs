@@ -47,17 +47,17 @@ pub fn init(args: &LogArgs) {
 }
 
 /// A URL list (comma-separated) fit for a log line: each URL's password, if it has one
-/// (`redis://:secret@host`, `nats://user:secret@host`), becomes `***`.
+/// (`redis://:secret@host`, `nats://user:secret@host`), becomes `***`. Everything before a
+/// URL's last `@` counts as its user and password, so a password holding `/`, `?` or `#` (an
+/// unencoded base64 one, which a URL parser refuses and an error message then quotes) is hidden
+/// too; an `@` later in a query hides more than needed, never less.
 pub fn redact_urls(urls: &str) -> String {
     urls.split(',')
         .map(|url| {
             let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
                 return url.to_string();
             };
-            let authority_end = url[scheme_end..]
-                .find(['/', '?', '#'])
-                .map_or(url.len(), |i| scheme_end + i);
-            let authority = &url[scheme_end..authority_end];
+            let authority = &url[scheme_end..];
             let Some(at) = authority.rfind('@') else {
                 return url.to_string();
             };
@@ -100,5 +100,14 @@ mod tests {
         );
         assert_eq!(redact_urls("nats://nats:4222"), "nats://nats:4222");
         assert!(!redact_urls("rediss://:s3cret@h:6380?x=@").contains("s3cret"));
+        // a password a URL parser refuses (it holds a `/`): hidden all the same
+        assert_eq!(
+            redact_urls("redis://:ab/cd+ef==@redis:6379"),
+            "redis://:***@redis:6379"
+        );
+        assert_eq!(
+            redact_urls("redis://app:a?b#c@redis:6379/0"),
+            "redis://app:***@redis:6379/0"
+        );
     }
 }
