@@ -122,10 +122,16 @@ def check_full(objs):
                selects(p["spec"]["podSelector"], labels)]
         if not own:
             fail(name_of(w), "no NetworkPolicy of its own")
-        allowed = {port.get("port") for p in own for rule in p["spec"].get("egress") or []
-                   for port in rule.get("ports") or []}
+        rules = [rule for p in own for rule in p["spec"].get("egress") or []]
+        allowed = set()
+        for rule in rules:
+            for port in rule.get("ports") or []:
+                first = port.get("port")
+                last = port.get("endPort", first)
+                allowed |= set(range(first, last + 1)) if isinstance(first, int) else {first}
+        open_ports = any(not rule.get("ports") for rule in rules)  # a rule without ports: all
         for name, needed in EGRESS_NEEDS.items():
-            if base.endswith(name) and not needed <= allowed:
+            if base.endswith(name) and not open_ports and not needed <= allowed:
                 fail(name_of(w), f"its NetworkPolicy lets it reach no port {sorted(needed - allowed)} "
                                  f"(its default destinations need {sorted(needed)})")
     jobs = [j for j in by_kind.get("Job", [])
@@ -159,10 +165,10 @@ def check_numbers(obj):
         for c in spec.get("containers", []) + spec.get("initContainers", []):
             values += [(e["name"], e.get("value")) for e in c.get("env", []) if "value" in e]
     for name, value in values:
-        if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?e[+-]\d+", value):
+        if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?e\+\d+", value):
             fail(name_of(obj), f"{name}={value!r} is a number in exponent form, which the services refuse")
         # a password in a URL belongs in the Secret (redis-url, eagle-redis-url), not in plain config
-        if isinstance(value, str) and re.search(r"\b[a-z]+s?://[^/@\s]*:[^/@\s]+@", value):
+        if isinstance(value, str) and re.search(r"\b[a-z]+s?://[^/?#@\s]*:[^/?#@\s]+@", value):
             fail(name_of(obj), f"{name} holds a password in plain config (put the URL in the Secret)")
 
 

@@ -356,13 +356,17 @@ mod tests {
         let attempt = tokio::time::timeout(Duration::from_secs(2), untrusted.connect(&token)).await;
         assert!(attempt.is_err(), "connected to a server it cannot trust");
         // an authority for a plain redis:// URL, or one that cannot be read, cannot work
+        let not_pem = std::env::temp_dir().join(format!("lt-not-a-ca-{}", std::process::id()));
+        std::fs::write(&not_pem, b"\x30\x82 not PEM").unwrap();
+        let url = redis.url();
         for args in [
             ["--redis-url", "redis://127.0.0.1:1", "--redis-tls-ca", &ca],
+            ["--redis-url", &url, "--redis-tls-ca", "/no/such/ca.pem"],
             [
                 "--redis-url",
-                &redis.url(),
+                &url,
                 "--redis-tls-ca",
-                "/no/such/ca.pem",
+                not_pem.to_str().unwrap(),
             ],
         ] {
             let err = config(&args).store.connect(&token).await.unwrap_err();
@@ -371,6 +375,7 @@ mod tests {
                 "{args:?}: {err:#}"
             );
         }
+        let _ = std::fs::remove_file(not_pem);
     }
 
     #[test]

@@ -25,6 +25,14 @@ impl RedisTlsArgs {
         };
         let pem = std::fs::read(path)
             .map_err(|e| ConfigError::new(format!("REDIS_TLS_CA {}: {e}", path.display())))?;
+        // a DER file or a key alone would make an empty list of authorities: no server trusted,
+        // and connecting would be retried forever
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError::new(format!(
+                "REDIS_TLS_CA {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            )));
+        }
         Ok(Some(TlsCertificates {
             client_tls: None,
             root_cert: Some(pem),

@@ -189,7 +189,7 @@ pub fn parse_value(value: Value) -> Result<Incoming, Refusal> {
             "a message is a JSON object",
         ));
     };
-    if client_id.is_none() && object.get("id").is_some() {
+    if client_id.is_none() && object.get("id").is_some_and(|id| !id.is_null()) {
         return Err(Refusal::field("id", "must be a string or a number"));
     }
     let kind = required_str(&object, "type")?;
@@ -630,6 +630,12 @@ mod tests {
         let refused = parse(r#"{"id": {"n": 7}, "type": "log"}"#).unwrap_err();
         assert_eq!(refused.code, ErrorCode::InvalidField);
         assert!(refused.message.contains("id"), "{}", refused.message);
+        // null is no id (JavaScript clients send it)
+        assert_eq!(client_id_of(&json!({"id": null})), None);
+        assert_ne!(
+            parse(r#"{"id": null, "type": "nope"}"#).unwrap_err().code,
+            ErrorCode::InvalidField
+        );
         assert_eq!(
             ack_frame("e2", 4, None, true),
             r#"{"ack":"e2","duplicate":true,"seq":4}"#

@@ -174,9 +174,12 @@ spec:
                 fieldRef: {fieldPath: metadata.name}
             {{- end }}
             {{- range $def.secretEnv }}
+            {{- /* a setting given in the service's env wins: one entry per name */}}
+            {{- if not (hasKey ($v.env | default dict) .env) }}
             - name: {{ .env }}
               valueFrom:
                 secretKeyRef: {name: {{ $root.Values.secrets.name }}, key: {{ .key }}{{ if .optional }}, optional: true{{ end }}}
+            {{- end }}
             {{- end }}
             {{- if $def.natsClient }}
             {{- include "learntrail.natsEnv" $root | nindent 12 }}
