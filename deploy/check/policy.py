@@ -72,6 +72,14 @@ def check_workload(obj, bins):
             fail(cw, "capabilities must drop ALL")
         if sc.get("privileged"):
             fail(cw, "must not be privileged")
+        # a file a setting names under /etc/learntrail must be mounted there (the root is read-only
+        # and the image has none)
+        mounts = [m.get("mountPath", "") for m in c.get("volumeMounts", [])]
+        for e in c.get("env", []):
+            value = e.get("value") or ""
+            if value.startswith("/etc/learntrail/") and not any(
+                    value.startswith(m.rstrip("/") + "/") for m in mounts):
+                fail(cw, f"{e['name']}={value} is under no volume mount")
         res = c.get("resources", {})
         if not res.get("requests") or not res.get("limits", {}).get("memory"):
             fail(cw, "needs resource requests and a memory limit")

@@ -55,6 +55,9 @@ BREAKAGES = [
      r"\{\{- \. \| int64 \| quote -\}\}", "{{- . | quote -}}", "helm chart validates (production values"),
     ("a Redis password in plain values", "deploy/helm/learntrail/ci/production-values.yaml",
      r"redis://redis-registry", "redis://:hunter2@redis-registry", "helm chart validates (production values"),
+    ("a roster file with no volume behind it", "deploy/helm/learntrail/templates/analytics-query.yaml",
+     r'"mountPath" "/etc/learntrail/analytics-query"', '"mountPath" "/etc/learntrail/roster"',
+     "helm chart validates (production values"),
     ("a service left out of the image", "deploy/docker/Dockerfile",
      r'(ARG BINS="[^"]*) keen-forwarder', r"\1", "every service is in the image"),
 ]
