@@ -9,6 +9,10 @@
   const n = (v) => Number(v || 0);
   let lastText = "";
   let summary = null;
+  // the newest page (refreshed live) and the older pages asked for with "Older events"
+  let newest = { events: [] };
+  let older = [];
+  let olderNext = null;
 
   function rows(id, list) {
     const body = document.querySelector("#" + id + " tbody");
@@ -136,8 +140,33 @@
   }
 
   function timeline(page) {
-    document.getElementById("timeline").replaceChildren(...(page.events || []).map((e) =>
+    newest = page;
+    const first = page.events || [];
+    const shown = new Set(first.map((e) => e.id));
+    // an event may sit on two pages (one millisecond's events all come on a page): shown once
+    const rest = older.filter((e) => !shown.has(e.id) && shown.add(e.id));
+    document.getElementById("timeline").replaceChildren(...first.concat(rest).map((e) =>
       el("li", { "data-id": e.id }, el("time", { datetime: e.occurredAt || "", text: time(e.occurredAt) }), e.source + "/" + e.kind + " — " + describe(e))));
+    const next = older.length ? olderNext : page.nextBefore;
+    const button = document.getElementById("timeline-older");
+    button.hidden = !next;
+    button.dataset.before = next || "";
+  }
+
+  async function olderEvents() {
+    const button = document.getElementById("timeline-older");
+    if (!button.dataset.before) return;
+    button.disabled = true;
+    try {
+      const page = await get("/api/v1/learners/" + encodeURIComponent(learner) + "/timeline?limit=50&before=" + encodeURIComponent(button.dataset.before));
+      older = older.concat(page.events || []);
+      olderNext = page.nextBefore || null;
+      timeline(newest);
+    } catch (err) {
+      message("Older events cannot be shown (" + err.message + ").", true);
+    } finally {
+      button.disabled = false;
+    }
   }
 
   async function compare() {
@@ -209,6 +238,7 @@
 
   withToken(() => {
     document.getElementById("compare-form").addEventListener("change", () => compare());
+    document.getElementById("timeline-older").addEventListener("click", () => olderEvents());
     poll(async () => {
       try { await load(); message(""); }
       catch (err) {

@@ -451,6 +451,74 @@ async fn cohort_and_learner_pages_show_the_seeded_numbers_to_whom_they_may() {
 }
 
 #[tokio::test]
+async fn the_timeline_pages_back_to_the_oldest_event() {
+    let (app, _dir) = spawn_dashboard().await;
+    let h = this_hour();
+    // 70 lab actions, one a second: the newest 50 on the first page, 20 behind "Older events"
+    let events: Vec<Event> = (0..70)
+        .map(|i| {
+            lab(
+                &format!("p{i:02}"),
+                "pager",
+                h - 100_000 + i * 1_000,
+                "spinner",
+                "click",
+            )
+        })
+        .collect();
+    app.publish(&events).await;
+    app.caught_up().await;
+    let mut browser = Browser::launch().await;
+    let instructor = token("teacher", Role::Instructor);
+    browser
+        .navigate(&format!("{}/learners/pager#token={instructor}", app.api))
+        .await;
+    browser
+        .wait_for(
+            "document.body.dataset.painted === 'learner'",
+            Duration::from_secs(30),
+        )
+        .await;
+    let listed = "[...document.querySelectorAll('#timeline li')].map(li => li.dataset.id)";
+    let first = browser.eval(listed).await;
+    assert_eq!(first.as_array().unwrap().len(), 50, "{first}");
+    assert_eq!(first[0], "p69", "newest first");
+    assert_eq!(
+        browser
+            .eval("document.getElementById('timeline-older').hidden")
+            .await,
+        false
+    );
+    browser
+        .eval("document.getElementById('timeline-older').click()")
+        .await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#timeline li').length === 70",
+            Duration::from_secs(30),
+        )
+        .await;
+    let all: Vec<String> = browser
+        .eval(listed)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..70).rev().map(|i| format!("p{i:02}")).collect();
+    assert_eq!(all, expected, "every event once, newest first");
+    assert_eq!(
+        browser
+            .eval("document.getElementById('timeline-older').hidden")
+            .await,
+        true,
+        "nothing older is left"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn pages_carry_a_strict_csp_cache_headers_and_no_inline_script() {
     let (app, _dir) = spawn_dashboard().await;
     for (path, cache) in [
