@@ -165,6 +165,17 @@ fn params_of(r: &CountRequest) -> Result<Params, Status> {
     if !filters.is_empty() {
         map.insert("filters".into(), Value::Array(filters));
     }
+    if !r.order_by.is_empty() {
+        let order_by: Vec<Value> = r
+            .order_by
+            .iter()
+            .map(|o| json!({"property_name": o.property_name, "direction": o.direction}))
+            .collect();
+        map.insert("order_by".into(), Value::Array(order_by));
+    }
+    if r.limit > 0 {
+        map.insert("limit".into(), json!(r.limit));
+    }
     Ok(Params(map))
 }
 

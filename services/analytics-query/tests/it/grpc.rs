@@ -1,5 +1,5 @@
 use learntrail_analytics_query::pb::analytics_query_client::AnalyticsQueryClient;
-use learntrail_proto::v1::{CountRequest, Filter};
+use learntrail_proto::v1::{CountRequest, Filter, OrderBy};
 use tokio_stream::StreamExt as _;
 use tonic::Request;
 
@@ -106,5 +106,34 @@ async fn grpc_serves_health_reflection_and_counts() {
             .as_f64(),
         Some(50.0)
     );
+    // the top group, as a top-N chart asks it: runs per error class, the most first, one kept
+    let top = |order_by: Vec<OrderBy>, limit: u32| {
+        let mut request = Request::new(CountRequest {
+            analysis: "count".into(),
+            collection: "shim.ruby_run".into(),
+            timeframe: "this_2_hours".into(),
+            group_by: vec!["rubyRun.exitCode".into()],
+            order_by,
+            limit,
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", service()).parse().unwrap(),
+        );
+        request
+    };
+    let desc = vec![OrderBy {
+        property_name: "result".into(),
+        direction: "DESC".into(),
+    }];
+    let answer = client.count(top(desc, 1)).await.unwrap().into_inner();
+    assert_eq!(
+        serde_json::to_value(answer.result.unwrap()).unwrap(),
+        serde_json::json!([{"rubyRun.exitCode": 1.0, "result": 2.0}])
+    );
+    let refused = client.count(top(Vec::new(), 1)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("order_by"), "{refused:?}");
     app.stop().await;
 }
