@@ -36,18 +36,19 @@ pub fn router(
     let api = Arc::new(api);
     // everything under /3.0 answers in Keen's shapes, its failures too: an unknown path or
     // method, a body too large, a query past REQUEST_TIMEOUT (Keen's 504)
+    let keen_not_found = || async {
+        KeenAnswer(KeenError {
+            status: 404,
+            code: "ResourceNotFoundError",
+            message: "Resource not found".into(),
+        })
+    };
     let keen = Router::new()
         .route(
             "/projects/{project}/queries/{analysis}",
             get(keen_query).post(keen_query),
         )
-        .fallback(|| async {
-            KeenAnswer(KeenError {
-                status: 404,
-                code: "ResourceNotFoundError",
-                message: "Resource not found".into(),
-            })
-        })
+        .fallback(keen_not_found)
         .method_not_allowed_fallback(|| async {
             KeenAnswer(KeenError {
                 status: 405,
@@ -69,6 +70,8 @@ pub fn router(
         .route("/api/v1/learners/{learner}/timeline", get(timeline))
         .route("/api/v1/learners/{learner}/compare", get(compare))
         .route("/api/v1/cohorts/{course}", get(cohort))
+        // the bare prefix with a slash, which the nested router's fallback does not see
+        .route("/3.0/", axum::routing::any(keen_not_found))
         .fallback(not_found)
         .with_state(api);
     Ok(http::with_timeout(routes, timeout)

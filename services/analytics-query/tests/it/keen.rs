@@ -737,11 +737,13 @@ async fn failures_under_3_0_answer_in_keen_shapes() {
         )
         .await,
     );
-    keen_error(
-        404,
-        "ResourceNotFoundError",
-        app.get("/3.0/nothing", Some(&key)).await,
-    );
+    for path in ["/3.0/nothing", "/3.0/", "/3.0"] {
+        keen_error(
+            404,
+            "ResourceNotFoundError",
+            app.get(path, Some(&key)).await,
+        );
+    }
     let put = app
         .http
         .put(format!("{}/3.0/projects/learntrail/queries/count", app.api))
