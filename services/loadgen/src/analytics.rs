@@ -41,7 +41,9 @@ use learntrail_runtime::{
 };
 use learntrail_testkit::{NatsServer, RedisServer, eventually};
 
-use crate::harness::{Service, connect, cores, exchange, free_addr, metric};
+use crate::harness::{
+    Service, connect, cores, cpu_seconds, exchange, free_addr, metric, pid_on_port, port_of,
+};
 use crate::{
     Bench,
     report::{Phase, verdict},
@@ -262,6 +264,17 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         service.0.id()
     );
 
+    // where the projection's CPU goes: each process's user + system seconds over it
+    let processes = [
+        ("nats-server", pid_on_port(nats.port())),
+        ("redis-server", pid_on_port(port_of(&redis.url()))),
+        ("analytics-query", Some(service.0.id())),
+        ("bench (publisher)", Some(std::process::id())),
+    ];
+    let cpu_before: Vec<f64> = processes
+        .iter()
+        .map(|(_, pid)| pid.map_or(0.0, cpu_seconds))
+        .collect();
     let started = Instant::now();
     publish(&bus, args).await?;
     let published_in = started.elapsed();
@@ -274,12 +287,24 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     .await;
     let projected_in = started.elapsed();
     let rate = target / projected_in.as_secs_f64();
+    let split: Vec<String> = processes
+        .iter()
+        .zip(&cpu_before)
+        .filter_map(|((name, pid), before)| {
+            let used = cpu_seconds((*pid)?) - before;
+            Some(format!(
+                "{name} {used:.1} s ({:.0} µs/event)",
+                used * 1e6 / target
+            ))
+        })
+        .collect();
     println!(
         "published in {:.2} s ({:.0}/s); projected end to end in {:.2} s: {rate:.0} events/s",
         published_in.as_secs_f64(),
         target / published_in.as_secs_f64(),
         projected_in.as_secs_f64(),
     );
+    println!("  CPU over it: {}", split.join(", "));
 
     let token = auth::sign(
         secret.as_bytes(),

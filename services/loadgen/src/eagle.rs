@@ -15,7 +15,11 @@ use std::{
 
 use learntrail_testkit::{NatsServer, RedisServer, eventually};
 
-use crate::{Bench, report::verdict};
+use crate::{
+    Bench,
+    harness::{cpu_seconds, pid_on_port, port_of},
+    report::verdict,
+};
 
 const KEY: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
 const JWT: &str = "bench-secret-0123456789-0123456789-abcdef";
@@ -73,48 +77,6 @@ fn binary(bench: &Bench, name: &str) -> anyhow::Result<std::path::PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    // USER_HZ is 100 on Linux
-    ticks / 100.0
-}
-
-/// The pid listening on a server we started through the testkit (by its port), if any.
-fn pid_on_port(port: u16) -> Option<u32> {
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .find_map(|file| {
-            let text = std::fs::read_to_string(file).ok()?;
-            text.lines().skip(1).find_map(|line| {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                let local = cols.get(1)?;
-                let p = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-                (p == port && cols.get(3) == Some(&"0A")).then(|| cols[9].to_string())
-            })
-        })?;
-    let needle = format!("socket:[{inode}]");
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
-            fds.flatten()
-                .any(|fd| {
-                    std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == needle)
-                })
-                .then_some(pid)
-        })
 }
 
 /// Every sample of a Prometheus text page: name{labels} → value.
@@ -323,12 +285,6 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
 
 fn import(pinger: &Path, csv: &Path, redis_url: &str) -> anyhow::Result<()> {
     let status = Command::new(pinger)
