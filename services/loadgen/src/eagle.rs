@@ -285,7 +285,6 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 fn import(pinger: &Path, csv: &Path, redis_url: &str) -> anyhow::Result<()> {
     let status = Command::new(pinger)
         .arg("import")
