@@ -54,6 +54,21 @@ pub fn parse_event_subject(subject: &str) -> Option<(&str, &str)> {
 }
 
 /// True for a subject token made of lowercase ASCII letters, digits and `_`.
+/// Whether `subject` is one of those `pattern` names, by NATS's rules: `*` is any one token, a
+/// last `>` is one or more tokens (`events.lms.>` matches `events.lms.video`).
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (token, Some(s)) if token == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 pub fn is_token(text: &str) -> bool {
     !text.is_empty()
         && text
@@ -73,6 +88,18 @@ mod tests {
         assert_eq!(parse_event_subject("events.lms"), None);
         assert_eq!(parse_event_subject("deadletter.lms"), None);
         assert_eq!(deadletter_subject("shim"), "deadletter.shim");
+    }
+
+    #[test]
+    fn patterns_match_as_nats_matches() {
+        assert!(matches("events.>", "events.lms.video"));
+        assert!(matches("events.lms.>", "events.lms.video"));
+        assert!(!matches("events.lms.>", "events.lms"));
+        assert!(!matches("events.lms.>", "events.shim.ruby_run"));
+        assert!(matches("events.*.video", "events.lms.video"));
+        assert!(!matches("events.*", "events.lms.video"));
+        assert!(matches("events.lms.video", "events.lms.video"));
+        assert!(!matches("events.lms.video", "events.lms.video.x"));
     }
 
     #[test]

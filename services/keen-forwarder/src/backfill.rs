@@ -1,7 +1,7 @@
 //! `keen-forwarder backfill --destination X --from --to`: feeds a (new) destination from the
 //! archive s3-rotator wrote (S3 or the local directory, the same settings as s3-rotator) without
 //! touching the others: events received in `[from, to)` are read from their hourly objects and
-//! delivered to that destination alone, with its retry policy; what it refuses goes to its dead
+//! delivered to that destination alone (those of its subjects), with its retry policy; what it refuses goes to its dead
 //! letters as usual. Records carry the event id, so overlapping a window the consumer already
 //! delivered costs the receiver only recognisable duplicates.
 
@@ -57,9 +57,9 @@ pub async fn backfill(
     anyhow::ensure!(window.from < window.to, "--from must be before --to");
     let mut report = Report::default();
     let hour = chrono::Duration::hours(1);
-    let sources = subject::source::ALL.iter().copied().chain(["_unknown"]);
-    for source in sources {
-        for partition in hours_between(source, window.from - hour, window.to + hour) {
+    // every source the archive holds; of their events, those the destination takes
+    for source in window.store.sources(window.prefix).await? {
+        for partition in hours_between(&source, window.from - hour, window.to + hour) {
             let mut seen = HashSet::new();
             for key in window
                 .store
@@ -75,6 +75,7 @@ pub async fn backfill(
                     match Event::from_json(line) {
                         Ok(event)
                             if in_range(&event, window.from, window.to)
+                                && subject::matches(&dest.tuning.subjects, &event.subject())
                                 && seen.insert(event.id.clone()) =>
                         {
                             events.push(event)

@@ -86,6 +86,9 @@ struct File {
 pub fn from_config(config: &Config) -> Result<Vec<Destination>, String> {
     let http = reqwest::Client::builder()
         .timeout(config.request_timeout)
+        // a redirect is not followed: following one turns a POST into a body-less GET, whose 2xx
+        // would count as delivered; it fails (and is retried) naming where it points
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!(
             "learntrail-keen-forwarder/",
             env!("CARGO_PKG_VERSION")

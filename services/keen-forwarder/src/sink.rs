@@ -82,8 +82,14 @@ pub fn failed_status(
     body: &str,
 ) -> Outcome {
     let body: String = body.chars().take(300).collect();
+    let moved = status
+        .is_redirection()
+        .then(|| headers.get(reqwest::header::LOCATION)?.to_str().ok())
+        .flatten()
+        .map(|to| format!(" (a redirect to {to}, not followed: configure the URL it names)"))
+        .unwrap_or_default();
     Outcome::Failed {
-        reason: format!("HTTP {}: {}", status.as_u16(), body.trim()),
+        reason: format!("HTTP {}{moved}: {}", status.as_u16(), body.trim()),
         retry_after: (status == reqwest::StatusCode::TOO_MANY_REQUESTS)
             .then(|| retry_after(headers))
             .flatten(),

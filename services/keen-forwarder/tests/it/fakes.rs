@@ -242,6 +242,17 @@ pub async fn webhook() -> Fake {
     let state = Arc::new(Shared::default());
     let router = Router::new()
         .route("/hook", post(receive))
+        // a receiver that moved: /moved redirects to /landing, which answers 200 to anything
+        .route(
+            "/moved",
+            axum::routing::any(|| async {
+                (
+                    StatusCode::MOVED_PERMANENTLY,
+                    [(axum::http::header::LOCATION, "/landing")],
+                )
+            }),
+        )
+        .route("/landing", axum::routing::any(|| async { StatusCode::OK }))
         .with_state(HookApp(state.clone()));
     let (url, server) = serve(router).await;
     Fake {

@@ -442,6 +442,8 @@ async fn backfill_feeds_one_destination_from_the_archive() {
     // s3-rotator's layout: events/source=<s>/dt=<d>/hour=<h>/<...>.ndjson.gz, by receipt time
     let store = learntrail_s3_rotator::store::Store::Local(archive.clone());
     let mut events = events(40);
+    // a source of a producer's own, archived under it: backfilled too
+    events[2].source = "quiz".into();
     let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
     for (i, event) in events.iter_mut().enumerate() {
         let received = if i < 30 {
@@ -469,28 +471,33 @@ async fn backfill_feeds_one_destination_from_the_archive() {
         dir.path(),
         json!([
             keen_entry(&keen, json!({})),
-            hook_entry("other", &hook, json!({}))
+            hook_entry("other", &hook, json!({"subjects": "events.lms.>"}))
         ]),
     );
-    let config = <learntrail_keen_forwarder::Config as clap::Parser>::parse_from([
-        "keen-forwarder",
-        "--nats-url",
-        &nats.url(),
-        "--destinations-file",
-        file.to_str().unwrap(),
-        "backfill",
-        "--destination",
-        "keen",
-        "--from",
-        "2026-11-24T16:00:00Z",
-        "--to",
-        "2026-11-24T18:00:00Z",
-        "--archive-dir",
-        archive.to_str().unwrap(),
-    ]);
-    learntrail_keen_forwarder::run(config, learntrail_runtime::CancellationToken::new())
-        .await
-        .unwrap();
+    let backfill = |destination: &str| {
+        <learntrail_keen_forwarder::Config as clap::Parser>::parse_from([
+            "keen-forwarder",
+            "--nats-url",
+            &nats.url(),
+            "--destinations-file",
+            file.to_str().unwrap(),
+            "backfill",
+            "--destination",
+            destination,
+            "--from",
+            "2026-11-24T16:00:00Z",
+            "--to",
+            "2026-11-24T18:00:00Z",
+            "--archive-dir",
+            archive.to_str().unwrap(),
+        ])
+    };
+    learntrail_keen_forwarder::run(
+        backfill("keen"),
+        learntrail_runtime::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
 
     let counts = counts(&keen, "learntrail_id");
     assert_eq!(counts.len(), 30, "the window's events");
@@ -505,6 +512,56 @@ async fn backfill_feeds_one_destination_from_the_archive() {
             .is_empty(),
         "nothing republished"
     );
+    // a destination that takes only LMS events is backfilled with those alone
+    learntrail_keen_forwarder::run(
+        backfill("webhook.other"),
+        learntrail_runtime::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<String> = hook
+        .state
+        .stored()
+        .into_iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut lms: Vec<String> = events[..30]
+        .iter()
+        .filter(|e| e.source == "lms")
+        .map(|e| e.id.clone())
+        .collect();
+    lms.sort();
+    assert_eq!(lms.len(), 10);
+    assert_eq!(got, lms, "the LMS events of the window, no others");
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_into_a_delivery_that_never_happened() {
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let hook = fakes::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut entry = hook_entry("moved", &hook, json!({"max_attempts": 2}));
+    entry["url"] = json!(hook.url.replace("/hook", "/moved"));
+    let file = destinations_file(dir.path(), json!([entry]));
+    let forwarder = start(config(&nats, &file)).await;
+    let events = events(3);
+    publish(&bus, &events).await;
+    let letters = eventually(Duration::from_secs(20), "dead-lettered", || async {
+        let letters = deadletters(&bus).await;
+        (letters.len() == events.len()).then_some(letters)
+    })
+    .await;
+    for letter in &letters {
+        assert!(
+            letter.reason.contains("HTTP 301") && letter.reason.contains("/landing"),
+            "{}",
+            letter.reason
+        );
+    }
+    assert!(hook.state.stored().is_empty());
+    forwarder.stop().await;
 }
 
 #[tokio::test]
