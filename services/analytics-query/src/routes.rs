@@ -73,6 +73,7 @@ pub fn router(
         // the bare prefix with a slash, which the nested router's fallback does not see
         .route("/3.0/", axum::routing::any(keen_not_found))
         .fallback(not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(api);
     Ok(http::with_timeout(routes, timeout)
         .nest("/3.0", keen)

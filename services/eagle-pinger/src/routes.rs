@@ -103,6 +103,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics) -> Router {
         .route("/api/users", get(list_users))
         .route("/api/event/{cloud_id}", get(poll_now))
         .fallback(not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(Arc::new(state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     http::with_timeout(routes, timeout).layer(from_fn_with_state(http_metrics, HttpMetrics::track))

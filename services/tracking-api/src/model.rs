@@ -222,13 +222,11 @@ pub fn parse_event(body: &Value, claims: &Claims, now: DateTime<Utc>) -> Result<
         )));
     }
     if !client_shape && claims.role != Role::Service && actor != claims.sub {
-        return Err(Rejection::Forbidden(
-            format!(
-                "a {:?} token may only send its own events (anon_username must be {:?})",
-                claims.role, claims.sub
-            )
-            .to_lowercase(),
-        ));
+        return Err(Rejection::Forbidden(format!(
+            "a {} token may only send its own events (anon_username must be {:?})",
+            format!("{:?}", claims.role).to_lowercase(),
+            claims.sub
+        )));
     }
     Ok(Event {
         id: event_id.unwrap_or_else(id::new_id),
@@ -609,6 +607,16 @@ mod tests {
         let mut own = body.clone();
         own["anon_username"] = json!("learner-1");
         assert!(parse_event(&own, &student(), now()).is_ok());
+        // the message names the sub as it is, case and all, so the sender can copy it
+        let mixed = Claims {
+            sub: "Learner-AB".into(),
+            ..student()
+        };
+        let Err(Rejection::Forbidden(message)) = parse_event(&body, &mixed, now()) else {
+            panic!("refused")
+        };
+        assert!(message.contains("\"Learner-AB\""), "{message}");
+        assert!(message.starts_with("a student token"), "{message}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn router(
         .route("/api/tracking", post(track))
         .route("/api/tracking/batch", post(track_batch))
         .fallback(not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .with_state(Arc::new(state))
         .layer(DefaultBodyLimit::max(body_limit));
     Ok(http::with_timeout(routes, timeout)

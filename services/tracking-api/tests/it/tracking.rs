@@ -421,6 +421,16 @@ async fn browsers_get_cors_and_unknown_routes_get_json() {
         .post_json("/api/nothing", Role::Student, &json!({}))
         .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    // a route asked with another method: 405, JSON too
+    let got = app
+        .http
+        .get(format!("{}/api/tracking", app.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 405);
+    let body: serde_json::Value = got.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains("learntrail_http_requests_total"),
