@@ -217,13 +217,14 @@ const STUBS: [&str; 3] = [
     "raise NotImplementedError()",
 ];
 
+/// An answer cell still as released: by nbgrader's checksum when the cell has one (as
+/// `nbgrader autograde` decides: an answer that kept the stub's comment above its code is an
+/// answer), by the stub text otherwise.
 fn is_unanswered(cell: &RawCell, meta: &Grading) -> bool {
-    if let Some(released) = &meta.checksum
-        && *released == checksum(cell, meta)
-    {
-        return true;
+    match &meta.checksum {
+        Some(released) => *released == checksum(cell, meta),
+        None => STUBS.iter().any(|stub| cell.source.0.contains(stub)),
     }
-    STUBS.iter().any(|stub| cell.source.0.contains(stub))
 }
 
 /// nbgrader's `compute_checksum`: md5 over source, cell type, the role flags and the grade id

@@ -51,6 +51,43 @@ fn a_passing_notebook_scores_its_tests_and_waits_for_manual_grading() {
     );
 }
 
+/// The passing notebook with `grade_id`'s source set to `source` (its metadata, release checksum
+/// included, unchanged; the checksum left out with `checksum: false`).
+fn edited(grade_id: &str, source: &str, checksum: bool) -> Vec<u8> {
+    let mut nb: serde_json::Value = serde_json::from_slice(fixture!("passing.ipynb")).unwrap();
+    for cell in nb["cells"].as_array_mut().unwrap() {
+        if cell["metadata"]["nbgrader"]["grade_id"] == grade_id {
+            cell["source"] = source.into();
+            if !checksum {
+                cell["metadata"]["nbgrader"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("checksum");
+            }
+        }
+    }
+    serde_json::to_vec(&nb).unwrap()
+}
+
+#[test]
+fn an_answer_that_keeps_the_stub_comment_is_an_answer() {
+    // students keep the release's comment above their code: the checksum says it changed
+    let answered = edited(
+        "squares",
+        "def squares(n):\n    # YOUR CODE HERE\n    return [i * i for i in range(1, n + 1)]\n",
+        true,
+    );
+    assert_eq!(status(&answered, "squares"), (Status::Passed, 0.0, 0.0));
+    let explained = edited("explain", "YOUR ANSWER HERE: they grow fast.", true);
+    assert_eq!(
+        status(&explained, "explain"),
+        (Status::NeedsManualGrading, 0.0, 3.0)
+    );
+    // without a checksum (a notebook nbgrader did not release), the stub text decides
+    let stub = edited("explain", "YOUR ANSWER HERE", false);
+    assert_eq!(status(&stub, "explain"), (Status::Unanswered, 0.0, 3.0));
+}
+
 #[test]
 fn an_error_output_fails_the_test_with_zero_points() {
     let nb = fixture!("failing.ipynb");
