@@ -9,7 +9,29 @@ use learntrail_proto::v1::RubyError;
 pub fn parse(stderr: &str) -> Option<RubyError> {
     let text = strip_ansi(stderr);
     let lines: Vec<&str> = text.lines().collect();
-    parse_runtime(&lines).or_else(|| parse_syntax(&lines))
+    parse_runtime(&lines)
+        .or_else(|| parse_syntax(&lines))
+        .or_else(|| parse_interpreter(&lines))
+}
+
+/// The interpreter's own refusal, with no file or line: `ruby: No such file or directory --
+/// nothere.rb (LoadError)`, a learner's most common first error.
+fn parse_interpreter(lines: &[&str]) -> Option<RubyError> {
+    lines.iter().find_map(|line| {
+        let (program, rest) = line.split_once(": ")?;
+        let name = program.rsplit('/').next()?;
+        if !name.starts_with("ruby") || name.contains(' ') {
+            return None;
+        }
+        let (message, class) = split_class_suffix(rest)?;
+        Some(RubyError {
+            class_name: class.to_string(),
+            message: message.to_string(),
+            file: String::new(),
+            line: 0,
+            syntax_error: class == "SyntaxError",
+        })
+    })
 }
 
 /// A frame: `<file>:<line>:in <quote><label><quote>` (after an optional `\tfrom `).
@@ -43,6 +65,11 @@ fn parse_runtime(lines: &[&str]) -> Option<RubyError> {
         if line.starts_with('\t') {
             return None;
         }
+        // a thread's report (`#<Thread:…> terminated with exception …:` above it) is not what
+        // ended the program: the fatal report comes after it
+        if i > 0 && lines[i - 1].contains("terminated with exception") {
+            return None;
+        }
         let frame = parse_frame(line)?;
         frame.rest.starts_with(": ").then_some((i, frame))
     })?;
@@ -56,7 +83,16 @@ fn parse_runtime(lines: &[&str]) -> Option<RubyError> {
         None if is_constant_path(body) => (String::new(), body.to_string()),
         None => (body.to_string(), String::new()),
     };
-    let (file, line) = user_location(&frame, &lines[index + 1..]);
+    let (mut file, mut line) = user_location(&frame, &lines[index + 1..]);
+    let mut message = message;
+    // a syntax error in a file it required: the report sits on the `require` line, the error's
+    // own place leads its message (`main.rb:1:in 'require_relative': lib.rb:2: syntax error…`)
+    if class_name == "SyntaxError"
+        && let Some((at, number, detail)) = syntax_location(&message)
+    {
+        (file, line) = (at.to_string(), number);
+        message = detail.to_string();
+    }
     Some(RubyError {
         class_name,
         message,
@@ -114,6 +150,10 @@ fn parse_syntax(lines: &[&str]) -> Option<RubyError> {
             continue;
         };
         let message = message.strip_suffix(" (SyntaxError)").unwrap_or(message);
+        // the parser's warnings come before its error, in the same `file:line: ` form
+        if message.starts_with("warning: ") {
+            continue;
+        }
         let plausible = whole_mentions_class || (message.contains("syntax error") && !has_frames);
         if !plausible {
             continue;
@@ -195,6 +235,29 @@ mod tests {
     fn parsed(stderr: &str) -> (String, String, String, u32, bool) {
         let e = parse(stderr).expect("an error report");
         (e.class_name, e.message, e.file, e.line, e.syntax_error)
+    }
+
+    #[test]
+    fn the_report_that_ended_the_program_not_a_threads_or_a_warning() {
+        // Ruby 3.1's own output: a thread's report, then the fatal one
+        let threads = "#<Thread:0x00007f61ce567b10 t.rb:1 run> terminated with exception (report_on_exception is true):\n\
+                       t.rb:1:in `block in <main>': worker failed (RuntimeError)\n\
+                       t.rb:3:in `<main>': undefined method `upcase' for nil:NilClass (NoMethodError)\n";
+        let (class, _, _, line, _) = parsed(threads);
+        assert_eq!((class.as_str(), line), ("NoMethodError", 3));
+        // Ruby 3.2/3.3: a parser warning above a report that names (SyntaxError)
+        let warned = "t.rb:2: warning: found `= literal' in conditional, should be ==\n\
+                      t.rb:3: syntax error, unexpected end-of-input (SyntaxError)\n";
+        let (class, message, _, line, syntax) = parsed(warned);
+        assert_eq!(
+            (class.as_str(), message.as_str(), line, syntax),
+            (
+                "SyntaxError",
+                "syntax error, unexpected end-of-input",
+                3,
+                true
+            )
+        );
     }
 
     fn t(

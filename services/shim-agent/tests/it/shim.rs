@@ -297,6 +297,15 @@ fn ruby_errors_are_parsed_into_fields() {
             2,
             false,
         ),
+        (
+            // a parser warning comes before the syntax error
+            "warned.rb",
+            "x = 1\nif x = 2 then puts 1 end\ndef broken\n",
+            "SyntaxError",
+            "syntax error, unexpected end-of-input",
+            3,
+            true,
+        ),
     ];
     for (file, code, class, message, line, syntax) in cases {
         lab.clear_spool();
@@ -313,6 +322,60 @@ fn ruby_errors_are_parsed_into_fields() {
         assert_eq!(error.line, line, "{file}");
         assert_eq!(error.syntax_error, syntax, "{file}");
     }
+
+    // a thread's report comes first; the program ended with the NoMethodError (run through the
+    // shim alone: the report names the thread's address, which differs from run to run)
+    lab.clear_spool();
+    let threads = lab.script(
+        "thread.rb",
+        "t = Thread.new { raise 'worker failed' }\nbegin; t.join; rescue; end\nnil.upcase\n",
+    );
+    assert_eq!(
+        lab.run(true, &[threads.as_os_str()], b"").status.code(),
+        Some(1)
+    );
+    let (_, run) = lab.only_run();
+    let error = run.error.unwrap_or_else(|| panic!("{:?}", run.stderr));
+    assert!(run.stderr.contains("worker failed"), "{}", run.stderr);
+    assert_eq!(
+        (error.class_name.as_str(), error.line),
+        ("NoMethodError", 3)
+    );
+
+    // a syntax error in a required file: its own file and line, not the require's
+    lab.clear_spool();
+    let lib = lab.script("broken_lib.rb", "def x\n  puts 1\n");
+    let main = lab.script("main.rb", "require_relative 'broken_lib'\nputs 2\n");
+    assert_eq!(lab.same(&[main.as_os_str()], b"").status.code(), Some(1));
+    let (_, run) = lab.only_run();
+    let error = run.error.unwrap_or_else(|| panic!("{:?}", run.stderr));
+    assert_eq!(
+        (
+            error.class_name.as_str(),
+            error.file,
+            error.line,
+            error.syntax_error
+        ),
+        ("SyntaxError", lib.display().to_string(), 2, true)
+    );
+    assert!(
+        error.message.starts_with("syntax error"),
+        "{}",
+        error.message
+    );
+
+    // a script that is not there: the interpreter's own LoadError, with no place
+    lab.clear_spool();
+    let missing = lab.script("gone.rb", "");
+    std::fs::remove_file(&missing).unwrap();
+    assert_eq!(lab.same(&[missing.as_os_str()], b"").status.code(), Some(1));
+    let (_, run) = lab.only_run();
+    let error = run.error.unwrap_or_else(|| panic!("{:?}", run.stderr));
+    assert_eq!(
+        (error.class_name.as_str(), error.line, error.file.as_str()),
+        ("LoadError", 0, "")
+    );
+    assert!(error.message.contains("gone.rb"), "{}", error.message);
 }
 
 #[test]
