@@ -192,13 +192,7 @@ async fn connect_store(
     let cluster = config.redis_cluster || config.redis_url.len() > 1;
     let certificates = config.redis_tls.certificates()?;
     for url in &config.redis_url {
-        if let Err(err) = learntrail_runtime::redis::client(url, certificates.as_ref()) {
-            let shown = learntrail_runtime::telemetry::redact_urls(url);
-            return Err(learntrail_runtime::cli::ConfigError::new(format!(
-                "REDIS_URL {shown}: {err}"
-            ))
-            .into());
-        }
+        learntrail_runtime::redis::configured_client(url, certificates.as_ref())?;
     }
     let mut delays = Delays::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {

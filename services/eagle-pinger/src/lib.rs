@@ -91,14 +91,11 @@ impl StoreArgs {
             .into());
         }
         let certificates = self.redis_tls.certificates()?;
-        if let Err(err) = learntrail_runtime::redis::client(&self.redis_url, certificates.as_ref())
-        {
-            return Err(ConfigError::new(format!("REDIS_URL {shown}: {err}")).into());
-        }
+        let client =
+            learntrail_runtime::redis::configured_client(&self.redis_url, certificates.as_ref())?;
         let mut delays = Delays::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let client = learntrail_runtime::redis::client(&self.redis_url, certificates.as_ref())?;
-            match Registry::connect(client, &self.redis_prefix, keys.clone()).await {
+            match Registry::connect(client.clone(), &self.redis_prefix, keys.clone()).await {
                 Ok(registry) => return Ok(registry),
                 Err(err) => {
                     tracing::warn!(error = %err, redis_url = %shown, "cannot reach Redis yet")

@@ -40,6 +40,20 @@ impl RedisTlsArgs {
     }
 }
 
+/// [`client`] for a setting: a URL that can never work is a configuration error naming
+/// `REDIS_URL` (its password hidden), not a connection retried forever.
+pub fn configured_client(
+    url: &str,
+    certificates: Option<&TlsCertificates>,
+) -> Result<Client, ConfigError> {
+    client(url, certificates).map_err(|err| {
+        ConfigError::new(format!(
+            "REDIS_URL {}: {err}",
+            crate::telemetry::redact_urls(url)
+        ))
+    })
+}
+
 /// A client of `url`; with `certificates`, the server's certificate is checked against them (the
 /// URL must then be `rediss://`).
 pub fn client(url: &str, certificates: Option<&TlsCertificates>) -> RedisResult<Client> {
