@@ -4,49 +4,83 @@
 
 use std::{
     io::{self, Read, Write},
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd},
     process::Stdio,
     sync::{Arc, Mutex, mpsc},
     thread,
     time::Duration,
 };
 
-/// What the child wrote to stderr: the first `limit` bytes, and how much in all.
+/// What the child wrote to stderr: the first `limit` bytes, how much in all, and, past the
+/// limit, up to `limit` more of the last bytes (where Ruby writes the report of the error that
+/// ended the program, after whatever the program printed before).
 #[derive(Debug, Default, Clone)]
 pub struct Captured {
     pub bytes: Vec<u8>,
     pub total: u64,
     pub truncated: bool,
+    /// The last bytes past `bytes`: at most `limit` once trimmed (up to twice that between
+    /// trims).
+    tail: Vec<u8>,
 }
 
 impl Captured {
     fn push(&mut self, chunk: &[u8], limit: usize) {
         self.total += chunk.len() as u64;
         let room = limit.saturating_sub(self.bytes.len());
-        self.bytes
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let kept = chunk.len().min(room);
+        self.bytes.extend_from_slice(&chunk[..kept]);
         if chunk.len() > room {
             self.truncated = true;
+            self.tail.extend_from_slice(&chunk[kept..]);
+            if self.tail.len() > 2 * limit {
+                self.tail.drain(..self.tail.len() - limit);
+            }
         }
+    }
+
+    /// When more was written than kept: the end of the stream, from its first whole line
+    /// (or, when nothing between was left out, everything written).
+    pub fn end(&self) -> Option<Vec<u8>> {
+        if !self.truncated {
+            return None;
+        }
+        let limit = self.bytes.len();
+        let tail = &self.tail[self.tail.len().saturating_sub(limit)..];
+        if (self.bytes.len() + tail.len()) as u64 == self.total {
+            return Some([&self.bytes[..], tail].concat());
+        }
+        let start = tail.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Some(tail[start..].to_vec())
     }
 }
 
-/// The parent's end of the child's stderr.
-pub enum Source {
-    Pipe(io::PipeReader),
-    /// Reading a pty master after the child closed its side fails with EIO: that is the end.
-    Pty(std::fs::File),
+/// The parent's end of the child's stderr (a pipe, or a pty master: reading one after the
+/// child closed its side fails with EIO, which is the end), and the pipe that asks the copying
+/// thread to stop.
+pub struct Source {
+    stream: OwnedFd,
+    stop: (io::PipeReader, io::PipeWriter),
 }
 
 /// Sets up the child's stderr: a pty when ours is a terminal, else a pipe.
 pub fn prepare() -> io::Result<(Stdio, Source)> {
+    let stop = io::pipe()?;
     if nix::unistd::isatty(io::stderr().as_fd()).unwrap_or(false)
         && let Ok((child, master)) = pty()
     {
-        return Ok((Stdio::from(child), Source::Pty(std::fs::File::from(master))));
+        let source = Source {
+            stream: master,
+            stop,
+        };
+        return Ok((Stdio::from(child), source));
     }
     let (reader, writer) = io::pipe()?;
-    Ok((Stdio::from(writer), Source::Pipe(reader)))
+    let source = Source {
+        stream: OwnedFd::from(reader),
+        stop,
+    };
+    Ok((Stdio::from(writer), source))
 }
 
 /// A pty shaped like our terminal (same size and modes), but passing bytes through unchanged
@@ -73,29 +107,37 @@ fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The copying thread.
 pub struct Tee {
     captured: Arc<Mutex<Captured>>,
-    done: mpsc::Receiver<()>,
-    /// The parent's end, for handing over to a forwarder when the stream outlives the program.
-    source_fd: std::os::fd::RawFd,
+    /// `None` once the stream ended; the parent's end when the thread let go of it on request.
+    done: mpsc::Receiver<Option<OwnedFd>>,
+    /// Written to ask the thread to stop reading (see [`Tee::finish`]).
+    stop: io::PipeWriter,
+    /// The parent's end, while the thread owns it.
+    source_fd: RawFd,
 }
+
+/// How long [`Tee::finish`] waits for the thread to let go of the stream (it may be writing to
+/// a stderr that blocks).
+const HAND_OVER: Duration = Duration::from_secs(1);
 
 impl Tee {
     /// Starts copying `source` to our stderr, keeping up to `limit` bytes.
     pub fn start(source: Source, limit: usize) -> Self {
         let captured = Arc::new(Mutex::new(Captured::default()));
         let (tx, done) = mpsc::channel();
-        let source_fd = match &source {
-            Source::Pipe(pipe) => std::os::fd::AsRawFd::as_raw_fd(pipe),
-            Source::Pty(master) => std::os::fd::AsRawFd::as_raw_fd(master),
-        };
+        let (stop_reader, stop) = source.stop;
+        let mut reader = std::fs::File::from(source.stream);
+        let source_fd = reader.as_raw_fd();
         let shared = Arc::clone(&captured);
         thread::spawn(move || {
-            let mut reader: Box<dyn Read> = match source {
-                Source::Pipe(pipe) => Box::new(pipe),
-                Source::Pty(master) => Box::new(master),
-            };
             let mut buffer = vec![0u8; 16 * 1024];
             let mut stderr = io::stderr();
             loop {
+                // asked to stop: what is not read yet stays in the stream for whoever takes it
+                // over, so nothing is lost or reordered
+                if crate::sys::wait_readable(reader.as_fd(), stop_reader.as_fd()) {
+                    let _ = tx.send(Some(OwnedFd::from(reader)));
+                    return;
+                }
                 let n = match reader.read(&mut buffer) {
                     Ok(0) => break,
                     Ok(n) => n,
@@ -113,23 +155,36 @@ impl Tee {
                 }
             }
             drop(reader);
-            let _ = tx.send(());
+            let _ = tx.send(None);
         });
         Self {
             captured,
             done,
+            stop,
             source_fd,
         }
     }
 
     /// Waits up to `grace` for the copy to reach the end, then returns what was captured and,
-    /// when the stream is still open (a background grandchild holds it), its fd: the caller
-    /// hands it to [`crate::sys::forward_in_background`] so nothing written later is lost.
-    pub fn finish(self, grace: Duration) -> (Captured, Option<std::os::fd::RawFd>) {
-        let open = self.done.recv_timeout(grace).is_err();
+    /// when the stream is still open (a background grandchild holds it), its descriptor: the
+    /// caller hands it to [`crate::sys::forward_in_background`] so nothing written later is
+    /// lost. The copying thread stops reading first, so the forwarder takes over exactly where it
+    /// left off; only when it cannot stop in time (our stderr blocks it) does the forwarder
+    /// start beside it.
+    pub fn finish(mut self, grace: Duration) -> (Captured, Option<RawFd>) {
+        let open = match self.done.recv_timeout(grace) {
+            Ok(fd) => fd.map(IntoRawFd::into_raw_fd),
+            Err(_) => {
+                let _ = self.stop.write_all(b"x");
+                match self.done.recv_timeout(HAND_OVER) {
+                    Ok(fd) => fd.map(IntoRawFd::into_raw_fd),
+                    Err(_) => Some(self.source_fd),
+                }
+            }
+        };
         crate::sys::clear_resize_target();
         let captured = self.captured.lock().map(|c| c.clone()).unwrap_or_default();
-        (captured, open.then_some(self.source_fd))
+        (captured, open)
     }
 }
 
@@ -162,5 +217,37 @@ mod tests {
         assert_eq!(captured.bytes, b"hello wo");
         assert_eq!(captured.total, 11);
         assert!(captured.truncated);
+        assert_eq!(
+            captured.end().unwrap(),
+            b"hello world",
+            "nothing was left out"
+        );
+    }
+
+    #[test]
+    fn keeps_the_end_from_its_first_whole_line() {
+        let mut captured = Captured::default();
+        captured.push(b"warn 1\n", 8);
+        assert_eq!(captured.end(), None, "all of it was kept");
+        for _ in 0..100 {
+            captured.push(b"warn 2\n", 8);
+        }
+        captured.push(b"a.rb:1:in 'x': boom (RuntimeError)\n", 8);
+        assert_eq!(captured.bytes, b"warn 1\nw");
+        assert_eq!(
+            captured.end().unwrap(),
+            b"",
+            "the last 8 bytes hold no whole line"
+        );
+        let mut captured = Captured::default();
+        for _ in 0..100 {
+            captured.push(b"warn\n", 64);
+        }
+        captured.push(b"a.rb:1:in 'x': boom (RuntimeError)\n", 64);
+        assert!(captured.tail.len() <= 128);
+        assert_eq!(
+            captured.end().unwrap(),
+            b"warn\nwarn\nwarn\nwarn\nwarn\na.rb:1:in 'x': boom (RuntimeError)\n"
+        );
     }
 }

@@ -22,33 +22,66 @@ use sha2::{Digest, Sha256};
 const MAX_HASHED_SCRIPT: u64 = 16 * 1024 * 1024;
 const VERSION_CACHE: &str = ".ruby-versions";
 
-/// Ruby options that take the next argument as their value.
-const RUBY_OPTS_WITH_VALUE: [&str; 6] = ["-I", "-r", "-C", "-E", "-e", "--encoding"];
+/// Ruby's short options that take a value: the rest of their argument, else the next one.
+const SHORT_WITH_VALUE: [char; 5] = ['I', 'r', 'C', 'E', 'e'];
+/// Short options that take the rest of their argument, if any, and never the next one.
+const SHORT_WITH_ATTACHED: [char; 6] = ['0', 'F', 'i', 'W', 'x', 'K'];
+/// Long options that take `=value` or, without it, the next argument.
+const LONG_WITH_VALUE: [&str; 7] = [
+    "--enable",
+    "--disable",
+    "--encoding",
+    "--external-encoding",
+    "--internal-encoding",
+    "--dump",
+    "--backtrace-limit",
+];
 
-/// The script a `ruby` command line runs: the first non-option argument, unless the program
-/// comes from `-e` or stdin (`-`). Other programs (irb, rake) have none.
+/// The script a `ruby` command line runs, as Ruby finds it: the first argument that is not an
+/// option (or the one after `--`), under the `-C` directories, unless the program comes from
+/// `-e` (alone or in a bundle such as `-ne`) or stdin (`-`). Other programs (irb, rake) have none.
 pub fn script_from_argv(program: &str, args: &[OsString]) -> Option<String> {
     if !program.starts_with("ruby") {
         return None;
     }
     let mut args = args.iter().map(|a| a.to_string_lossy());
-    while let Some(arg) = args.next() {
+    let mut dir = PathBuf::new();
+    let script = loop {
+        let arg = args.next()?;
         match arg.as_ref() {
-            "--" => return args.next().map(|a| a.into_owned()).filter(|a| a != "-"),
+            "--" => break args.next().filter(|a| a != "-")?,
             "-" => return None,
-            "-e" => return None,
-            opt if RUBY_OPTS_WITH_VALUE.contains(&opt) => {
-                args.next();
-            }
-            opt if opt.starts_with('-') => {
-                if opt.starts_with("-e") {
-                    return None; // -e'code'
+            long if long.starts_with("--") => {
+                if LONG_WITH_VALUE.contains(&long) {
+                    args.next();
                 }
             }
-            script => return Some(script.to_string()),
+            short if short.starts_with('-') => {
+                for (at, option) in short.char_indices().skip(1) {
+                    if option == 'e' {
+                        return None; // the program is the -e code
+                    }
+                    if SHORT_WITH_VALUE.contains(&option) {
+                        let attached = &short[at + option.len_utf8()..];
+                        let value = if attached.is_empty() {
+                            args.next()?.into_owned()
+                        } else {
+                            attached.to_string()
+                        };
+                        if option == 'C' {
+                            dir.push(value);
+                        }
+                        break;
+                    }
+                    if SHORT_WITH_ATTACHED.contains(&option) {
+                        break;
+                    }
+                }
+            }
+            _ => break arg,
         }
-    }
-    None
+    };
+    Some(dir.join(script.as_ref()).to_string_lossy().into_owned())
 }
 
 /// The most of each argument, and of all arguments together, that a record keeps (a run may have
@@ -254,6 +287,46 @@ mod tests {
         );
         assert_eq!(script_from_argv("ruby", &args(&[])), None);
         assert_eq!(script_from_argv("irb", &args(&["x.rb"])), None);
+    }
+
+    /// Each as `ruby` 3.1 reads it (checked by hand against the real interpreter).
+    #[test]
+    fn finds_the_script_as_ruby_does() {
+        let script = |list: &[&str]| script_from_argv("ruby", &args(list));
+        // -n/-p with -e: the file is the loop's input, not a script
+        assert_eq!(script(&["-ne", "p $_", "input.txt"]), None);
+        assert_eq!(script(&["-p", "-e", "1", "input.txt"]), None);
+        assert_eq!(script(&["-wne1", "input.txt"]), None);
+        // -C: the script is under that directory, and several add up
+        assert_eq!(script(&["-C", "sub", "h.rb"]).as_deref(), Some("sub/h.rb"));
+        assert_eq!(script(&["-Csub", "h.rb"]).as_deref(), Some("sub/h.rb"));
+        assert_eq!(
+            script(&["-C", "sub", "-C", "..", "h.rb"]).as_deref(),
+            Some("sub/../h.rb")
+        );
+        assert_eq!(
+            script(&["-C", "sub", "/abs/h.rb"]).as_deref(),
+            Some("/abs/h.rb")
+        );
+        // long options that take the next argument
+        assert_eq!(
+            script(&["--disable", "gems", "h.rb"]).as_deref(),
+            Some("h.rb")
+        );
+        assert_eq!(script(&["--disable=gems", "h.rb"]).as_deref(), Some("h.rb"));
+        assert_eq!(
+            script(&["--encoding", "UTF-8", "--backtrace-limit", "3", "h.rb"]).as_deref(),
+            Some("h.rb")
+        );
+        assert_eq!(script(&["--verbose", "h.rb"]).as_deref(), Some("h.rb"));
+        // bundles and attached values
+        assert_eq!(script(&["-wIlib", "h.rb"]).as_deref(), Some("h.rb"));
+        assert_eq!(script(&["-wI", "lib", "h.rb"]).as_deref(), Some("h.rb"));
+        assert_eq!(
+            script(&["-0777", "-W:no-deprecated", "h.rb"]).as_deref(),
+            Some("h.rb")
+        );
+        assert_eq!(script(&["-rjson"]), None);
     }
 
     #[test]

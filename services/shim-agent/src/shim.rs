@@ -218,7 +218,13 @@ fn record(context: Context, run: Run) -> std::io::Result<()> {
 fn build_event(context: Context, run: Run) -> learntrail_proto::Event {
     let stderr = String::from_utf8_lossy(&run.captured.bytes).into_owned();
     let error = (!run.status.success())
-        .then(|| rubyerr::parse(&stderr))
+        .then(|| {
+            // the report that ended the program is at the end of stderr, past what was kept
+            run.captured
+                .end()
+                .and_then(|end| rubyerr::parse(&String::from_utf8_lossy(&end)))
+                .or_else(|| rubyerr::parse(&stderr))
+        })
         .flatten();
     let signal = run.status.signal();
     let mut rubyrun = RubyRun {

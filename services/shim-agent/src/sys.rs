@@ -148,6 +148,34 @@ pub fn die_by_signal(signal: i32) -> ! {
     std::process::exit(128 + signal)
 }
 
+/// Waits until `source` can be read (data, its end, or an error) or `stop` can: whether `stop`
+/// was asked (it wins when both are ready).
+pub fn wait_readable(source: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = [
+        libc::pollfd {
+            fd: source.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready >= 0 {
+            return fds[1].revents != 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false; // let the read report it
+        }
+    }
+}
+
 /// Keeps copying `fd` to our stderr in a forked process after we exit, until the last writer
 /// (a background grandchild of the program) closes it: what it writes later still shows, as it
 /// would without the shim. The fork only makes raw system calls (other threads may hold locks).

@@ -149,6 +149,41 @@ fn a_background_grandchild_still_writes_to_stderr_after_the_program_exits() {
 }
 
 #[test]
+fn a_grandchild_writing_through_the_hand_over_loses_and_reorders_nothing() {
+    let lab = Lab::new();
+    // the grandchild writes before, while and after the shim hands the stream over
+    let script = [
+        "-e",
+        "fork { 200_000.times { |i| $stderr.write(\"line #{i}\\n\") } }; exit 0",
+    ];
+    for round in 0..5 {
+        let child = lab
+            .command(true, &script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let expected: Vec<String> = (0..200_000).map(|i| format!("line {i}")).collect();
+        if lines != expected {
+            let first = lines
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(lines.len().min(expected.len()));
+            panic!(
+                "round {round}: {} of 200000 lines, first difference at {first}: {:?}",
+                lines.len(),
+                lines.get(first)
+            );
+        }
+    }
+}
+
+#[test]
 fn a_closed_stderr_stops_the_program_as_it_does_directly() {
     // `ruby ... 2>&1 >/dev/null | head -1`: the reader of stderr is gone. Directly, Ruby's next
     // write fails (Errno::EPIPE), it exits 1 and never reaches the end of the script
@@ -225,6 +260,34 @@ fn a_mebibyte_of_stderr_is_shown_whole_and_captured_up_to_the_limit() {
     assert_eq!(run.stderr.len(), 64 * 1024);
     assert!(run.stderr_truncated);
     assert_eq!(run.stderr_bytes, 1_048_579);
+}
+
+#[test]
+fn the_error_that_ends_a_run_is_parsed_past_the_captured_limit() {
+    let lab = Lab::new();
+    let script = lab.dir.path().join("noisy.rb");
+    // a report rescued and printed early, then 200 KiB of warnings, then the fatal error
+    std::fs::write(
+        &script,
+        "begin; raise IOError, 'early'; rescue => e; warn e.full_message; end\n\
+         4000.times { |i| warn \"step #{i}: still working on the assignment\" }\n\
+         def finish(x)\n  x.fetch(:score)\nend\nfinish(nil)\n",
+    )
+    .unwrap();
+    let output = lab.same(&[script.as_os_str().to_str().unwrap()], b"");
+    assert!(!output.status.success());
+    let (_, run) = lab.only_run();
+    assert!(run.stderr_truncated);
+    assert!(run.stderr_bytes > 150_000, "{}", run.stderr_bytes);
+    assert_eq!(
+        run.stderr.len(),
+        64 * 1024,
+        "the record keeps the first bytes"
+    );
+    let error = run.error.expect("the fatal report is parsed");
+    assert_eq!(error.class_name, "NoMethodError", "{error:?}");
+    assert_eq!(error.line, 4);
+    assert!(error.file.ends_with("noisy.rb"), "{error:?}");
 }
 
 #[test]
