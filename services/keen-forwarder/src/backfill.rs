@@ -15,7 +15,7 @@ use learntrail_s3_rotator::{layout::hours_between, store::Store};
 
 use crate::{
     destination::Destination,
-    forwarder::{Final, deliver_with_retries},
+    forwarder::{Final, deliver_with_retries, interrupted},
     metrics::DestMetrics,
 };
 
@@ -101,20 +101,20 @@ async fn deliver(
     token: &CancellationToken,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let finals = deliver_with_retries(dest, events, metrics, token)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("backfill interrupted"))?;
+    let finals = deliver_with_retries(dest, events, metrics, token).await;
+    let mut open = 0;
     for (event, fate) in events.iter().zip(finals) {
         match fate {
-            Final::Delivered => report.delivered += 1,
-            Final::DeadLetter(reason) => {
+            None => open += 1,
+            Some(Final::Delivered) => report.delivered += 1,
+            Some(Final::DeadLetter(reason)) => {
                 let payload = bytes::Bytes::from(event.encode_to_vec());
                 bus.deadletter(&dest.name, "", &reason, payload).await?;
                 report.deadlettered += 1;
             }
         }
     }
-    Ok(())
+    interrupted("backfill", open)
 }
 
 fn in_range(event: &Event, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {

@@ -32,14 +32,16 @@ pub enum Final {
     DeadLetter(String),
 }
 
-/// Delivers `events` to `dest`, retrying what was not accepted; `None` when `token` was
-/// cancelled first (nothing final: the caller leaves the events for redelivery).
+/// Delivers `events` to `dest`, retrying what was not accepted: each event's fate, in order.
+/// When `token` is cancelled during a retry's wait, the events still waiting have none (`None`:
+/// the caller leaves them for redelivery) while those already accepted or refused keep theirs,
+/// so an event the destination holds is not sent to it again.
 pub async fn deliver_with_retries(
     dest: &Destination,
     events: &[Event],
     metrics: &DestMetrics,
     token: &CancellationToken,
-) -> Option<Vec<Final>> {
+) -> Vec<Option<Final>> {
     let tuning = &dest.tuning;
     let mut finals: Vec<Option<Final>> = vec![None; events.len()];
     let mut todo: Vec<usize> = (0..events.len()).collect();
@@ -84,16 +86,20 @@ pub async fn deliver_with_retries(
         tracing::warn!(destination = %dest.name, events = again.len(), attempt, ?delay, %reason, "delivery failed, retrying");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = token.cancelled() => return None,
+            _ = token.cancelled() => break,
         }
         todo = again;
     }
-    Some(
-        finals
-            .into_iter()
-            .map(|f| f.expect("every event has a fate"))
-            .collect(),
-    )
+    finals
+}
+
+/// The error for a backfill or redrive that shutdown interrupted (after what was final was
+/// recorded).
+pub fn interrupted(what: &str, open: usize) -> anyhow::Result<()> {
+    if open > 0 {
+        anyhow::bail!("{what} interrupted with {open} events not yet delivered");
+    }
+    Ok(())
 }
 
 /// The durable consumer's configuration; applied at every start (create or update).
@@ -272,15 +278,18 @@ impl Delivery {
             in_flight.extend(published.iter().flatten().copied());
         }
         self.metrics.batch_size.observe(kept.len() as f64);
-        let finals = self.deliver_keeping_in_progress(&kept, &events).await;
-        let Some(finals) = finals else {
+        let Some(finals) = self.deliver_keeping_in_progress(&kept, &events).await else {
             nak(&kept).await;
             self.forget(&published);
             return;
         };
         for ((message, fate), published) in kept.iter().zip(finals).zip(&published) {
             match fate {
-                Final::Delivered => {
+                // shutdown came while it waited for another attempt: it comes again
+                None => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                Some(Final::Delivered) => {
                     if message.ack().await.is_ok() {
                         self.metrics.delivered.inc();
                         if let Some((_, at)) = published {
@@ -289,19 +298,20 @@ impl Delivery {
                         }
                     }
                 }
-                Final::DeadLetter(reason) => self.deadletter(message, &reason).await,
+                Some(Final::DeadLetter(reason)) => self.deadletter(message, &reason).await,
             }
         }
         self.forget(&published);
     }
 
     /// Waits for a delivery slot, then delivers with retries, telling JetStream all the while
-    /// that the messages are still being worked on. `None` at shutdown.
+    /// that the messages are still being worked on. `None` at shutdown before the first
+    /// attempt.
     async fn deliver_keeping_in_progress(
         &self,
         messages: &[jetstream::Message],
         events: &[Event],
-    ) -> Option<Vec<Final>> {
+    ) -> Option<Vec<Option<Final>>> {
         let period = (self.dest.tuning.ack_wait / 3).max(Duration::from_millis(100));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let delivery = async {
@@ -309,7 +319,7 @@ impl Delivery {
                 slot = self.slots.clone().acquire_owned() => slot.ok()?,
                 _ = self.token.cancelled() => return None,
             };
-            deliver_with_retries(&self.dest, events, &self.metrics, &self.token).await
+            Some(deliver_with_retries(&self.dest, events, &self.metrics, &self.token).await)
         };
         tokio::pin!(delivery);
         loop {

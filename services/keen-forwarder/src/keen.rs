@@ -194,12 +194,13 @@ pub struct EventResult {
     pub error: Option<KeenError>,
 }
 
+/// Either field may be absent or `null` (Keen writes `"description": null` for some errors).
 #[derive(Debug, Deserialize)]
 pub struct KeenError {
     #[serde(default)]
-    pub name: String,
+    pub name: Option<String>,
     #[serde(default)]
-    pub description: String,
+    pub description: Option<String>,
 }
 
 impl EventResult {
@@ -207,9 +208,12 @@ impl EventResult {
         if self.success {
             return Outcome::Delivered;
         }
-        let (name, description) = self.error.as_ref().map_or(("UnknownError", ""), |e| {
-            (e.name.as_str(), e.description.as_str())
-        });
+        let error = self.error.as_ref();
+        let name = error
+            .and_then(|e| e.name.as_deref())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("UnknownError");
+        let description = error.and_then(|e| e.description.as_deref()).unwrap_or("");
         let reason = format!("{name}: {description}");
         if PERMANENT_ERRORS.contains(&name) {
             Outcome::Rejected(reason)
@@ -297,5 +301,24 @@ mod tests {
             Outcome::Rejected("InvalidPropertyNameError: a.b".into())
         );
         assert!(matches!(outcomes[2], Outcome::Failed { .. }));
+    }
+
+    #[test]
+    fn an_answer_with_null_error_fields_is_still_read() {
+        let answer: Vec<EventResult> = serde_json::from_str(
+            r#"[{"success": true},
+                {"success": false, "error": {"name": "InvalidCollectionNameError", "description": null}},
+                {"success": false, "error": {"name": null, "description": null}},
+                {"success": false, "error": null}]"#,
+        )
+        .unwrap();
+        let outcomes: Vec<Outcome> = answer.iter().map(EventResult::outcome).collect();
+        assert_eq!(outcomes[0], Outcome::Delivered);
+        assert_eq!(
+            outcomes[1],
+            Outcome::Rejected("InvalidCollectionNameError: ".into())
+        );
+        assert!(matches!(outcomes[2], Outcome::Failed { .. }));
+        assert!(matches!(outcomes[3], Outcome::Failed { .. }));
     }
 }

@@ -14,7 +14,7 @@ use learntrail_runtime::{CancellationToken, bus::Bus};
 
 use crate::{
     destination::Destination,
-    forwarder::{Final, deliver_with_retries},
+    forwarder::{Final, deliver_with_retries, interrupted},
     metrics::DestMetrics,
 };
 
@@ -117,21 +117,22 @@ async fn deliver(
     }
     let (seqs, events): (Vec<u64>, Vec<Event>) =
         letters.into_iter().map(|l| (l.seq, l.event)).unzip();
-    let finals = deliver_with_retries(dest, &events, metrics, token)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("redrive interrupted"))?;
+    let finals = deliver_with_retries(dest, &events, metrics, token).await;
+    let mut open = 0;
     for (seq, fate) in seqs.into_iter().zip(finals) {
         match fate {
-            Final::Delivered => {
+            // left in DEADLETTER for the next redrive
+            None => open += 1,
+            Some(Final::Delivered) => {
                 stream.delete_message(seq).await?;
                 metrics.delivered.inc();
                 report.redriven += 1;
             }
-            Final::DeadLetter(reason) => {
+            Some(Final::DeadLetter(reason)) => {
                 tracing::warn!(destination = %dest.name, seq, %reason, "still refused, left in DEADLETTER");
                 report.still_failing += 1;
             }
         }
     }
-    Ok(())
+    interrupted("redrive", open)
 }

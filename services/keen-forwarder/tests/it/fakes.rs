@@ -39,6 +39,9 @@ pub struct Shared {
     pub delay: Mutex<Duration>,
     /// Webhook requests whose signature did not verify.
     pub bad_signatures: Mutex<u32>,
+    /// Keen: events (by `learntrail_id`) answered with a per-event server error, as Keen
+    /// answers an event it could not store this time (`"description": null`).
+    pub busy: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -173,9 +176,15 @@ async fn keen_bulk(
                 "a collection takes an array of events",
             );
         };
+        let busy = state.busy.lock().unwrap().clone();
         let results = events
             .into_iter()
-            .map(|event| match check_collection(&collection).or_else(|| check_event(&event)) {
+            .map(|event| {
+                let id = event["learntrail_id"].as_str().unwrap_or_default();
+                if busy.contains(id) {
+                    return json!({"success": false, "error": {"name": "InternalServerError", "description": null}});
+                }
+                match check_collection(&collection).or_else(|| check_event(&event)) {
                 None => {
                     stored.push((collection.clone(), event));
                     json!({"success": true})
@@ -183,7 +192,7 @@ async fn keen_bulk(
                 Some((name, description)) => {
                     json!({"success": false, "error": {"name": name, "description": description}})
                 }
-            })
+            }})
             .collect();
         answer.insert(collection, Value::Array(results));
     }

@@ -381,6 +381,72 @@ async fn events_out_of_attempts_are_deadlettered_and_acked() {
 }
 
 #[tokio::test]
+async fn shutdown_during_a_retry_keeps_the_fate_of_what_keen_already_took() {
+    use learntrail_keen_forwarder::{
+        destination::{Destination, Tuning},
+        forwarder::{Final, deliver_with_retries},
+        keen::Keen,
+        metrics::Metrics,
+        sink::Sink,
+    };
+    let keen = fakes::keen().await;
+    let events = events(4);
+    keen.state.busy.lock().unwrap().insert(events[1].id.clone());
+    let dest = Destination {
+        name: "keen".into(),
+        sink: Sink::Keen(Keen::new(
+            reqwest::Client::new(),
+            &keen.url,
+            PROJECT.into(),
+            WRITE_KEY.to_string().into(),
+            HashMap::new(),
+        )),
+        tuning: Tuning {
+            subjects: "events.>".into(),
+            batch_size: 10,
+            batch_bytes: 1 << 20,
+            linger: Duration::from_millis(50),
+            concurrency: 1,
+            max_attempts: 5,
+            // the second attempt would come long after the test
+            retry_min: Duration::from_secs(600),
+            retry_max: Duration::from_secs(600),
+            ack_wait: Duration::from_secs(30),
+        },
+    };
+    let metrics = Metrics::register(&mut Default::default()).for_destination("keen");
+    let token = learntrail_runtime::CancellationToken::new();
+    let delivery = tokio::spawn({
+        let token = token.clone();
+        let events = events.clone();
+        async move { deliver_with_retries(&dest, &events, &metrics, &token).await }
+    });
+    all_stored(
+        &keen,
+        "learntrail_id",
+        &[events[0].clone(), events[2].clone(), events[3].clone()],
+        "the events Keen took",
+    )
+    .await;
+    token.cancel();
+    let finals = tokio::time::timeout(Duration::from_secs(10), delivery)
+        .await
+        .expect("shutdown ends the wait for the next attempt")
+        .unwrap();
+    assert_eq!(
+        finals,
+        [
+            Some(Final::Delivered),
+            None,
+            Some(Final::Delivered),
+            Some(Final::Delivered)
+        ],
+        "only the event Keen did not take is left for redelivery"
+    );
+    assert_eq!(keen.state.requests().len(), 1);
+}
+
+#[tokio::test]
 async fn keens_python_client_speaks_to_the_double() {
     let keen = fakes::keen().await;
     let script = format!(
