@@ -86,8 +86,11 @@ pub fn parse(bytes: &[u8]) -> Result<Summary, ParseError> {
     if raw.nbformat != 4 {
         return Err(ParseError::Version(raw.nbformat));
     }
+    let cells = raw
+        .cells
+        .ok_or_else(|| ParseError::Json("missing field `cells`".into()))?;
     let mut summary = Summary {
-        cells: raw.cells.len() as u32,
+        cells: cells.len() as u32,
         course: raw
             .metadata
             .nbgrader
@@ -96,7 +99,7 @@ pub fn parse(bytes: &[u8]) -> Result<Summary, ParseError> {
         assignment: raw.metadata.nbgrader.and_then(|m| m.assignment_id),
         ..Summary::default()
     };
-    for (index, cell) in raw.cells.iter().enumerate() {
+    for (index, cell) in cells.iter().enumerate() {
         count_cell(&mut summary, cell);
         let Some(meta) = cell.metadata.nbgrader.as_ref().and_then(Grading::read) else {
             continue;
@@ -177,7 +180,11 @@ fn grade(cell: &RawCell, meta: &Grading) -> Option<Problem> {
     if let Some(status) = run_status(cell) {
         return problem(status, 0.0);
     }
-    problem(Status::Passed, partial_credit(cell, max_points))
+    match partial_credit(cell, max_points) {
+        Some(points) => problem(Status::Passed, points),
+        // nbgrader's autograde stops at such a cell: a person grades it
+        None => problem(Status::NeedsManualGrading, 0.0),
+    }
 }
 
 /// Not run, unanswered or failed, from a code cell's outputs; `None` when it ran cleanly.
@@ -199,15 +206,27 @@ fn run_status(cell: &RawCell) -> Option<Status> {
     status
 }
 
-/// nbgrader's partial credit: an `execute_result` whose plain text is a number in `[0, max]`.
-fn partial_credit(cell: &RawCell, max_points: f64) -> f64 {
-    cell.outputs
+/// nbgrader's partial credit (`get_partial_grade`): the first `execute_result`'s plain text,
+/// when it is a number above 0 and at most the cell's points; any other output (0 and below
+/// included) earns the full points. `None` when the number is above the points, where nbgrader
+/// raises an error instead of grading.
+fn partial_credit(cell: &RawCell, max_points: f64) -> Option<f64> {
+    let Some(points) = cell
+        .outputs
         .iter()
-        .filter(|o| o.output_type == "execute_result")
-        .filter_map(|o| o.data.as_ref()?.text_plain.as_ref())
-        .filter_map(|text| text.0.trim().parse::<f64>().ok())
-        .find(|points| (0.0..=max_points).contains(points))
-        .unwrap_or(max_points)
+        .find(|o| o.output_type == "execute_result")
+        .and_then(|o| o.data.as_ref()?.text_plain.as_ref())
+        .and_then(|text| text.0.trim().parse::<f64>().ok())
+    else {
+        return Some(max_points);
+    };
+    if points > max_points {
+        None
+    } else if points > 0.0 {
+        Some(points)
+    } else {
+        Some(max_points)
+    }
 }
 
 /// The release stubs nbgrader puts where a solution was.
@@ -304,7 +323,9 @@ impl Grading {
 #[derive(Deserialize)]
 struct RawNotebook {
     nbformat: u64,
-    cells: Vec<RawCell>,
+    /// Absent from older formats (v3 has `worksheets`): the version is checked first.
+    #[serde(default)]
+    cells: Option<Vec<RawCell>>,
     #[serde(default)]
     metadata: NotebookMeta,
 }

@@ -132,10 +132,11 @@ fn nbformat_4_4_without_cell_ids_reads_the_same() {
 fn checksums_match_nbgrader() {
     // make.py computed these with nbgrader's algorithm; an unedited cell must match its own.
     let raw: RawNotebook = serde_json::from_slice(fixture!("untouched.ipynb")).unwrap();
-    let explain = &raw.cells[4];
+    let cells = raw.cells.unwrap();
+    let explain = &cells[4];
     let meta = Grading::read(explain.metadata.nbgrader.as_ref().unwrap()).unwrap();
     assert_eq!(Some(checksum(explain, &meta)), meta.checksum);
-    let test = &raw.cells[2];
+    let test = &cells[2];
     let meta = Grading::read(test.metadata.nbgrader.as_ref().unwrap()).unwrap();
     assert_eq!(Some(checksum(test, &meta)), meta.checksum);
     assert_eq!(python_float(2.0), "2.0");
@@ -153,6 +154,16 @@ fn malformed_notebooks_are_errors_not_panics() {
     assert_eq!(
         parse(br#"{"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [], "cells": []}"#),
         Err(ParseError::Version(3))
+    );
+    // a real v3 notebook: its cells are in worksheets
+    let v3 = br#"{"nbformat": 3, "nbformat_minor": 0, "metadata": {"name": "old"},
+        "worksheets": [{"cells": [{"cell_type": "code", "input": "1 + 1", "language": "python",
+                                   "outputs": [], "collapsed": false, "metadata": {}}],
+                        "metadata": {}}]}"#;
+    assert_eq!(parse(v3), Err(ParseError::Version(3)));
+    assert_eq!(
+        parse(br#"{"nbformat": 4, "nbformat_minor": 5, "metadata": {}}"#),
+        Err(ParseError::Json("missing field `cells`".into()))
     );
     let too_new = br#"{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
         {"cell_type": "code", "id": "a", "source": "", "outputs": [], "execution_count": null,
@@ -186,4 +197,42 @@ fn stderr_fails_a_test_and_metadata_names_the_course() {
             max_points: 1.5
         }
     );
+}
+
+/// A notebook of one autograder test cell worth 2 points whose outputs are `results` (each an
+/// `execute_result`'s plain text).
+fn test_cell_printing(results: &[&str]) -> Vec<u8> {
+    let outputs: Vec<serde_json::Value> = results
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            serde_json::json!({"output_type": "execute_result", "execution_count": i + 1,
+                               "data": {"text/plain": text}, "metadata": {}})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "nbformat": 4, "nbformat_minor": 5, "metadata": {},
+        "cells": [{"cell_type": "code", "id": "t", "source": "check()", "execution_count": 1,
+                   "outputs": outputs,
+                   "metadata": {"nbgrader": {"schema_version": 3, "grade": true, "solution": false,
+                                             "locked": true, "grade_id": "t", "points": 2}}}]
+    }))
+    .unwrap()
+}
+
+/// As nbgrader's `get_partial_grade` has it.
+#[test]
+fn partial_credit_is_nbgraders() {
+    let t = |results: &[&str]| status(&test_cell_printing(results), "t");
+    assert_eq!(t(&["1.5"]), (Status::Passed, 1.5, 2.0));
+    assert_eq!(t(&[" 2 "]), (Status::Passed, 2.0, 2.0));
+    // 0 and below, or not a number: full points
+    assert_eq!(t(&["0"]), (Status::Passed, 2.0, 2.0));
+    assert_eq!(t(&["-1"]), (Status::Passed, 2.0, 2.0));
+    assert_eq!(t(&["'done'"]), (Status::Passed, 2.0, 2.0));
+    assert_eq!(t(&[]), (Status::Passed, 2.0, 2.0));
+    // only the first result counts
+    assert_eq!(t(&["'done'", "0.5"]), (Status::Passed, 2.0, 2.0));
+    // above the cell's points nbgrader stops with an error: a person grades it
+    assert_eq!(t(&["3"]), (Status::NeedsManualGrading, 0.0, 2.0));
 }
