@@ -501,13 +501,9 @@ impl<'q> Engine<'q> {
 
     /// The start and end of interval `i`, as Keen writes them.
     fn timeframe(&self, i: usize) -> (String, String) {
-        let zone = *self.query.span.start.offset();
+        let zone = self.query.span.zone;
         let at = |ms: i64| {
-            keen_time(
-                chrono::DateTime::from_timestamp_millis(ms)
-                    .unwrap_or_default()
-                    .with_timezone(&zone),
-            )
+            keen_time(zone.at(chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()))
         };
         (at(self.edges[i]), at(self.edges[i + 1]))
     }

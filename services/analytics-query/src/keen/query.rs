@@ -194,7 +194,7 @@ pub fn parse(
         (Some(usage), Some(property)) => check(index, property, usage, "target_property")?,
         (None, _) => {}
     }
-    let zone = timeframe::offset(params.0.get("timezone"))?;
+    let zone = timeframe::zone(params.0.get("timezone"))?;
     let span = timeframe::span(params.0.get("timeframe").unwrap_or(&Value::Null), zone, now)?;
     let interval = match params.text("interval") {
         None => None,

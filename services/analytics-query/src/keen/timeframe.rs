@@ -5,12 +5,16 @@
 //!   `minutes|hours|days|weeks|months|years` (singular too, `this_hour`), plus `today` and
 //!   `yesterday`. Weeks start on Monday.
 //! - Absolute: `{"start": ISO-8601, "end": ISO-8601}`, half-open, honoured to the minute.
-//! - `timezone`: seconds east of UTC (Keen's SDKs send a number) or `±HH:MM`, or `UTC`; units and
-//!   intervals are then aligned to that offset's midnight. Named zones are refused (400).
+//! - `timezone`: seconds east of UTC (Keen's SDKs send a number), `±HH:MM`, `UTC`, or a named
+//!   zone of the tz database (`US/Pacific`, `Europe/Paris`); days, weeks, months and years then
+//!   start at that zone's midnight, its daylight-saving changes included (a day may be 23 or 25
+//!   hours long).
 
 use chrono::{
-    DateTime, Datelike, Duration, FixedOffset, Months, NaiveDate, TimeZone, Timelike, Utc,
+    DateTime, Datelike, Duration, FixedOffset, LocalResult, Months, NaiveDate, NaiveDateTime,
+    Offset, TimeZone, Timelike, Utc,
 };
+use chrono_tz::Tz;
 use serde_json::Value;
 
 use super::KeenError;
@@ -53,18 +57,65 @@ impl Unit {
     }
 }
 
-/// A half-open span `[start, end)` with the offset its units are aligned to.
+/// The time zone units are aligned to: a fixed offset, or a named zone with its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    Fixed(FixedOffset),
+    Named(Tz),
+}
+
+impl Zone {
+    pub const UTC: Zone = Zone::Fixed(FixedOffset::east_opt(0).expect("0 is an offset"));
+
+    /// `time` as a local time of this zone (with the offset in force then).
+    pub fn at<T: TimeZone>(self, time: DateTime<T>) -> DateTime<FixedOffset> {
+        match self {
+            Zone::Fixed(offset) => time.with_timezone(&offset),
+            Zone::Named(tz) => {
+                let offset = tz.offset_from_utc_datetime(&time.naive_utc()).fix();
+                time.with_timezone(&offset)
+            }
+        }
+    }
+
+    /// The instant a local time names: the earlier of two when clocks went back; when it was
+    /// skipped (clocks went forward), the instant the skipped hour ends.
+    fn local(self, local: NaiveDateTime) -> DateTime<FixedOffset> {
+        match self {
+            Zone::Fixed(offset) => offset
+                .from_local_datetime(&local)
+                .single()
+                .expect("fixed offsets are unambiguous"),
+            Zone::Named(tz) => {
+                let mut at = local;
+                for _ in 0..=16 {
+                    match tz.from_local_datetime(&at) {
+                        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => {
+                            return self.at(t);
+                        }
+                        // a gap is at most a few hours: find where it ends, to the quarter hour
+                        LocalResult::None => at += Duration::minutes(15),
+                    }
+                }
+                self.at(Utc.from_utc_datetime(&local))
+            }
+        }
+    }
+}
+
+/// A half-open span `[start, end)` and the zone its units are aligned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     pub start: DateTime<FixedOffset>,
     pub end: DateTime<FixedOffset>,
+    pub zone: Zone,
 }
 
 /// Parses Keen's `timezone`.
-pub fn offset(timezone: Option<&Value>) -> Result<FixedOffset, KeenError> {
+pub fn zone(timezone: Option<&Value>) -> Result<Zone, KeenError> {
     let bad = || {
         KeenError::bad_request(
-            "timezone must be seconds east of UTC (e.g. -28800) or an offset such as +05:30; named zones are not supported",
+            "timezone must be seconds east of UTC (e.g. -28800), an offset such as +05:30, or a zone name such as US/Pacific",
         )
     };
     let seconds = match timezone {
@@ -77,7 +128,13 @@ pub fn offset(timezone: Option<&Value>) -> Result<FixedOffset, KeenError> {
                 let (sign, rest) = match s.as_bytes().first() {
                     Some(b'+') => (1, &s[1..]),
                     Some(b'-') => (-1, &s[1..]),
-                    _ => return Err(bad()),
+                    _ => {
+                        return s.parse::<Tz>().map(Zone::Named).map_err(|_| {
+                            KeenError::bad_request(format!(
+                                "timezone {s:?} is not a zone name (such as US/Pacific or Europe/Paris), seconds east of UTC or an offset such as +05:30"
+                            ))
+                        });
+                    }
                 };
                 let (h, m) = rest.split_once(':').ok_or_else(bad)?;
                 let (h, m): (u8, u8) =
@@ -90,13 +147,15 @@ pub fn offset(timezone: Option<&Value>) -> Result<FixedOffset, KeenError> {
         },
         Some(_) => return Err(bad()),
     };
-    FixedOffset::east_opt(i32::try_from(seconds).map_err(|_| bad())?).ok_or_else(bad)
+    FixedOffset::east_opt(i32::try_from(seconds).map_err(|_| bad())?)
+        .map(Zone::Fixed)
+        .ok_or_else(bad)
 }
 
 /// Parses Keen's `timeframe` at `now`.
-pub fn span(timeframe: &Value, zone: FixedOffset, now: DateTime<Utc>) -> Result<Span, KeenError> {
+pub fn span(timeframe: &Value, zone: Zone, now: DateTime<Utc>) -> Result<Span, KeenError> {
     let span = match timeframe {
-        Value::String(text) => relative(text, now.with_timezone(&zone))?,
+        Value::String(text) => relative(text, zone, now)?,
         Value::Object(map) => {
             let at = |name: &str| -> Result<DateTime<FixedOffset>, KeenError> {
                 let text = map.get(name).and_then(Value::as_str).ok_or_else(|| {
@@ -105,11 +164,12 @@ pub fn span(timeframe: &Value, zone: FixedOffset, now: DateTime<Utc>) -> Result<
                 let time = DateTime::parse_from_rfc3339(text).map_err(|_| {
                     KeenError::bad_request(format!("timeframe {name} {text:?} is not ISO-8601"))
                 })?;
-                Ok(floor(time.with_timezone(&zone), Unit::Minute))
+                Ok(floor(zone.at(time), Unit::Minute, zone))
             };
             Span {
                 start: at("start")?,
                 end: at("end")?,
+                zone,
             }
         }
         _ => return Err(KeenError::bad_request("timeframe is required")),
@@ -120,7 +180,7 @@ pub fn span(timeframe: &Value, zone: FixedOffset, now: DateTime<Utc>) -> Result<
     Ok(span)
 }
 
-fn relative(text: &str, now: DateTime<FixedOffset>) -> Result<Span, KeenError> {
+fn relative(text: &str, zone: Zone, now: DateTime<Utc>) -> Result<Span, KeenError> {
     let bad = || {
         KeenError::bad_request(format!(
             "timeframe {text:?} is not one Keen knows (this_7_days, previous_3_hours, today, ...)"
@@ -145,35 +205,35 @@ fn relative(text: &str, now: DateTime<FixedOffset>) -> Result<Span, KeenError> {
     if n == 0 || n > 100_000 {
         return Err(bad());
     }
-    let current = floor(now, unit);
+    let current = floor(zone.at(now), unit, zone);
     match kind {
         "this" => Ok(Span {
-            start: add(current, unit, -(i64::from(n) - 1)),
-            end: add(current, unit, 1),
+            start: add(current, unit, -(i64::from(n) - 1), zone),
+            end: add(current, unit, 1, zone),
+            zone,
         }),
         "previous" => Ok(Span {
-            start: add(current, unit, -i64::from(n)),
+            start: add(current, unit, -i64::from(n), zone),
             end: current,
+            zone,
         }),
         _ => Err(bad()),
     }
 }
 
-/// The start of the unit holding `time`, in its offset.
-pub fn floor(time: DateTime<FixedOffset>, unit: Unit) -> DateTime<FixedOffset> {
-    let zone = *time.offset();
+/// The start of the unit holding `time`, in `zone`.
+pub fn floor(time: DateTime<FixedOffset>, unit: Unit, zone: Zone) -> DateTime<FixedOffset> {
+    let time = zone.at(time);
     let date = time.date_naive();
-    let day = |d: NaiveDate| {
-        zone.from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"))
-            .single()
-            .expect("fixed offsets are unambiguous")
-    };
+    let day = |d: NaiveDate| zone.local(d.and_hms_opt(0, 0, 0).expect("midnight"));
     match unit {
         Unit::Minute => time
             .with_nanosecond(0)
             .and_then(|t| t.with_second(0))
             .expect("zero is a valid second"),
-        Unit::Hour => floor(time, Unit::Minute)
+        // an hour starts at minute 0 of the local hour (in every zone of the tz database but
+        // those with a :30 or :45 offset, the UTC hour)
+        Unit::Hour => floor(time, Unit::Minute, zone)
             .with_minute(0)
             .expect("zero is a valid minute"),
         Unit::Day => day(date),
@@ -183,21 +243,28 @@ pub fn floor(time: DateTime<FixedOffset>, unit: Unit) -> DateTime<FixedOffset> {
     }
 }
 
-/// `time` plus `n` units (negative: minus).
-pub fn add(time: DateTime<FixedOffset>, unit: Unit, n: i64) -> DateTime<FixedOffset> {
+/// `time` plus `n` units (negative: minus): minutes and hours as elapsed time, days and longer
+/// on `zone`'s calendar (the same local time `n` days on, however long those days were).
+pub fn add(time: DateTime<FixedOffset>, unit: Unit, n: i64, zone: Zone) -> DateTime<FixedOffset> {
+    let local = zone.at(time).naive_local();
     let months = |m: i64| {
         let shifted = if m >= 0 {
-            time.checked_add_months(Months::new(m as u32))
+            local.checked_add_months(Months::new(m as u32))
         } else {
-            time.checked_sub_months(Months::new((-m) as u32))
+            local.checked_sub_months(Months::new((-m) as u32))
         };
-        shifted.unwrap_or(time)
+        zone.local(shifted.unwrap_or(local))
+    };
+    let days = |d: i64| {
+        local
+            .checked_add_signed(Duration::days(d))
+            .map_or(time, |t| zone.local(t))
     };
     match unit {
-        Unit::Minute => time + Duration::minutes(n),
-        Unit::Hour => time + Duration::hours(n),
-        Unit::Day => time + Duration::days(n),
-        Unit::Week => time + Duration::weeks(n),
+        Unit::Minute => zone.at(time + Duration::minutes(n)),
+        Unit::Hour => zone.at(time + Duration::hours(n)),
+        Unit::Day => days(n),
+        Unit::Week => days(7 * n),
         Unit::Month => months(n),
         Unit::Year => months(12 * n),
     }
@@ -215,9 +282,11 @@ pub fn interval_count(span: Span, interval: Option<Unit>, cap: usize) -> usize {
 }
 
 fn edges_of(span: Span, interval: Option<Unit>) -> impl Iterator<Item = DateTime<FixedOffset>> {
+    let zone = span.zone;
     let inner = interval.map(|unit| {
-        std::iter::successors(Some(add(floor(span.start, unit), unit, 1)), move |&t| {
-            Some(add(t, unit, 1)).filter(|next| *next > t)
+        let first = add(floor(span.start, unit, zone), unit, 1, zone);
+        std::iter::successors(Some(first), move |&t| {
+            Some(add(t, unit, 1, zone)).filter(|next| *next > t)
         })
         .take_while(move |t| *t < span.end)
     });
@@ -250,7 +319,7 @@ mod tests {
 
     #[test]
     fn relative_timeframes() {
-        let utc = offset(None).unwrap();
+        let utc = zone(None).unwrap();
         let span = |t: &str| {
             let s = super::span(&json!(t), utc, now()).unwrap();
             (keen_time(s.start), keen_time(s.end))
@@ -286,21 +355,22 @@ mod tests {
         assert!(super::span(&json!("last_3_hours"), utc, now()).is_err());
     }
 
+    fn seconds_east(zone: Zone) -> i32 {
+        match zone {
+            Zone::Fixed(offset) => offset.local_minus_utc(),
+            Zone::Named(tz) => panic!("{tz} is not fixed"),
+        }
+    }
+
     #[test]
     fn timezones_align_days_to_local_midnight() {
-        let zone = offset(Some(&json!(-28800))).unwrap();
-        let s = span(&json!("today"), zone, now()).unwrap();
+        let pacific = zone(Some(&json!(-28800))).unwrap();
+        let s = span(&json!("today"), pacific, now()).unwrap();
         assert_eq!(keen_time(s.start), "2026-11-25T00:00:00.000-08:00");
         assert_eq!(s.start.to_utc().to_rfc3339(), "2026-11-25T08:00:00+00:00");
-        assert_eq!(
-            offset(Some(&json!("+05:30"))).unwrap().local_minus_utc(),
-            19_800
-        );
-        assert!(offset(Some(&json!("US/Pacific"))).is_err());
-        assert_eq!(
-            offset(Some(&json!("-23:59"))).unwrap().local_minus_utc(),
-            -86_340
-        );
+        assert_eq!(seconds_east(zone(Some(&json!("+05:30"))).unwrap()), 19_800);
+        assert_eq!(seconds_east(zone(Some(&json!("-23:59"))).unwrap()), -86_340);
+        assert!(zone(Some(&json!("Mars/Olympus_Mons"))).is_err());
         // minutes and hours out of range, and hours that overflow when multiplied
         for bad in [
             "+00:1439",
@@ -309,13 +379,62 @@ mod tests {
             "+99999999999999999:00",
             "+1:-5",
         ] {
-            assert!(offset(Some(&json!(bad))).is_err(), "{bad}");
+            assert!(zone(Some(&json!(bad))).is_err(), "{bad}");
         }
+    }
+
+    /// US/Pacific left daylight saving time on 2026-11-01 at 02:00 local (09:00 UTC): that day
+    /// had 25 hours, and the days either side of it start at different offsets.
+    #[test]
+    fn named_zones_follow_their_daylight_saving_changes() {
+        let pacific = zone(Some(&json!("US/Pacific"))).unwrap();
+        assert_eq!(pacific, Zone::Named(chrono_tz::US::Pacific));
+        let s = span(
+            &json!({"start": "2026-10-31T07:00:00Z", "end": "2026-11-03T08:00:00Z"}),
+            pacific,
+            now(),
+        )
+        .unwrap();
+        let days: Vec<String> = edges(s, Some(Unit::Day))
+            .into_iter()
+            .map(keen_time)
+            .collect();
+        assert_eq!(
+            days,
+            [
+                "2026-10-31T00:00:00.000-07:00",
+                "2026-11-01T00:00:00.000-07:00",
+                "2026-11-02T00:00:00.000-08:00",
+                "2026-11-03T00:00:00.000-08:00"
+            ]
+        );
+        let day_edges = edges(s, Some(Unit::Day));
+        assert_eq!(day_edges[2] - day_edges[1], Duration::hours(25));
+        // "today" in Paris on 2026-11-25 (UTC+1 in winter)
+        let paris = zone(Some(&json!("Europe/Paris"))).unwrap();
+        let today = span(&json!("today"), paris, now()).unwrap();
+        assert_eq!(keen_time(today.start), "2026-11-25T00:00:00.000+01:00");
+        assert_eq!(keen_time(today.end), "2026-11-26T00:00:00.000+01:00");
+        // a month across the change: this_1_months in March 2026, Europe/Paris (UTC+1 → +2)
+        let march = DateTime::parse_from_rfc3339("2026-03-15T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let month = span(&json!("this_month"), paris, march).unwrap();
+        assert_eq!(keen_time(month.start), "2026-03-01T00:00:00.000+01:00");
+        assert_eq!(keen_time(month.end), "2026-04-01T00:00:00.000+02:00");
+        // the local midnight that does not exist (Santiago skips 00:00–01:00 when it springs
+        // forward on 2026-09-06): the day starts when the skipped hour ends
+        let santiago = zone(Some(&json!("America/Santiago"))).unwrap();
+        let sept = DateTime::parse_from_rfc3339("2026-09-06T15:00:00Z")
+            .unwrap()
+            .to_utc();
+        let day = span(&json!("today"), santiago, sept).unwrap();
+        assert_eq!(keen_time(day.start), "2026-09-06T01:00:00.000-03:00");
     }
 
     #[test]
     fn intervals_split_at_unit_boundaries() {
-        let utc = offset(None).unwrap();
+        let utc = zone(None).unwrap();
         let s = span(
             &json!({"start": "2026-11-25T08:30:00Z", "end": "2026-11-25T10:00:00Z"}),
             utc,
@@ -341,7 +460,7 @@ mod tests {
 
     #[test]
     fn intervals_are_counted_no_further_than_asked() {
-        let utc = offset(None).unwrap();
+        let utc = zone(None).unwrap();
         let s = span(
             &json!({"start": "0001-01-01T00:00:00Z", "end": "9999-12-31T00:00:00Z"}),
             utc,
