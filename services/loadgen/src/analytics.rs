@@ -305,6 +305,10 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         projected_in.as_secs_f64(),
     );
     println!("  CPU over it: {}", split.join(", "));
+    println!(
+        "  Redis time by command (commands a script runs counted apart): {}",
+        redis_commands(port_of(&redis.url()), target)
+    );
 
     let token = auth::sign(
         secret.as_bytes(),
@@ -441,6 +445,49 @@ const ACTIVE_PER_DAY: &str =
 
 /// The path of Keen query `query` over `timeframe`; `distinct`: with a filter that drops
 /// nothing and differs from request to request.
+/// The commands that took most of Redis's time (`INFO commandstats`), per event of `events`.
+fn redis_commands(port: u16, events: f64) -> String {
+    let Ok(out) = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+    else {
+        return "(redis-cli not found)".into();
+    };
+    let mut stats = command_stats(&String::from_utf8_lossy(&out.stdout));
+    stats.sort_by(|a, b| b.2.total_cmp(&a.2));
+    stats
+        .iter()
+        .take(8)
+        .map(|(name, calls, usec)| {
+            format!(
+                "{name} {:.1} µs/event ({:.2} calls/event)",
+                usec / events,
+                *calls as f64 / events
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `cmdstat_<name>:calls=N,usec=U,...` lines: (name, calls, usec).
+fn command_stats(info: &str) -> Vec<(String, u64, f64)> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+            };
+            Some((
+                name.to_string(),
+                field("calls")?.parse().ok()?,
+                field("usec")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 fn keen_count(
     query: &'static str,
     timeframe: &'static str,

@@ -46,28 +46,7 @@ impl RedisServer {
 
     /// The same with more arguments (TLS); ready once `port` answers.
     fn spawn_with(dir: &TempDir, port: u16, extra: &[String]) -> Option<Child> {
-        let bin = binary(
-            "redis-server",
-            "REDIS_SERVER_BIN",
-            "apt-get install -y redis-server",
-        );
-        let log = dir.path().join("redis.log");
-        let child = spawn(
-            Command::new(bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--logfile"])
-                .arg(&log)
-                .arg("--dir")
-                .arg(dir.path())
-                .args(extra),
-        );
-        let mut child = child;
-        let mut exited = false;
-        wait_for("redis-server", &log, Duration::from_secs(20), || {
-            exited = matches!(child.try_wait(), Ok(Some(_)));
-            exited || redis_answers(port)
-        });
-        (!exited).then_some(child)
+        spawn_in(dir.path(), port, extra)
     }
 
     /// Stops the server and starts it again on the same port: empty, as a Redis that kept
@@ -212,6 +191,33 @@ struct Tls {
     ca: std::path::PathBuf,
 }
 
+/// redis-server on `port` with its log and data in `dir`, ready once `port` answers a PING;
+/// `None` when it exited first (the port was taken).
+fn spawn_in(dir: &std::path::Path, port: u16, extra: &[String]) -> Option<Child> {
+    let bin = binary(
+        "redis-server",
+        "REDIS_SERVER_BIN",
+        "apt-get install -y redis-server",
+    );
+    let log = dir.join("redis.log");
+    let child = spawn(
+        Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile"])
+            .arg(&log)
+            .arg("--dir")
+            .arg(dir)
+            .args(extra),
+    );
+    let mut child = child;
+    let mut exited = false;
+    wait_for("redis-server", &log, Duration::from_secs(20), || {
+        exited = matches!(child.try_wait(), Ok(Some(_)));
+        exited || redis_answers(port)
+    });
+    (!exited).then_some(child)
+}
+
 /// True when `port` answers a Redis PING: a server of ours, not another process that took the
 /// port between [`free_port`] and redis-server's bind (a test would then talk to it).
 fn redis_answers(port: u16) -> bool {
@@ -243,11 +249,6 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts `size` (at least 3) nodes and waits until the cluster says `cluster_state:ok`.
     pub fn start(size: usize) -> Self {
-        let server = binary(
-            "redis-server",
-            "REDIS_SERVER_BIN",
-            "apt-get install -y redis-server",
-        );
         let cli = binary(
             "redis-cli",
             "REDIS_CLI_BIN",
@@ -260,26 +261,25 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         let mut ports = Vec::new();
         for i in 0..size {
-            let port = free_port();
             let node_dir = dir.path().join(format!("node-{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let log = node_dir.join("redis.log");
-            nodes.push(spawn(
-                Command::new(&server)
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                    .arg(node_dir.join("nodes.conf"))
-                    .args(["--save", "", "--appendonly", "no", "--logfile"])
-                    .arg(&log)
-                    .arg("--dir")
-                    .arg(&node_dir),
-            ));
-            wait_for(
-                "redis-server (cluster node)",
-                &log,
-                Duration::from_secs(20),
-                || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-            );
+            // the cluster bus gets a free port of its own (by default it is the port + 10000,
+            // which may be taken, or past 65535); another try when either was taken first
+            let (child, port) = (0..10)
+                .find_map(|_| {
+                    let (port, bus) = (free_port(), free_port());
+                    let extra = [
+                        "--cluster-enabled".to_string(),
+                        "yes".into(),
+                        "--cluster-config-file".into(),
+                        node_dir.join("nodes.conf").display().to_string(),
+                        "--cluster-port".into(),
+                        bus.to_string(),
+                    ];
+                    spawn_in(&node_dir, port, &extra).map(|child| (child, port))
+                })
+                .expect("redis-server (cluster node) found every port it was given taken");
+            nodes.push(child);
             ports.push(port);
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
