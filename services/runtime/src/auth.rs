@@ -44,9 +44,33 @@ pub struct Claims {
     pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
-    /// An instructor's courses (`None`: every course); analytics reads are limited to them.
+    /// The token's courses (`None`: every course): an instructor's analytics reads are limited
+    /// to them, and a student's events may name no other ([`Claims::may_name_course`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub courses: Option<Vec<String>>,
+}
+
+impl Claims {
+    /// Whether an event of this token's own learner may name `course` (empty: none). A student
+    /// token with a `courses` claim names only those: an event naming another course would put
+    /// the student into that course's cohort, and its comparisons. Other tokens, and student
+    /// tokens without the claim, name any.
+    pub fn may_name_course(&self, course: &str) -> bool {
+        course.is_empty()
+            || self.role != Role::Student
+            || self
+                .courses
+                .as_ref()
+                .is_none_or(|mine| mine.iter().any(|c| c == course))
+    }
+
+    /// The refusal for a course that [`Claims::may_name_course`] refuses.
+    pub fn course_refusal(&self, course: &str) -> String {
+        format!(
+            "this student token names its courses ({}); an event may not name {course:?}",
+            self.courses.as_deref().unwrap_or_default().join(", ")
+        )
+    }
 }
 
 /// Why a token was refused. The message is safe to show to the client.

@@ -228,6 +228,11 @@ pub fn parse_event(body: &Value, claims: &Claims, now: DateTime<Utc>) -> Result<
             claims.sub
         )));
     }
+    if !claims.may_name_course(&lms.course_slug) {
+        return Err(Rejection::Forbidden(
+            claims.course_refusal(&lms.course_slug),
+        ));
+    }
     Ok(Event {
         id: event_id.unwrap_or_else(id::new_id),
         occurred_at: Some(occurred_at.unwrap_or_else(|| time::timestamp(now))),
@@ -460,6 +465,39 @@ mod tests {
             Err(Rejection::Invalid(problems)) => problems.into_iter().map(|p| p.field).collect(),
             other => panic!("expected problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_student_token_with_courses_names_only_those() {
+        let enrolled = Claims {
+            courses: Some(vec!["ruby-101".into()]),
+            ..student()
+        };
+        let play = |course: &str| {
+            json!({"tracking_event_type": "video_play", "node_id": "n1", "course_slug": course,
+                   "event_data": {"video_id": "v", "current_time": 1.0}})
+        };
+        let event = parse_event(&play("ruby-101"), &enrolled, now()).unwrap();
+        assert_eq!(event.context.unwrap().course, "ruby-101");
+        match parse_event(&play("ruby-102"), &enrolled, now()) {
+            Err(Rejection::Forbidden(why)) => {
+                assert!(
+                    why.contains("\"ruby-102\"") && why.contains("ruby-101"),
+                    "{why}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // no claim: any course, as before; a service names any course for anyone
+        assert!(parse_event(&play("ruby-102"), &student(), now()).is_ok());
+        let lms = Claims {
+            courses: Some(vec!["ruby-101".into()]),
+            ..service()
+        };
+        let server = json!({"event_type": "video_play", "anon_username": "learner-9",
+                            "time": "2026-11-24T16:00:00Z", "course_slug": "ruby-102",
+                            "event_data": {"video_id": "v", "current_time": 1.0}});
+        assert!(parse_event(&server, &lms, now()).is_ok());
     }
 
     #[test]

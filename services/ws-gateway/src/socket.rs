@@ -312,6 +312,14 @@ impl Session {
         let Some((claims, _)) = &self.credentials else {
             return Err(Refusal::new(ErrorCode::Forbidden, "not authenticated"));
         };
+        if let Some(course) = course
+            && !claims.may_name_course(course)
+        {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                claims.course_refusal(course),
+            ));
+        }
         if claims.sub == user {
             return Ok(());
         }

@@ -291,6 +291,32 @@ async fn another_learners_user_needs_a_service_or_instructor_token() {
     // as themselves, any course
     ta.send_json(&click("ta", "ta-3", 1)).await;
     assert!(ta.next_json().await["ack"].is_string());
+    // a student token naming its courses writes only into them (a log naming another course
+    // would put the student into that cohort)
+    let enrolled = auth::sign(
+        SECRET.as_bytes(),
+        &Claims {
+            sub: "learner-4".into(),
+            role: Role::Student,
+            exp: Some(auth::now() + 600),
+            nbf: None,
+            iat: None,
+            courses: Some(vec!["physics-2".into()]),
+        },
+    );
+    let mut learner = Client::connect(&gateway.ws, Some(&enrolled), None)
+        .await
+        .unwrap();
+    learner.send_json(&click("learner-4", "l-1", 1)).await;
+    let refused = learner.next_json().await;
+    assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("engdes1"),
+        "{refused}"
+    );
     let stored: Vec<(String, String)> = gateway
         .stored()
         .await
