@@ -443,8 +443,6 @@ const COUNT_BY_CLASS: &str =
 const ACTIVE_PER_DAY: &str =
     "count_unique?event_collection=shim.ruby_run&interval=daily&target_property=actor";
 
-/// The path of Keen query `query` over `timeframe`; `distinct`: with a filter that drops
-/// nothing and differs from request to request.
 /// The commands that took most of Redis's time (`INFO commandstats`), per event of `events`.
 fn redis_commands(port: u16, events: f64) -> String {
     let Ok(out) = Command::new("redis-cli")
@@ -488,6 +486,8 @@ fn command_stats(info: &str) -> Vec<(String, u64, f64)> {
         .collect()
 }
 
+/// The path of Keen query `query` over `timeframe`; `distinct`: with a filter that drops
+/// nothing and differs from request to request.
 fn keen_count(
     query: &'static str,
     timeframe: &'static str,

@@ -19,8 +19,8 @@ pub struct Captured {
     pub bytes: Vec<u8>,
     pub total: u64,
     pub truncated: bool,
-    /// The last bytes past `bytes`: at most `limit` once trimmed (up to twice that between
-    /// trims).
+    /// The last bytes past `bytes`: `limit` and the byte before them once trimmed (up to
+    /// twice that between trims).
     tail: Vec<u8>,
 }
 
@@ -33,25 +33,35 @@ impl Captured {
         if chunk.len() > room {
             self.truncated = true;
             self.tail.extend_from_slice(&chunk[kept..]);
-            if self.tail.len() > 2 * limit {
-                self.tail.drain(..self.tail.len() - limit);
+            if self.tail.len() > 2 * limit + 1 {
+                self.tail.drain(..self.tail.len() - limit - 1);
             }
         }
     }
 
-    /// When more was written than kept: the end of the stream, from its first whole line
-    /// (or, when nothing between was left out, everything written).
+    /// When more was written than kept: everything when nothing between was left out, else
+    /// the last `limit` bytes from their first whole line.
     pub fn end(&self) -> Option<Vec<u8>> {
         if !self.truncated {
             return None;
         }
-        let limit = self.bytes.len();
-        let tail = &self.tail[self.tail.len().saturating_sub(limit)..];
-        if (self.bytes.len() + tail.len()) as u64 == self.total {
-            return Some([&self.bytes[..], tail].concat());
+        if (self.bytes.len() + self.tail.len()) as u64 == self.total {
+            return Some([&self.bytes[..], &self.tail[..]].concat());
         }
-        let start = tail.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        Some(tail[start..].to_vec())
+        // bytes were left out, so the tail holds more than `limit` (trims keep one more)
+        let limit = self.bytes.len();
+        let at = self.tail.len().saturating_sub(limit);
+        let window = &self.tail[at..];
+        let starts_a_line = at == 0 || self.tail[at - 1] == b'\n';
+        let start = if starts_a_line {
+            0
+        } else {
+            window
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(window.len(), |i| i + 1)
+        };
+        Some(window[start..].to_vec())
     }
 }
 
@@ -107,16 +117,20 @@ fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The copying thread.
 pub struct Tee {
     captured: Arc<Mutex<Captured>>,
-    /// `None` once the stream ended; the parent's end when the thread let go of it on request.
-    done: mpsc::Receiver<Option<OwnedFd>>,
+    /// Told when the thread ended (the stream ended, our stderr went away, or it was asked to
+    /// stop).
+    done: mpsc::Receiver<()>,
     /// Written to ask the thread to stop reading (see [`Tee::finish`]).
     stop: io::PipeWriter,
-    /// The parent's end, while the thread owns it.
-    source_fd: RawFd,
+    /// The parent's end of the stream: read by the thread under the lock, closed by it (set to
+    /// `None`) when the stream ends or our stderr went away, taken by [`Tee::finish`] for the
+    /// forwarder otherwise. Nobody else ever closes it, so its number is never reused while
+    /// either side may still use it.
+    stream: Arc<Mutex<Option<std::fs::File>>>,
 }
 
-/// How long [`Tee::finish`] waits for the thread to let go of the stream (it may be writing to
-/// a stderr that blocks).
+/// How long [`Tee::finish`] waits for the thread to stop reading (it may be writing to a
+/// stderr that blocks).
 const HAND_OVER: Duration = Duration::from_secs(1);
 
 impl Tee {
@@ -125,24 +139,35 @@ impl Tee {
         let captured = Arc::new(Mutex::new(Captured::default()));
         let (tx, done) = mpsc::channel();
         let (stop_reader, stop) = source.stop;
-        let mut reader = std::fs::File::from(source.stream);
-        let source_fd = reader.as_raw_fd();
-        let shared = Arc::clone(&captured);
+        let reader = std::fs::File::from(source.stream);
+        let fd = reader.as_raw_fd();
+        let stream = Arc::new(Mutex::new(Some(reader)));
+        let (shared, owned) = (Arc::clone(&captured), Arc::clone(&stream));
         thread::spawn(move || {
             let mut buffer = vec![0u8; 16 * 1024];
             let mut stderr = io::stderr();
             loop {
                 // asked to stop: what is not read yet stays in the stream for whoever takes it
-                // over, so nothing is lost or reordered
-                if crate::sys::wait_readable(reader.as_fd(), stop_reader.as_fd()) {
-                    let _ = tx.send(Some(OwnedFd::from(reader)));
-                    return;
+                // over, so nothing is lost or reordered (`fd` stays open until this thread
+                // closes it below, or for good once `finish` took it over)
+                if crate::sys::wait_readable(fd, stop_reader.as_fd()) {
+                    break;
                 }
-                let n = match reader.read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(n) => n,
+                let read = {
+                    let mut stream = owned.lock().unwrap_or_else(|e| e.into_inner());
+                    match stream.as_mut() {
+                        Some(file) => file.read(&mut buffer),
+                        None => break, // taken over
+                    }
+                };
+                let n = match read {
+                    Ok(n) if n > 0 => n,
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break, // EIO from a pty whose child side is closed
+                    // the end, or EIO from a pty whose child side is closed
+                    Ok(_) | Err(_) => {
+                        close(&owned);
+                        break;
+                    }
                 };
                 if let Ok(mut captured) = shared.lock() {
                     captured.push(&buffer[..n], limit);
@@ -151,17 +176,17 @@ impl Tee {
                 // go of the child's end, so its next write fails as it would without us (EPIPE
                 // on a pipe, EIO on a pty) rather than succeeding unseen.
                 if show(&mut stderr, &buffer[..n]).is_err() {
+                    close(&owned);
                     break;
                 }
             }
-            drop(reader);
-            let _ = tx.send(None);
+            let _ = tx.send(());
         });
         Self {
             captured,
             done,
             stop,
-            source_fd,
+            stream,
         }
     }
 
@@ -172,20 +197,25 @@ impl Tee {
     /// left off; only when it cannot stop in time (our stderr blocks it) does the forwarder
     /// start beside it.
     pub fn finish(mut self, grace: Duration) -> (Captured, Option<RawFd>) {
-        let open = match self.done.recv_timeout(grace) {
-            Ok(fd) => fd.map(IntoRawFd::into_raw_fd),
-            Err(_) => {
-                let _ = self.stop.write_all(b"x");
-                match self.done.recv_timeout(HAND_OVER) {
-                    Ok(fd) => fd.map(IntoRawFd::into_raw_fd),
-                    Err(_) => Some(self.source_fd),
-                }
-            }
-        };
+        if self.done.recv_timeout(grace).is_err() {
+            let _ = self.stop.write_all(b"x");
+            let _ = self.done.recv_timeout(HAND_OVER);
+        }
+        let open = self
+            .stream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(IntoRawFd::into_raw_fd);
         crate::sys::clear_resize_target();
         let captured = self.captured.lock().map(|c| c.clone()).unwrap_or_default();
         (captured, open)
     }
+}
+
+/// Closes the stream (the copying thread's last word on it).
+fn close(stream: &Mutex<Option<std::fs::File>>) {
+    stream.lock().unwrap_or_else(|e| e.into_inner()).take();
 }
 
 /// Writes all of `bytes`, waiting while our stderr would block (a descriptor someone made
@@ -239,12 +269,18 @@ mod tests {
             b"",
             "the last 8 bytes hold no whole line"
         );
+        // a window that starts a line keeps it
+        let mut captured = Captured::default();
+        for chunk in [&b"0123456789\n"[..], &[b'x'; 20], b"\n", b"ABCDEFG\n"] {
+            captured.push(chunk, 8);
+        }
+        assert_eq!(captured.end().unwrap(), b"ABCDEFG\n");
         let mut captured = Captured::default();
         for _ in 0..100 {
             captured.push(b"warn\n", 64);
         }
         captured.push(b"a.rb:1:in 'x': boom (RuntimeError)\n", 64);
-        assert!(captured.tail.len() <= 128);
+        assert!(captured.tail.len() <= 129);
         assert_eq!(
             captured.end().unwrap(),
             b"warn\nwarn\nwarn\nwarn\nwarn\na.rb:1:in 'x': boom (RuntimeError)\n"

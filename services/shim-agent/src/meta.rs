@@ -22,12 +22,15 @@ use sha2::{Digest, Sha256};
 const MAX_HASHED_SCRIPT: u64 = 16 * 1024 * 1024;
 const VERSION_CACHE: &str = ".ruby-versions";
 
-/// Ruby's short options that take a value: the rest of their argument, else the next one.
-const SHORT_WITH_VALUE: [char; 5] = ['I', 'r', 'C', 'E', 'e'];
-/// Short options that take the rest of their argument, if any, and never the next one.
+/// Ruby's short options that take a value: the rest of their argument, else the next one
+/// (`-C` and `-X` change directory).
+const SHORT_WITH_VALUE: [char; 6] = ['I', 'r', 'C', 'X', 'E', 'e'];
+/// Short options that take the rest of their argument, if any, and never the next one (`-x`
+/// changes directory to it).
 const SHORT_WITH_ATTACHED: [char; 6] = ['0', 'F', 'i', 'W', 'x', 'K'];
-/// Long options that take `=value` or, without it, the next argument.
-const LONG_WITH_VALUE: [&str; 7] = [
+/// Long options that take `=value` or, without it, the next argument (`--parser` and
+/// `--crash-report` are Ruby 3.3's).
+const LONG_WITH_VALUE: [&str; 9] = [
     "--enable",
     "--disable",
     "--encoding",
@@ -35,6 +38,8 @@ const LONG_WITH_VALUE: [&str; 7] = [
     "--internal-encoding",
     "--dump",
     "--backtrace-limit",
+    "--parser",
+    "--crash-report",
 ];
 
 /// The script a `ruby` command line runs, as Ruby finds it: the first argument that is not an
@@ -68,12 +73,16 @@ pub fn script_from_argv(program: &str, args: &[OsString]) -> Option<String> {
                         } else {
                             attached.to_string()
                         };
-                        if option == 'C' {
+                        if option == 'C' || option == 'X' {
                             dir.push(value);
                         }
                         break;
                     }
                     if SHORT_WITH_ATTACHED.contains(&option) {
+                        let attached = &short[at + option.len_utf8()..];
+                        if option == 'x' && !attached.is_empty() {
+                            dir.push(attached);
+                        }
                         break;
                     }
                 }
@@ -300,6 +309,13 @@ mod tests {
         // -C: the script is under that directory, and several add up
         assert_eq!(script(&["-C", "sub", "h.rb"]).as_deref(), Some("sub/h.rb"));
         assert_eq!(script(&["-Csub", "h.rb"]).as_deref(), Some("sub/h.rb"));
+        assert_eq!(script(&["-X", "sub", "h.rb"]).as_deref(), Some("sub/h.rb"));
+        assert_eq!(script(&["-xsub", "x.rb"]).as_deref(), Some("sub/x.rb"));
+        assert_eq!(script(&["-x", "x.rb"]).as_deref(), Some("x.rb"));
+        assert_eq!(
+            script(&["--parser", "prism", "h.rb"]).as_deref(),
+            Some("h.rb")
+        );
         assert_eq!(
             script(&["-C", "sub", "-C", "..", "h.rb"]).as_deref(),
             Some("sub/../h.rb")

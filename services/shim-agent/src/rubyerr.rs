@@ -5,7 +5,9 @@
 
 use learntrail_proto::v1::RubyError;
 
-/// Parses the first error report in `stderr`, if any.
+/// Parses the error report that ended the program: the last one in `stderr` (a report the
+/// program printed earlier, rescuing an error with `warn e.full_message`, and anything
+/// `at_exit` printed come before it), if any.
 pub fn parse(stderr: &str) -> Option<RubyError> {
     let text = strip_ansi(stderr);
     let lines: Vec<&str> = text.lines().collect();
@@ -61,7 +63,7 @@ fn parse_frame(line: &str) -> Option<Frame<'_>> {
 }
 
 fn parse_runtime(lines: &[&str]) -> Option<RubyError> {
-    let (index, frame) = lines.iter().enumerate().find_map(|(i, line)| {
+    let (index, frame) = lines.iter().enumerate().rev().find_map(|(i, line)| {
         if line.starts_with('\t') {
             return None;
         }
@@ -235,6 +237,26 @@ mod tests {
     fn parsed(stderr: &str) -> (String, String, String, u32, bool) {
         let e = parse(stderr).expect("an error report");
         (e.class_name, e.message, e.file, e.line, e.syntax_error)
+    }
+
+    #[test]
+    fn the_last_report_ended_the_program() {
+        // Ruby 3.1's own output of a rescued error printed with `warn e.full_message`, an
+        // at_exit message, then the error that ended the program
+        let stderr = "noisy.rb:1:in `<main>': early (IOError)\n\
+                      bye\n\
+                      noisy.rb:4:in `finish': undefined method `fetch' for nil:NilClass (NoMethodError)\n\
+                      \tfrom noisy.rb:6:in `<main>'\n";
+        assert_eq!(
+            parsed(stderr),
+            (
+                "NoMethodError".into(),
+                "undefined method `fetch' for nil:NilClass".into(),
+                "noisy.rb".into(),
+                4,
+                false
+            )
+        );
     }
 
     #[test]

@@ -149,12 +149,12 @@ pub fn die_by_signal(signal: i32) -> ! {
 }
 
 /// Waits until `source` can be read (data, its end, or an error) or `stop` can: whether `stop`
-/// was asked (it wins when both are ready).
-pub fn wait_readable(source: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> bool {
+/// was asked (it wins when both are ready). A closed `source` reads as ready (POLLNVAL).
+pub fn wait_readable(source: std::os::fd::RawFd, stop: BorrowedFd<'_>) -> bool {
     use std::os::fd::AsRawFd;
     let mut fds = [
         libc::pollfd {
-            fd: source.as_raw_fd(),
+            fd: source,
             events: libc::POLLIN,
             revents: 0,
         },

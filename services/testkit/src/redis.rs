@@ -264,7 +264,8 @@ impl RedisCluster {
             let node_dir = dir.path().join(format!("node-{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
             // the cluster bus gets a free port of its own (by default it is the port + 10000,
-            // which may be taken, or past 65535); another try when either was taken first
+            // which may be taken, or past 65535; `--cluster-port` needs Redis 7); another try
+            // when either was taken first
             let (child, port) = (0..10)
                 .find_map(|_| {
                     let (port, bus) = (free_port(), free_port());

@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::KeenError;
 
-/// A unit of time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A unit of time, shortest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Unit {
     Minute,
     Hour,
@@ -87,13 +87,15 @@ impl Zone {
                 .single()
                 .expect("fixed offsets are unambiguous"),
             Zone::Named(tz) => {
+                // a gap is at most a day (Pacific/Apia skipped 2011-12-30): where it ends, to
+                // the quarter hour (every offset of the tz database is a whole quarter hour
+                // since 1972)
                 let mut at = local;
-                for _ in 0..=16 {
+                for _ in 0..=24 * 4 {
                     match tz.from_local_datetime(&at) {
                         LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => {
                             return self.at(t);
                         }
-                        // a gap is at most a few hours: find where it ends, to the quarter hour
                         LocalResult::None => at += Duration::minutes(15),
                     }
                 }
@@ -246,7 +248,13 @@ pub fn floor(time: DateTime<FixedOffset>, unit: Unit, zone: Zone) -> DateTime<Fi
 /// `time` plus `n` units (negative: minus): minutes and hours as elapsed time, days and longer
 /// on `zone`'s calendar (the same local time `n` days on, however long those days were).
 pub fn add(time: DateTime<FixedOffset>, unit: Unit, n: i64, zone: Zone) -> DateTime<FixedOffset> {
-    let local = zone.at(time).naive_local();
+    let mut local = zone.at(time).naive_local();
+    // the start of a day whose midnight was skipped (clocks went forward at 00:00) is not at
+    // 00:00 local: count from its midnight, so the next days start at theirs
+    let midnight = local.date().and_hms_opt(0, 0, 0).expect("midnight");
+    if unit >= Unit::Day && local != midnight && zone.local(midnight) == time {
+        local = midnight;
+    }
     let months = |m: i64| {
         let shifted = if m >= 0 {
             local.checked_add_months(Months::new(m as u32))
@@ -430,6 +438,45 @@ mod tests {
             .to_utc();
         let day = span(&json!("today"), santiago, sept).unwrap();
         assert_eq!(keen_time(day.start), "2026-09-06T01:00:00.000-03:00");
+        assert_eq!(keen_time(day.end), "2026-09-07T00:00:00.000-03:00");
+        let days = span(
+            &json!({"start": "2026-09-05T04:00:00Z", "end": "2026-09-09T03:00:00Z"}),
+            santiago,
+            sept,
+        )
+        .unwrap();
+        let days: Vec<String> = edges(days, Some(Unit::Day))
+            .into_iter()
+            .map(keen_time)
+            .collect();
+        assert_eq!(
+            days,
+            [
+                "2026-09-05T00:00:00.000-04:00",
+                "2026-09-06T01:00:00.000-03:00",
+                "2026-09-07T00:00:00.000-03:00",
+                "2026-09-08T00:00:00.000-03:00",
+                "2026-09-09T00:00:00.000-03:00"
+            ]
+        );
+        // a whole day skipped: Pacific/Apia went from 2011-12-29 to 2011-12-31
+        let apia = zone(Some(&json!("Pacific/Apia"))).unwrap();
+        let then = DateTime::parse_from_rfc3339("2011-12-31T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let skipped = span(&json!("previous_3_days"), apia, then).unwrap();
+        let days: Vec<String> = edges(skipped, Some(Unit::Day))
+            .into_iter()
+            .map(keen_time)
+            .collect();
+        assert_eq!(
+            days,
+            [
+                "2011-12-29T00:00:00.000-10:00",
+                "2011-12-31T00:00:00.000+14:00",
+                "2012-01-01T00:00:00.000+14:00"
+            ]
+        );
     }
 
     #[test]
