@@ -12,7 +12,8 @@ use crate::{keys, store::Store};
 pub struct Caller {
     pub sub: String,
     pub role: Role,
-    /// An instructor's courses; `None` = every course.
+    /// The token's courses; `None` = every course (an instructor's), or the courses of the
+    /// student's own events.
     pub courses: Option<Vec<String>>,
 }
 
@@ -92,6 +93,18 @@ impl Caller {
         match self.role {
             Role::Service => Ok(()),
             Role::Instructor => self.may_read_course(course),
+            // a student token naming its courses compares only within them, whatever its
+            // events named before
+            Role::Student
+                if self
+                    .courses
+                    .as_ref()
+                    .is_some_and(|mine| !mine.iter().any(|c| c == course)) =>
+            {
+                Err(Denied::Forbidden(
+                    "this course is not one of the token's courses".into(),
+                ))
+            }
             Role::Student => {
                 let mut conn = store.clone();
                 let member: bool = redis::cmd("SISMEMBER")

@@ -66,10 +66,13 @@ impl Claims {
 
     /// The refusal for a course that [`Claims::may_name_course`] refuses.
     pub fn course_refusal(&self, course: &str) -> String {
-        format!(
-            "this student token names its courses ({}); an event may not name {course:?}",
-            self.courses.as_deref().unwrap_or_default().join(", ")
-        )
+        match self.courses.as_deref().unwrap_or_default() {
+            [] => format!("this student token names no courses; an event may not name {course:?}"),
+            mine => format!(
+                "this student token names its courses ({}); an event may not name {course:?}",
+                mine.join(", ")
+            ),
+        }
     }
 }
 

@@ -62,19 +62,46 @@ fn parse_frame(line: &str) -> Option<Frame<'_>> {
     })
 }
 
+/// A report's first line: `<file>:<line>:in '<label>': <message> (<Class>)`.
+fn report_header(line: &str) -> Option<Frame<'_>> {
+    if line.starts_with('\t') {
+        return None;
+    }
+    let frame = parse_frame(line)?;
+    frame.rest.starts_with(": ").then_some(frame)
+}
+
+/// The first line of the report that ended the program. A report is a header, its backtrace
+/// (`\tfrom …` lines) and, since Ruby 3.1, the report of its `cause` straight after the
+/// backtrace: a header right after a backtrace line belongs to the report before it. The
+/// program's report is the last one (a report printed earlier by a rescue, and `at_exit`
+/// output, come before it), leaving out a thread's (`#<Thread:…> terminated with exception`
+/// above it).
+fn fatal_header<'a>(lines: &[&'a str]) -> Option<(usize, Frame<'a>)> {
+    let mut last = None;
+    // whether a report is open, and whether it is a thread's (the report that follows a
+    // thread's backtrace is taken as the program's own: when the main thread joins, the same
+    // error ends the program)
+    let mut open: Option<bool> = None;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(frame) = report_header(line) else {
+            continue;
+        };
+        let previous = i.checked_sub(1).map(|p| lines[p]);
+        if previous.is_some_and(|p| p.starts_with('\t')) && open == Some(false) {
+            continue; // a cause
+        }
+        let thread = previous.is_some_and(|p| p.contains("terminated with exception"));
+        open = Some(thread);
+        if !thread {
+            last = Some((i, frame));
+        }
+    }
+    last
+}
+
 fn parse_runtime(lines: &[&str]) -> Option<RubyError> {
-    let (index, frame) = lines.iter().enumerate().rev().find_map(|(i, line)| {
-        if line.starts_with('\t') {
-            return None;
-        }
-        // a thread's report (`#<Thread:…> terminated with exception …:` above it) is not what
-        // ended the program: the fatal report comes after it
-        if i > 0 && lines[i - 1].contains("terminated with exception") {
-            return None;
-        }
-        let frame = parse_frame(line)?;
-        frame.rest.starts_with(": ").then_some((i, frame))
-    })?;
+    let (index, frame) = fatal_header(lines)?;
     let body = &frame.rest[2..];
     let (message, class_name) = match split_class_suffix(body) {
         Some((message, class)) => (message.to_string(), class.to_string()),
@@ -237,6 +264,36 @@ mod tests {
     fn parsed(stderr: &str) -> (String, String, String, u32, bool) {
         let e = parse(stderr).expect("an error report");
         (e.class_name, e.message, e.file, e.line, e.syntax_error)
+    }
+
+    #[test]
+    fn a_cause_is_not_the_error() {
+        // Ruby 3.1's own output of `raise ArgumentError, "bad input"` in a rescue: the cause's
+        // report follows the error's backtrace
+        let stderr = "cause.rb:4:in `rescue in <main>': bad input (ArgumentError)\n\
+                      \tfrom cause.rb:1:in `<main>'\n\
+                      cause.rb:2:in `Integer': invalid value for Integer(): \"x\" (ArgumentError)\n\
+                      \tfrom cause.rb:2:in `<main>'\n";
+        assert_eq!(
+            parsed(stderr),
+            (
+                "ArgumentError".into(),
+                "bad input".into(),
+                "cause.rb".into(),
+                4,
+                false
+            )
+        );
+        // a thread's report with a backtrace, then the program's own
+        let thread = "#<Thread:0x1 t.rb:1 run> terminated with exception (report_on_exception is true):\n\
+                      t.rb:2:in `work': worker failed (RuntimeError)\n\
+                      \tfrom t.rb:1:in `block in <main>'\n\
+                      t.rb:5:in `<main>': undefined method `upcase' for nil:NilClass (NoMethodError)\n";
+        let (class, _, _, line, _) = parsed(thread);
+        assert_eq!((class.as_str(), line), ("NoMethodError", 5));
+        // the same after a report the program printed itself and went on
+        let after = format!("early.rb:1:in `<main>': early (IOError)\nworking\n{stderr}");
+        assert_eq!(parsed(&after).1, "bad input");
     }
 
     #[test]

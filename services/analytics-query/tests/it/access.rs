@@ -170,9 +170,19 @@ async fn a_learner_is_placed_within_their_cohort() {
     assert!((out.deciles[1] - 1.4).abs() < 1e-9);
     // no one compares with a cohort they may not see: a course the student is not in (where
     // a cohort of one would give away its member's value), or outside an instructor's courses
+    // ... nor a student whose token names other courses, whatever their events named
+    let enrolled_elsewhere = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "c4", "role": "student",
+                            "exp": learntrail_runtime::auth::now() + 600,
+                            "courses": ["ruby-102"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
     let denied = [
         ("c4", "other-course", token("c4", Role::Student)),
         ("c4", "other-course", instructor_of(&["ruby-101"])),
+        ("c4", "ruby-101", enrolled_elsewhere),
     ];
     for (learner, course, token) in denied {
         let request = CompareToCohortRequest {
