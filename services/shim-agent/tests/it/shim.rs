@@ -344,6 +344,15 @@ fn ruby_errors_are_parsed_into_fields() {
             false,
         ),
         (
+            // raised in a rescue: Ruby 3.1 prints the cause's report after the error's
+            "cause.rb",
+            "begin\n  Integer(\"x\")\nrescue => e\n  raise ArgumentError, \"bad input\"\nend\n",
+            "ArgumentError",
+            "bad input",
+            4,
+            false,
+        ),
+        (
             "custom.rb",
             "class GradeError < StandardError; end\n\ndef grade\n  raise GradeError, 'score out of range'\nend\ngrade\n",
             "GradeError",
