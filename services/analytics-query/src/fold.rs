@@ -545,9 +545,13 @@ impl<'a> Learner<'a> {
         let day = chrono::DateTime::from_timestamp_millis(self.ms)
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_default();
+        // a reading without the meter's total (the meter did not give it) carries 0, which
+        // would count the whole total as the day's use
         let total = reading.summation_delivered_kwh;
-        self.min("en", format!("{cloud}|{day}|lo"), total);
-        self.max("en", format!("{cloud}|{day}|hi"), total);
+        if total > 0.0 {
+            self.min("en", format!("{cloud}|{day}|lo"), total);
+            self.max("en", format!("{cloud}|{day}|hi"), total);
+        }
     }
 }
 
@@ -623,6 +627,36 @@ mod tests {
                 .all(|op| !matches!(op, Op::Expire { .. })),
             "a learner's slot never expires (its summary is all-time)"
         );
+    }
+
+    #[test]
+    fn a_reading_without_the_meters_total_leaves_the_days_use_alone() {
+        use learntrail_proto::v1::EnergyReading;
+        let reading = |total: f64| Event {
+            id: format!("r{total}"),
+            occurred_at: time::parse_rfc3339("2026-11-24T16:30:18Z"),
+            source: "energy".into(),
+            kind: "reading".into(),
+            actor: "household-1".into(),
+            payload: Some(Payload::EnergyReading(EnergyReading {
+                cloud_id: "00d001".into(),
+                demand_kw: 1.5,
+                summation_delivered_kwh: total,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let day_ops = |total: f64| -> usize {
+            fold(&reading(total), &settings())
+                .iter()
+                .flat_map(|w| &w.ops)
+                .filter(|op| {
+                    matches!(op, Op::Min { field, .. } | Op::Max { field, .. } if field.starts_with("00d001|2026-11-24"))
+                })
+                .count()
+        };
+        assert_eq!(day_ops(2853.5), 2);
+        assert_eq!(day_ops(0.0), 0);
     }
 
     #[test]

@@ -111,12 +111,23 @@ impl EagleClient {
             .call(meter, &rest_command("get_instantaneous_demand"))
             .await?;
         let mut reading = decoded(decode::instantaneous_demand(&text(&body)), &body)?;
-        let body = self
+        // the demand is read: a failed summation leaves the totals out rather than losing it
+        let summation = match self
             .call(meter, &rest_command("get_current_summation"))
-            .await?;
-        let (delivered, received) = decoded(decode::current_summation(&text(&body)), &body)?;
-        reading.summation_delivered_kwh = Some(delivered);
-        reading.summation_received_kwh = Some(received);
+            .await
+        {
+            Ok(body) => decoded(decode::current_summation(&text(&body)), &body),
+            Err(err) => Err(err),
+        };
+        match summation {
+            Ok((delivered, received)) => {
+                reading.summation_delivered_kwh = Some(delivered);
+                reading.summation_received_kwh = Some(received);
+            }
+            Err(err) => {
+                tracing::warn!(cloud_id = %meter.cloud_id, error = %err, "demand read, but not the summation: published without totals");
+            }
+        }
         Ok(reading)
     }
 

@@ -287,6 +287,21 @@ pub fn meter_address(body: &str) -> Result<String, DecodeError> {
         .ok_or_else(|| DecodeError::Empty("no electric_meter in the device list".into()))
 }
 
+/// An Eagle-200 summation: a value whose fraction is exactly `.000000` (other than 0) is
+/// sometimes wrong on that device, so it is left out (as eagle200_reader does) rather than
+/// recorded as the meter's total.
+fn summation(values: &HashMap<String, String>, name: &str) -> Result<Option<f64>, DecodeError> {
+    let Some(text) = values.get(name) else {
+        return Ok(None);
+    };
+    let value = decimal_value(text)?;
+    let suspect = text
+        .split_whitespace()
+        .next()
+        .is_some_and(|number| number.ends_with(".000000"));
+    Ok(value.filter(|v| !(suspect && *v != 0.0)))
+}
+
 /// `device_query` → a reading.
 pub fn device_query(body: &str) -> Result<Reading, DecodeError> {
     let nodes = parse_xml(body)?;
@@ -302,9 +317,6 @@ pub fn device_query(body: &str) -> Result<Reading, DecodeError> {
             values.insert(name.text.to_ascii_lowercase(), value.to_string());
         }
     }
-    let value = |name: &str| -> Result<Option<f64>, DecodeError> {
-        values.get(name).map_or(Ok(None), |v| decimal_value(v))
-    };
     let demand_kw = match values.get("zigbee:instantaneousdemand") {
         None => return Err(malformed("Device has no zigbee:InstantaneousDemand")),
         Some(text) => decimal_value(text)?
@@ -317,8 +329,8 @@ pub fn device_query(body: &str) -> Result<Reading, DecodeError> {
             .map(|a| a.text.clone())
             .unwrap_or_default(),
         demand_kw,
-        summation_delivered_kwh: value("zigbee:currentsummationdelivered")?,
-        summation_received_kwh: value("zigbee:currentsummationreceived")?,
+        summation_delivered_kwh: summation(&values, "zigbee:currentsummationdelivered")?,
+        summation_received_kwh: summation(&values, "zigbee:currentsummationreceived")?,
         meter_time: details
             .and_then(|d| d.child("lastcontact"))
             .map(|t| unix_hex_time(&t.text))

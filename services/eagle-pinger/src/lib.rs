@@ -270,7 +270,7 @@ pub async fn serve(
         metrics_addr = %ops.local_addr()?,
         nats_url = %redact_urls(&config.nats.url),
         redis_url = %redact_urls(&config.store.redis_url),
-        eagle_cloud_url = %config.eagle_cloud_url,
+        eagle_cloud_url = %redact_urls(&config.eagle_cloud_url),
         poll_interval_secs = config.poll_interval.as_secs_f64(),
         shard_index = shard.index,
         shard_count = shard.count,

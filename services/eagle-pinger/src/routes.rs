@@ -202,11 +202,23 @@ async fn get_user(
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    state.authenticate(&headers)?;
+    let claims = state.authenticate(&headers)?;
     let id = cloud_id(&raw_id)?;
     let record = state.registry.get(&id).await.map_err(store_error)?;
     let record = record.ok_or_else(|| no_meter(&id))?;
+    may_see(&claims, &record)?;
     Ok(Json(record.public()).into_response())
+}
+
+/// A student sees only the meters whose `actor` is them: a record holds a household's e-mail,
+/// and its readings the household's life.
+fn may_see(claims: &Claims, record: &StoredRecord) -> Result<(), ApiError> {
+    if claims.role == Role::Student && record.actor.as_deref() != Some(claims.sub.as_str()) {
+        return Err(ApiError::forbidden(
+            "a student token reads only its own meters (those whose actor is its sub)",
+        ));
+    }
+    Ok(())
 }
 
 async fn delete_user(
@@ -234,7 +246,7 @@ async fn list_users(
     headers: HeaderMap,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    state.authenticate(&headers)?;
+    let claims = state.authenticate(&headers)?;
     let Query(page) = page.map_err(|e| invalid(vec![Problem::new("query", e.body_text())]))?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let after = page.after.as_deref().map(cloud_id).transpose()?;
@@ -245,7 +257,12 @@ async fn list_users(
         .map_err(store_error)?;
     let records = state.registry.get_many(&ids).await.map_err(store_error)?;
     let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
-    let users: Vec<Value> = records.iter().map(StoredRecord::public).collect();
+    // a student's page holds only their own meters
+    let users: Vec<Value> = records
+        .iter()
+        .filter(|r| may_see(&claims, r).is_ok())
+        .map(StoredRecord::public)
+        .collect();
     Ok(Json(json!({"users": users, "next": next})).into_response())
 }
 
@@ -254,10 +271,11 @@ async fn poll_now(
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    state.authenticate(&headers)?;
+    let claims = state.authenticate(&headers)?;
     let id = cloud_id(&raw_id)?;
     let record = state.registry.get(&id).await.map_err(store_error)?;
     let record = record.ok_or_else(|| no_meter(&id))?;
+    may_see(&claims, &record)?;
     if let Err(wait) = state.poll_gate.admit(&id, Instant::now()) {
         return Ok(too_soon(&id, state.poll_gate.spacing, wait));
     }

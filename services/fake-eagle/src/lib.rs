@@ -59,13 +59,17 @@ pub enum Mode {
     Slow,
     Down,
     Malformed,
+    /// Answers the demand but fails `get_current_summation` (503).
+    NoSummation,
 }
 
 impl std::str::FromStr for Mode {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         serde_json::from_value(json!(text)).map_err(|_| {
-            format!("unknown mode {text:?} (ok, bad_credentials, slow, down, malformed)")
+            format!(
+                "unknown mode {text:?} (ok, bad_credentials, slow, down, malformed, no_summation)"
+            )
         })
     }
 }
@@ -294,12 +298,15 @@ async fn post_manager(State(fake): State<FakeEagle>, headers: HeaderMap, body: B
         Mode::Malformed => {
             return reply("<InstantaneousDemand>\r\n<Demand>0xZZ17 ?? garbage".to_string());
         }
-        Mode::Ok | Mode::BadCredentials => {}
+        Mode::Ok | Mode::BadCredentials | Mode::NoSummation => {}
     }
     let command = String::from_utf8_lossy(&body);
     let name = element(&command, "name")
         .unwrap_or_default()
         .to_ascii_lowercase();
+    if spec.mode == Mode::NoSummation && name == "get_current_summation" {
+        return (StatusCode::SERVICE_UNAVAILABLE, "summation unavailable\n").into_response();
+    }
     let json = !spec.xml_only
         && element(&command, "format").is_some_and(|f| f.eq_ignore_ascii_case("json"));
     let now = SystemTime::now()

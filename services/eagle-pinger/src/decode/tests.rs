@@ -172,6 +172,15 @@ fn eagle_200_device_list_and_query() {
     assert_eq!(reading.meter_time, unix_hex_time("0x59a0b67c").unwrap());
     let blank = query.replace("21.499 kW", "");
     assert!(matches!(device_query(&blank), Err(DecodeError::Empty(_))));
+    // an Eagle-200 total whose fraction is exactly .000000 is sometimes wrong: left out, the
+    // demand kept; a true 0 stays
+    let suspect = query
+        .replace("2853.662000", "2853.000000")
+        .replace("<Value/>", "<Value>0.000000</Value>");
+    let reading = device_query(&suspect).unwrap();
+    assert_eq!(reading.demand_kw, 21.499);
+    assert_eq!(reading.summation_delivered_kwh, None);
+    assert_eq!(reading.summation_received_kwh, Some(0.0));
     let other = list.replace("electric_meter", "thermostat");
     assert!(matches!(meter_address(&other), Err(DecodeError::Empty(_))));
 }

@@ -35,7 +35,12 @@ async fn registration_round_trip_with_roles_and_paging() {
         .await;
     assert_eq!(status, 403, "{answer}");
     let (status, _) = app
-        .call(Method::GET, "/api/user/0012ab", Some(Role::Student), None)
+        .call(
+            Method::GET,
+            "/api/user/0012ab",
+            Some(Role::Instructor),
+            None,
+        )
         .await;
     assert_eq!(status, 404);
 
@@ -58,12 +63,55 @@ async fn registration_round_trip_with_roles_and_paging() {
     assert_eq!(updated["user_email"], body["user_email"], "kept");
     assert_eq!(updated["rev"], 2);
 
-    // any role reads the public fields, with the poll state and counters
+    // instructors and services read the public fields, with the poll state and counters
     let user = app.user("0012ab").await;
     assert_eq!(user["actor"], "household-0012ab");
     assert!(user.get("user_pw").is_none(), "{user}");
     assert!(user["total_events_logged"].is_u64());
     assert!(user["poll"]["state"].is_string());
+
+    // a student reads only their own meters (the record holds a household's e-mail)
+    let (status, refused) = app
+        .call(Method::GET, "/api/user/0012ab", Some(Role::Student), None)
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, page) = app
+        .call(Method::GET, "/api/users", Some(Role::Student), None)
+        .await;
+    assert_eq!(
+        (status, page["users"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{page}"
+    );
+    let (status, _) = app
+        .call(Method::GET, "/api/event/0012ab", Some(Role::Student), None)
+        .await;
+    assert_eq!(status, 403);
+    let own = app
+        .call(
+            Method::POST,
+            "/api/user/0012ab",
+            Some(Role::Service),
+            Some(&json!({"actor": "tester"})),
+        )
+        .await;
+    assert_eq!(own.0, 200, "{}", own.1);
+    let (status, mine) = app
+        .call(Method::GET, "/api/user/0012ab", Some(Role::Student), None)
+        .await;
+    assert_eq!(
+        (status, mine["actor"].as_str()),
+        (200, Some("tester")),
+        "{mine}"
+    );
+    let (status, page) = app
+        .call(Method::GET, "/api/users", Some(Role::Student), None)
+        .await;
+    assert_eq!(
+        (status, page["users"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{page}"
+    );
 
     // validation names every problem
     let (status, answer) = app
@@ -94,7 +142,12 @@ async fn registration_round_trip_with_roles_and_paging() {
         assert_eq!(status, 201);
     }
     let (status, page) = app
-        .call(Method::GET, "/api/users?limit=2", Some(Role::Student), None)
+        .call(
+            Method::GET,
+            "/api/users?limit=2",
+            Some(Role::Instructor),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = page["users"]
@@ -109,7 +162,7 @@ async fn registration_round_trip_with_roles_and_paging() {
         .call(
             Method::GET,
             "/api/users?limit=2&after=000002",
-            Some(Role::Student),
+            Some(Role::Instructor),
             None,
         )
         .await;
@@ -136,7 +189,12 @@ async fn registration_round_trip_with_roles_and_paging() {
         .await;
     assert_eq!(status, 204);
     let (status, _) = app
-        .call(Method::GET, "/api/user/0012ab", Some(Role::Student), None)
+        .call(
+            Method::GET,
+            "/api/user/0012ab",
+            Some(Role::Instructor),
+            None,
+        )
         .await;
     assert_eq!(status, 404);
     app.stop().await;
@@ -158,14 +216,14 @@ async fn passwords_are_sealed_at_rest_and_never_answered_or_logged() {
             .call(
                 Method::GET,
                 &format!("/api/event/{id}"),
-                Some(Role::Student),
+                Some(Role::Instructor),
                 None,
             )
             .await;
         assert_eq!(status, 200, "{reading}");
         assert!(reading["demand_kw"].as_f64().unwrap() > 0.0);
         let (_, page) = app
-            .call(Method::GET, "/api/users", Some(Role::Student), None)
+            .call(Method::GET, "/api/users", Some(Role::Instructor), None)
             .await;
         assert!(page["users"].as_array().unwrap().len() >= 2);
     }
@@ -282,7 +340,12 @@ async fn import_registers_good_lines_and_names_bad_ones() {
         .await;
     }
     let (status, _) = app
-        .call(Method::GET, "/api/user/00cc03", Some(Role::Student), None)
+        .call(
+            Method::GET,
+            "/api/user/00cc03",
+            Some(Role::Instructor),
+            None,
+        )
         .await;
     assert_eq!(status, 404);
     app.stop().await;
@@ -303,7 +366,7 @@ async fn on_demand_polls_of_one_meter_are_spaced() {
     let poll = |id: &'static str| {
         app.http
             .get(format!("{}/api/event/{id}", app.api))
-            .bearer_auth(token(Role::Student))
+            .bearer_auth(token(Role::Instructor))
             .send()
     };
     assert_eq!(poll("00dd01").await.unwrap().status(), 200);

@@ -227,7 +227,7 @@ impl TestApp {
             .call(
                 reqwest::Method::GET,
                 &format!("/api/user/{cloud_id}"),
-                Some(Role::Student),
+                Some(Role::Instructor),
                 None,
             )
             .await;

@@ -107,7 +107,12 @@ async fn every_protocol_variant_becomes_events_with_counters() {
     // GET /api/event polls now
     let before = rig.fake.requests("00d001");
     let (status, reading) = app
-        .call(Method::GET, "/api/event/00d001", Some(Role::Student), None)
+        .call(
+            Method::GET,
+            "/api/event/00d001",
+            Some(Role::Instructor),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{reading}");
     assert!(rig.fake.requests("00d001") >= before + 2);
@@ -116,6 +121,40 @@ async fn every_protocol_variant_becomes_events_with_counters() {
     let event_id = reading["event_id"].as_str().unwrap().to_string();
     let stored = rig.readings().await;
     assert!(stored.iter().any(|e| e.id == event_id));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_demand_is_published_when_the_summation_fails() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    let id = "00d0a1";
+    let body = rig.meter(id, Api::Cloud);
+    rig.fake.add(
+        id,
+        MeterSpec {
+            mode: Mode::NoSummation,
+            ..MeterSpec::demo(id, Api::Cloud)
+        },
+    );
+    assert_eq!(app.register(id, &body).await.0, 201);
+    let reading = eventually(
+        Duration::from_secs(20),
+        "a reading without the totals",
+        || async {
+            rig.readings()
+                .await
+                .into_iter()
+                .find_map(|e| match e.payload {
+                    Some(Payload::EnergyReading(r)) if r.cloud_id == id => Some(r),
+                    _ => None,
+                })
+        },
+    )
+    .await;
+    assert!(reading.demand_kw.abs() > 0.3, "{reading:?}");
+    assert_eq!(reading.summation_delivered_kwh, 0.0, "not given");
+    assert_eq!(app.user(id).await["poll"]["state"], "ok");
     app.stop().await;
 }
 
@@ -506,7 +545,7 @@ async fn the_manuals_worked_examples_over_the_wire() {
             .call(
                 Method::GET,
                 &format!("/api/event/{id}"),
-                Some(Role::Student),
+                Some(Role::Instructor),
                 None,
             )
             .await;
