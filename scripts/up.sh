@@ -204,8 +204,8 @@ Try it:
     -d '{"tracking_event_type":"video_play","node_id":"unit-1","course_slug":"ruby-101","event_data":{"video_id":"intro","current_time":0}}'
   curl -s 'http://127.0.0.1:$NATS_MONITOR_PORT/jsz?streams=1' | grep -A3 '"name": "EVENTS"'   # the event is stored
   $bin/ws-send "ws://127.0.0.1:$WS_PORT/ws?token=$token" '{"id":"try-1","user":"learner-1","t":'"\$(date +%s000)"',"exp":"spinner","hardware":"spin30","course":"engdes1","type":"log","payload":{"log":"click","data":{"target":"run"}}}' '{"type":"request","user":"learner-1","content":"summary"}'   # a lab log over WebSocket (ack) and learner-1's summary
-  curl -s http://127.0.0.1:$EAGLE_PORT/api/event/000001 -H "Authorization: Bearer $token"   # a meter's reading, polled now
-  curl -s http://127.0.0.1:$EAGLE_PORT/api/user/000003 -H "Authorization: Bearer $token"   # a refused meter: auth_failed
+  curl -s http://127.0.0.1:$EAGLE_PORT/api/event/000001 -H "Authorization: Bearer $instructor_token"   # a meter's reading, polled now
+  curl -s http://127.0.0.1:$EAGLE_PORT/api/user/000003 -H "Authorization: Bearer $instructor_token"   # a refused meter: auth_failed
   cp services/notebook-scanner/tests/fixtures/passing.ipynb $var/notebooks/homes/demo/ruby-101/ps1/problem1.ipynb   # a save: its snapshot (and a backup of the last one) in $var/snapshots/demo/ruby-101/ps1, its NotebookSnapshot event in EVENTS; the dashboard shows the cells pass
   curl -s http://127.0.0.1:$ANALYTICS_PORT/api/v1/learners/learner-1/summary -H "Authorization: Bearer $token"   # learner-1's summary
   curl -s 'http://127.0.0.1:$ANALYTICS_PORT/3.0/projects/learntrail/queries/count?event_collection=lms.video&timeframe=this_1_days&interval=hourly&group_by=lmsEvent.eventType' -H "Authorization: $token"   # Keen-style count
