@@ -95,16 +95,9 @@ impl Caller {
             Role::Instructor => self.may_read_course(course),
             // a student token naming its courses compares only within them, whatever its
             // events named before
-            Role::Student
-                if self
-                    .courses
-                    .as_ref()
-                    .is_some_and(|mine| !mine.iter().any(|c| c == course)) =>
-            {
-                Err(Denied::Forbidden(
-                    "this course is not one of the token's courses".into(),
-                ))
-            }
+            Role::Student if !self.has_course(course) => Err(Denied::Forbidden(
+                "this course is not one of the token's courses".into(),
+            )),
             Role::Student => {
                 let mut conn = store.clone();
                 let member: bool = redis::cmd("SISMEMBER")
@@ -124,15 +117,22 @@ impl Caller {
         }
     }
 
+    /// Whether `course` is among the token's courses (every course without the claim).
+    fn has_course(&self, course: &str) -> bool {
+        self.courses
+            .as_ref()
+            .is_none_or(|mine| mine.iter().any(|c| c == course))
+    }
+
     /// May this caller read the whole of `course` (its cohort table)?
     pub fn may_read_course(&self, course: &str) -> Result<(), Denied> {
-        match (self.role, &self.courses) {
-            (Role::Service, _) | (Role::Instructor, None) => Ok(()),
-            (Role::Instructor, Some(courses)) if courses.iter().any(|c| c == course) => Ok(()),
-            (Role::Instructor, Some(_)) => Err(Denied::Forbidden(
+        match self.role {
+            Role::Service => Ok(()),
+            Role::Instructor if self.has_course(course) => Ok(()),
+            Role::Instructor => Err(Denied::Forbidden(
                 "this course is not one of the token's courses".into(),
             )),
-            (Role::Student, _) => Err(Denied::Forbidden(
+            Role::Student => Err(Denied::Forbidden(
                 "a student token reads only its own learner".into(),
             )),
         }

@@ -56,12 +56,14 @@ impl Claims {
     /// the student into that course's cohort, and its comparisons. Other tokens, and student
     /// tokens without the claim, name any.
     pub fn may_name_course(&self, course: &str) -> bool {
-        course.is_empty()
-            || self.role != Role::Student
-            || self
-                .courses
-                .as_ref()
-                .is_none_or(|mine| mine.iter().any(|c| c == course))
+        course.is_empty() || self.role != Role::Student || self.has_course(course)
+    }
+
+    /// Whether `course` is among the token's courses (every course without the claim).
+    pub fn has_course(&self, course: &str) -> bool {
+        self.courses
+            .as_ref()
+            .is_none_or(|mine| mine.iter().any(|c| c == course))
     }
 
     /// The refusal for a course that [`Claims::may_name_course`] refuses.

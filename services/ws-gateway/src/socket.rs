@@ -328,14 +328,7 @@ impl Session {
                 ErrorCode::Forbidden,
                 "user must be the token's sub (only service and instructor tokens act for others)",
             )),
-            Role::Instructor
-                if course.is_some_and(|course| {
-                    claims
-                        .courses
-                        .as_ref()
-                        .is_some_and(|mine| !mine.iter().any(|c| c == course))
-                }) =>
-            {
+            Role::Instructor if course.is_some_and(|course| !claims.has_course(course)) => {
                 Err(Refusal::new(
                     ErrorCode::Forbidden,
                     "an instructor token limited to courses acts for others only in one of them (course)",

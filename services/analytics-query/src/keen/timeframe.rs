@@ -319,10 +319,17 @@ mod tests {
 
     use super::*;
 
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-25T10:20:30.5Z")
-            .unwrap()
-            .to_utc()
+        utc("2026-11-25T10:20:30.5Z")
+    }
+
+    /// The interval edges of `span`, as Keen writes them.
+    fn edge_times(span: Span, unit: Unit) -> Vec<String> {
+        edges(span, Some(unit)).into_iter().map(keen_time).collect()
     }
 
     #[test]
@@ -403,12 +410,8 @@ mod tests {
             now(),
         )
         .unwrap();
-        let days: Vec<String> = edges(s, Some(Unit::Day))
-            .into_iter()
-            .map(keen_time)
-            .collect();
         assert_eq!(
-            days,
+            edge_times(s, Unit::Day),
             [
                 "2026-10-31T00:00:00.000-07:00",
                 "2026-11-01T00:00:00.000-07:00",
@@ -424,18 +427,14 @@ mod tests {
         assert_eq!(keen_time(today.start), "2026-11-25T00:00:00.000+01:00");
         assert_eq!(keen_time(today.end), "2026-11-26T00:00:00.000+01:00");
         // a month across the change: this_1_months in March 2026, Europe/Paris (UTC+1 → +2)
-        let march = DateTime::parse_from_rfc3339("2026-03-15T12:00:00Z")
-            .unwrap()
-            .to_utc();
+        let march = utc("2026-03-15T12:00:00Z");
         let month = span(&json!("this_month"), paris, march).unwrap();
         assert_eq!(keen_time(month.start), "2026-03-01T00:00:00.000+01:00");
         assert_eq!(keen_time(month.end), "2026-04-01T00:00:00.000+02:00");
         // the local midnight that does not exist (Santiago skips 00:00–01:00 when it springs
         // forward on 2026-09-06): the day starts when the skipped hour ends
         let santiago = zone(Some(&json!("America/Santiago"))).unwrap();
-        let sept = DateTime::parse_from_rfc3339("2026-09-06T15:00:00Z")
-            .unwrap()
-            .to_utc();
+        let sept = utc("2026-09-06T15:00:00Z");
         let day = span(&json!("today"), santiago, sept).unwrap();
         assert_eq!(keen_time(day.start), "2026-09-06T01:00:00.000-03:00");
         assert_eq!(keen_time(day.end), "2026-09-07T00:00:00.000-03:00");
@@ -445,12 +444,8 @@ mod tests {
             sept,
         )
         .unwrap();
-        let days: Vec<String> = edges(days, Some(Unit::Day))
-            .into_iter()
-            .map(keen_time)
-            .collect();
         assert_eq!(
-            days,
+            edge_times(days, Unit::Day),
             [
                 "2026-09-05T00:00:00.000-04:00",
                 "2026-09-06T01:00:00.000-03:00",
@@ -461,16 +456,10 @@ mod tests {
         );
         // a whole day skipped: Pacific/Apia went from 2011-12-29 to 2011-12-31
         let apia = zone(Some(&json!("Pacific/Apia"))).unwrap();
-        let then = DateTime::parse_from_rfc3339("2011-12-31T12:00:00Z")
-            .unwrap()
-            .to_utc();
+        let then = utc("2011-12-31T12:00:00Z");
         let skipped = span(&json!("previous_3_days"), apia, then).unwrap();
-        let days: Vec<String> = edges(skipped, Some(Unit::Day))
-            .into_iter()
-            .map(keen_time)
-            .collect();
         assert_eq!(
-            days,
+            edge_times(skipped, Unit::Day),
             [
                 "2011-12-29T00:00:00.000-10:00",
                 "2011-12-31T00:00:00.000+14:00",
@@ -488,12 +477,8 @@ mod tests {
             now(),
         )
         .unwrap();
-        let edges: Vec<String> = edges(s, Some(Unit::Hour))
-            .into_iter()
-            .map(keen_time)
-            .collect();
         assert_eq!(
-            edges,
+            edge_times(s, Unit::Hour),
             [
                 "2026-11-25T08:30:00.000Z",
                 "2026-11-25T09:00:00.000Z",

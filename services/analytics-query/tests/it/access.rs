@@ -171,14 +171,7 @@ async fn a_learner_is_placed_within_their_cohort() {
     // no one compares with a cohort they may not see: a course the student is not in (where
     // a cohort of one would give away its member's value), or outside an instructor's courses
     // ... nor a student whose token names other courses, whatever their events named
-    let enrolled_elsewhere = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "c4", "role": "student",
-                            "exp": learntrail_runtime::auth::now() + 600,
-                            "courses": ["ruby-102"]}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let enrolled_elsewhere = limited_to("c4", "student", &["ruby-102"]);
     let denied = [
         ("c4", "other-course", token("c4", Role::Student)),
         ("c4", "other-course", instructor_of(&["ruby-101"])),

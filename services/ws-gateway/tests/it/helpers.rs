@@ -20,6 +20,11 @@ use tokio_tungstenite::{
 pub const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
 
 pub fn token(sub: &str, role: Role) -> String {
+    token_of(sub, role, None)
+}
+
+/// A token with a `courses` claim when `courses` is given.
+pub fn token_of(sub: &str, role: Role, courses: Option<&[&str]>) -> String {
     auth::sign(
         SECRET.as_bytes(),
         &Claims {
@@ -28,7 +33,7 @@ pub fn token(sub: &str, role: Role) -> String {
             exp: Some(auth::now() + 600),
             nbf: None,
             iat: None,
-            courses: None,
+            courses: courses.map(|c| c.iter().map(|c| c.to_string()).collect()),
         },
     )
 }

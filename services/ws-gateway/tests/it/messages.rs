@@ -1,9 +1,9 @@
 use learntrail_proto::{Payload, time};
-use learntrail_runtime::auth::{self, Claims, Role};
+use learntrail_runtime::auth::Role;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Client, Frame, SECRET, click, refused_status, spawn_gateway, token};
+use crate::helpers::{Client, Frame, click, refused_status, spawn_gateway, token, token_of};
 
 /// The example of PROTOCOLS.md §4.2, byte for byte.
 const SPINNER_CLICK: &str = r#"{"user": "8f2d4e23-fd99-44f0-bdbc-82add7c0973c",
@@ -266,17 +266,7 @@ async fn another_learners_user_needs_a_service_or_instructor_token() {
 
     // an instructor limited to some courses writes for others only within them (a log naming
     // one of their courses would put the learner in their cohort)
-    let limited = auth::sign(
-        SECRET.as_bytes(),
-        &Claims {
-            sub: "ta".into(),
-            role: Role::Instructor,
-            exp: Some(auth::now() + 600),
-            nbf: None,
-            iat: None,
-            courses: Some(vec!["physics-2".into()]),
-        },
-    );
+    let limited = token_of("ta", Role::Instructor, Some(&["physics-2"]));
     let mut ta = Client::connect(&gateway.ws, Some(&limited), None)
         .await
         .unwrap();
@@ -293,17 +283,7 @@ async fn another_learners_user_needs_a_service_or_instructor_token() {
     assert!(ta.next_json().await["ack"].is_string());
     // a student token naming its courses writes only into them (a log naming another course
     // would put the student into that cohort)
-    let enrolled = auth::sign(
-        SECRET.as_bytes(),
-        &Claims {
-            sub: "learner-4".into(),
-            role: Role::Student,
-            exp: Some(auth::now() + 600),
-            nbf: None,
-            iat: None,
-            courses: Some(vec!["physics-2".into()]),
-        },
-    );
+    let enrolled = token_of("learner-4", Role::Student, Some(&["physics-2"]));
     let mut learner = Client::connect(&gateway.ws, Some(&enrolled), None)
         .await
         .unwrap();
