@@ -106,9 +106,6 @@ const NOT_GIVEN_AT_ZERO: &[&str] = &[
     // "when known"
     ".learntrail.v1.VideoData.duration",
     ".learntrail.v1.VideoData.speed",
-    // seek only
-    ".learntrail.v1.VideoData.old_time",
-    ".learntrail.v1.VideoData.new_time",
     // attempts count from 1; a maximum of 0 is one the LMS did not send
     ".learntrail.v1.AssessmentData.attempt",
     ".learntrail.v1.AssessmentData.max_score",

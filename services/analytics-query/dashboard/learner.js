@@ -133,7 +133,7 @@
       const what = String(p.eventType || "").replace(/^LMS_EVENT_TYPE_/, "").toLowerCase().replace(/_/g, " ");
       const a = p.assessment, v = p.video;
       if (a) return what + " " + a.assessmentId + ": " + n(a.score) + "/" + n(a.maxScore);
-      if (v) return what + " " + v.videoId + " at " + n(v.currentTime) + " s";
+      if (v) return what + " " + v.videoId + (v.currentTime === undefined ? "" : " at " + n(v.currentTime) + " s");
       return what + " " + (p.courseSlug || "");
     }
     return e.source + " " + e.kind;

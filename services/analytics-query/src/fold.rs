@@ -513,6 +513,8 @@ impl<'a> Learner<'a> {
                 if marker == "play" {
                     self.course_incr("videos_played");
                 }
+                // a position the player did not send is left empty (see `seconds_watched`)
+                let position = position.map(|p| p.to_string()).unwrap_or_default();
                 let member = format!(
                     "{}{SEP}{marker}{SEP}{position}{SEP}{}",
                     video.video_id, self.event.id

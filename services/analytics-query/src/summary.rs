@@ -454,28 +454,37 @@ fn lms(raw: &Raw) -> LmsSummary {
 }
 
 /// For each play, the position at the same video's next marker less the position it started
-/// at (never negative).
+/// at (never negative); where a position is unknown, the time between the two by the clock.
 pub fn seconds_watched(markers: &[(String, f64)]) -> f64 {
-    let mut by_video: HashMap<&str, Vec<(f64, &str, f64)>> = HashMap::new();
+    // (when, marker, position) by video
+    type Marks<'a> = Vec<(f64, &'a str, Option<f64>)>;
+    let mut by_video: HashMap<&str, Marks<'_>> = HashMap::new();
     for (member, score) in markers {
         let mut parts = member.split(SEP);
         let (Some(video), Some(kind), Some(position)) = (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
-        let position: f64 = position.parse().unwrap_or(0.0);
         by_video
             .entry(video)
             .or_default()
-            .push((*score, kind, position));
+            .push((*score, kind, position.parse().ok()));
     }
     let mut total = 0.0;
     for marks in by_video.values_mut() {
         marks.sort_by(|a, b| a.0.total_cmp(&b.0));
         for pair in marks.windows(2) {
-            if pair[0].1 == "play" {
-                total += (pair[1].2 - pair[0].2).max(0.0);
+            let ((at, kind, from), (next_at, next_kind, to)) = (pair[0], pair[1]);
+            if kind != "play" {
+                continue;
             }
+            total += match (from, to) {
+                (Some(from), Some(to)) => (to - from).max(0.0),
+                // a player that sends no positions (the LMS player's own `video` events): the
+                // time until it stopped, by the clock; a second play means the stop was lost
+                _ if next_kind != "play" => ((next_at - at) / 1000.0).max(0.0),
+                _ => 0.0,
+            };
         }
     }
     total
@@ -566,5 +575,22 @@ mod tests {
             (m("v2", "seek", 5.0, "f"), 3_000.0),
         ];
         assert_eq!(seconds_watched(&markers), 30.0 + 60.0);
+    }
+
+    #[test]
+    fn seconds_watched_without_positions_go_by_the_clock() {
+        let m = |kind: &str, pos: &str, id: &str| format!("v1{SEP}{kind}{SEP}{pos}{SEP}{id}");
+        let markers = vec![
+            (m("play", "", "a"), 1_000.0),
+            (m("pause", "", "b"), 46_000.0),
+            // a play whose stop was lost counts nothing
+            (m("play", "", "c"), 100_000.0),
+            (m("play", "", "d"), 7_200_000.0),
+            (m("ended", "", "e"), 7_212_500.0),
+            // a known position on one side only: by the clock too
+            (m("play", "10", "f"), 8_000_000.0),
+            (m("seek", "", "g"), 8_002_000.0),
+        ];
+        assert_eq!(seconds_watched(&markers), 45.0 + 12.5 + 2.0);
     }
 }

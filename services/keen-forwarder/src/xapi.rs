@@ -2,8 +2,9 @@
 //! profile's played/paused/seeked/completed with `result.extensions` times; an assessment
 //! submitted → `answered` and `scored` with `result.score`; a registration or an activated
 //! enrollment → `registered`; a Ruby run → `attempted` with `result.success` and the error
-//! class; a notebook snapshot → `answered` per `grade_id`; a lab log → `interacted`. Other
-//! events have no statement.
+//! class; a notebook snapshot → `answered` per answered `grade_id` (with its score once graded);
+//! a lab log → `interacted`. Other events have no statement. A video position the player did
+//! not send is left out rather than sent as 0.
 //!
 //! The actor is an `account` (`homePage` configured, `name` the learner pseudonym). A statement's
 //! `id` is the UUID v5 of the event id (with the verb or grade id where one event gives several),
@@ -13,8 +14,17 @@ use learntrail_proto::{
     Event, Payload, time,
     v1::{LmsEventType, problem_result::Status},
 };
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
+
+/// What an activity id's own part keeps as it is: RFC 3986's unreserved characters and `/`.
+const ACTIVITY_ID: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
 
 use learntrail_proto::v1::lms_event::EventData;
 
@@ -79,11 +89,20 @@ impl Mapping {
                 grades.sort_by(|a, b| a.0.cmp(b.0));
                 grades
                     .into_iter()
-                    .map(|(grade_id, problem)| {
-                        let result = json!({
-                            "success": problem.status == Status::Passed as i32,
-                            "score": score(problem.points, problem.max_points),
-                        });
+                    .filter_map(|(grade_id, problem)| {
+                        let status = Status::try_from(problem.status).unwrap_or_default();
+                        // an answer waiting for the instructor has no outcome yet; a problem not
+                        // answered or not run was not answered at all
+                        let result = match status {
+                            Status::Passed | Status::Failed => Some(json!({
+                                "success": status == Status::Passed,
+                                "score": score(problem.points, problem.max_points),
+                            })),
+                            Status::NeedsManualGrading => None,
+                            Status::Unanswered | Status::NotRun | Status::Unspecified => {
+                                return None;
+                            }
+                        };
                         let assignment = if notebook.assignment.is_empty() {
                             &notebook.path
                         } else {
@@ -94,14 +113,14 @@ impl Mapping {
                             &format!("{assignment}/{grade_id}"),
                             grade_id,
                         );
-                        self.statement(
+                        Some(self.statement(
                             event,
                             Some(grade_id),
                             (ADL, "answered"),
                             object,
-                            Some(result),
+                            result,
                             None,
-                        )
+                        ))
                     })
                     .collect()
             }
@@ -162,18 +181,31 @@ impl Mapping {
                     LmsEventType::VideoPause => {
                         (VIDEO_VERBS, "paused", vec![("time", v.current_time)])
                     }
+                    // where a seek landed is its position when that is all the player sent
                     LmsEventType::VideoSeek => (
                         VIDEO_VERBS,
                         "seeked",
-                        vec![("time-from", v.old_time), ("time-to", v.new_time)],
+                        vec![
+                            ("time-from", v.old_time),
+                            ("time-to", v.new_time.or(v.current_time)),
+                        ],
                     ),
                     LmsEventType::VideoEnded => (ADL, "completed", vec![("time", v.current_time)]),
                     _ => return Vec::new(),
                 };
+                // a position the player did not send is left out, not sent as 0
                 let extensions: Map<String, Value> = times
                     .into_iter()
-                    .map(|(name, t)| (format!("{VIDEO_EXT}{name}"), json!(t)))
+                    .filter_map(|(name, t)| Some((format!("{VIDEO_EXT}{name}"), json!(t?))))
                     .collect();
+                let mut result = Map::new();
+                if !extensions.is_empty() {
+                    result.insert("extensions".into(), Value::Object(extensions));
+                }
+                if verb == "completed" {
+                    // the Video profile: a completed statement's result says so
+                    result.insert("completion".into(), json!(true));
+                }
                 let video = if v.video_id.is_empty() {
                     &lms.unit_id
                 } else {
@@ -186,7 +218,7 @@ impl Mapping {
                     None,
                     (base, verb),
                     object,
-                    Some(json!({ "extensions": extensions })),
+                    (!result.is_empty()).then_some(Value::Object(result)),
                     None,
                 );
                 statement["context"]["contextActivities"] =
@@ -206,16 +238,8 @@ impl Mapping {
     }
 
     fn activity(&self, kind: &str, id: &str, name: &str) -> Value {
-        let id: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-._~/".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        // percent-encoded, so ids that differ stay apart (`quiz 1`, `quiz_1`)
+        let id = utf8_percent_encode(id, ACTIVITY_ID);
         json!({
             "objectType": "Activity",
             "id": format!("{}/{kind}/{id}", self.activity_base),
@@ -307,8 +331,8 @@ mod tests {
             LmsEventType::VideoSeek,
             EventData::Video(VideoData {
                 video_id: "intro".into(),
-                old_time: 3.5,
-                new_time: 42.0,
+                old_time: Some(3.5),
+                new_time: Some(42.0),
                 duration: 60.0,
                 ..Default::default()
             }),
@@ -331,6 +355,78 @@ mod tests {
         assert_eq!(s["actor"]["account"]["name"], "learner-1");
         assert_eq!(s["timestamp"], "2026-11-24T16:30:18.123Z");
         assert_eq!(s["id"], statement_id(&event.id, None).to_string());
+    }
+
+    #[test]
+    fn positions_the_player_did_not_send_are_left_out() {
+        let video = |kind, data: VideoData| {
+            let [s] = mapping()
+                .statements(&lms(kind, EventData::Video(data)))
+                .try_into()
+                .unwrap();
+            s
+        };
+        let ext = |name: &str| format!("{VIDEO_EXT}{name}");
+        // a seek that says only where it landed: time-to, and no made-up time-from
+        let seek = video(
+            LmsEventType::VideoSeek,
+            VideoData {
+                video_id: "intro".into(),
+                current_time: Some(42.0),
+                ..Default::default()
+            },
+        );
+        assert_eq!(seek["result"]["extensions"][ext("time-to")], 42.0);
+        assert!(
+            seek["result"]["extensions"].get(ext("time-from")).is_none(),
+            "{seek}"
+        );
+        // the LMS player's own play: no position, so no result at all
+        let play = video(
+            LmsEventType::VideoPlay,
+            VideoData {
+                video_id: "intro".into(),
+                ..Default::default()
+            },
+        );
+        assert!(play.get("result").is_none(), "{play}");
+        // a real position of 0 is sent
+        let start = video(
+            LmsEventType::VideoPlay,
+            VideoData {
+                video_id: "intro".into(),
+                current_time: Some(0.0),
+                ..Default::default()
+            },
+        );
+        assert_eq!(start["result"]["extensions"][ext("time")], 0.0);
+        // completed says so in its result (the Video profile's rule)
+        let ended = video(
+            LmsEventType::VideoEnded,
+            VideoData {
+                video_id: "intro".into(),
+                current_time: Some(60.0),
+                ..Default::default()
+            },
+        );
+        assert_eq!(ended["result"]["completion"], true);
+        assert_eq!(ended["result"]["extensions"][ext("time")], 60.0);
+    }
+
+    #[test]
+    fn activity_ids_that_differ_stay_apart() {
+        let m = mapping();
+        let id = |name: &str| m.activity("assessment", name, name)["id"].clone();
+        assert_ne!(id("quiz 1"), id("quiz_1"));
+        assert_ne!(id("quiz?1"), id("quiz_1"));
+        assert_eq!(
+            id("quiz 1/é"),
+            "https://learntrail.example/xapi/assessment/quiz%201/%C3%A9"
+        );
+        assert_eq!(
+            id("ps1/q-1.a_b~c"),
+            "https://learntrail.example/xapi/assessment/ps1/q-1.a_b~c"
+        );
     }
 
     #[test]
@@ -385,6 +481,20 @@ mod tests {
                 max_points: 0.0,
             },
         );
+        for (grade_id, status) in [
+            ("q4", Status::NeedsManualGrading),
+            ("q5", Status::Unanswered),
+            ("q6", Status::NotRun),
+        ] {
+            problems.insert(
+                grade_id.to_string(),
+                ProblemResult {
+                    status: status as i32,
+                    points: 0.0,
+                    max_points: 3.0,
+                },
+            );
+        }
         let event = Event {
             id: "e9".into(),
             actor: "a".into(),
@@ -396,7 +506,17 @@ mod tests {
             ..Default::default()
         };
         let statements = mapping().statements(&event);
-        assert_eq!(statements.len(), 3);
+        // q5 and q6 were not answered: no statement; q4 waits for the instructor: answered,
+        // with no success and no score yet
+        assert_eq!(statements.len(), 4);
+        assert!(
+            statements[3]["object"]["id"]
+                .as_str()
+                .unwrap()
+                .ends_with("/ps1/q4")
+        );
+        assert_eq!(statements[3]["verb"]["id"], format!("{ADL}answered"));
+        assert!(statements[3].get("result").is_none(), "{}", statements[3]);
         assert_eq!(statements[0]["result"]["success"], true);
         assert_eq!(statements[1]["result"]["success"], false);
         assert_eq!(

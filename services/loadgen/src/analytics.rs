@@ -141,7 +141,7 @@ fn event(i: usize, learners: usize, events: usize, now_ms: i64) -> Event {
                 course_slug: course.into(),
                 event_data: Some(EventData::Video(VideoData {
                     video_id: format!("video-{}", i % 11),
-                    current_time: (i % 600) as f64,
+                    current_time: Some((i % 600) as f64),
                     ..Default::default()
                 })),
                 ..Default::default()

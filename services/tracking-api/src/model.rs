@@ -424,10 +424,11 @@ fn read_video(fields: &mut Fields<'_, '_>, seek: bool, generic: bool) -> Option<
     let new_time = fields.number("new_time", seek && !generic, 0.0, false);
     Some(EventData::Video(VideoData {
         video_id: video_id?,
-        current_time: current_time.or(new_time).unwrap_or_default(),
+        // a position the player did not send stays unknown: 0 would be a position
+        current_time: current_time.or(new_time),
         duration: duration.unwrap_or_default(),
-        old_time: old_time.unwrap_or_default(),
-        new_time: new_time.unwrap_or_default(),
+        old_time,
+        new_time,
         speed: speed.unwrap_or_default(),
     }))
 }
@@ -527,12 +528,38 @@ mod tests {
             lms.event_data,
             Some(EventData::Video(VideoData {
                 video_id: "intro".into(),
-                current_time: 12.5,
+                current_time: Some(12.5),
                 duration: 300.0,
                 speed: 1.5,
                 ..Default::default()
             }))
         );
+    }
+
+    #[test]
+    fn positions_the_player_did_not_send_stay_unknown() {
+        let video = |data: serde_json::Value| {
+            let body = json!({"tracking_event_type": "video", "node_id": "n", "event_data": data});
+            match parse_event(&body, &student(), now()).unwrap().payload {
+                Some(Payload::LmsEvent(LmsEvent {
+                    event_data: Some(EventData::Video(v)),
+                    ..
+                })) => v,
+                other => panic!("{other:?}"),
+            }
+        };
+        // the LMS player's own payload: no position at all
+        let play = video(json!({"video_id": "v", "video_event_type": "play"}));
+        assert_eq!(play.current_time, None);
+        // a seek that says only where it landed; where it left is unknown, not 0
+        let seek = video(json!({"video_id": "v", "video_event_type": "seek", "current_time": 42}));
+        assert_eq!(
+            (seek.current_time, seek.old_time, seek.new_time),
+            (Some(42.0), None, None)
+        );
+        // a real position of 0 is kept as one
+        let start = video(json!({"video_id": "v", "video_event_type": "play", "current_time": 0}));
+        assert_eq!(start.current_time, Some(0.0));
     }
 
     #[test]

@@ -313,7 +313,7 @@ pub fn video(id: &str, actor: &str, ms: i64, kind: LmsEventType, position: f64) 
             course_slug: "ruby-101".into(),
             event_data: Some(EventData::Video(VideoData {
                 video_id: "v1".into(),
-                current_time: position,
+                current_time: Some(position),
                 ..Default::default()
             })),
             ..Default::default()

@@ -48,10 +48,10 @@ pub fn learning_events() -> Vec<Event> {
             t,
             EventData::Video(VideoData {
                 video_id: "intro".into(),
-                current_time: 12.5,
+                current_time: Some(12.5),
                 duration: 60.0,
-                old_time: 3.0,
-                new_time: 30.0,
+                old_time: Some(3.0),
+                new_time: Some(30.0),
                 ..Default::default()
             }),
         )

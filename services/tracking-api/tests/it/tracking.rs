@@ -110,7 +110,7 @@ async fn accepted_events_are_stored_as_sent() {
         lms.event_data,
         Some(EventData::Video(VideoData {
             video_id: "intro".into(),
-            current_time: 3.5,
+            current_time: Some(3.5),
             duration: 120.0,
             ..Default::default()
         }))
