@@ -14,7 +14,7 @@ use learntrail_runtime::CancellationToken;
 use crate::{
     StoreArgs,
     record::{self, UserInput},
-    registry::Registry,
+    registry::{Registry, RegistryError},
 };
 
 /// eagle-pinger's commands besides serving.
@@ -95,7 +95,8 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registers every good line of `csv`.
+/// Registers every good line of `csv`. A line whose stored record cannot be read is refused
+/// (its record is left as it is); only Redis itself failing stops the import.
 pub async fn import(registry: &Registry, csv: &str) -> anyhow::Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut lines = csv
@@ -149,7 +150,18 @@ pub async fn import(registry: &Registry, csv: &str) -> anyhow::Result<ImportRepo
             course: get("course"),
         };
         let existing = match record::cloud_id(&raw_id) {
-            Some(id) => registry.get(&id).await?,
+            Some(id) => match registry.get(&id).await {
+                Ok(existing) => existing,
+                // the reason is not repeated: serde may quote the stored values
+                Err(RegistryError::Corrupt(..)) => {
+                    report.refused.push(format!(
+                        "line {number}: the stored record of {id} cannot be read; delete it \
+                         (DELETE /api/user/{id}) and import the line again"
+                    ));
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            },
             None => None,
         };
         match record::validate(&raw_id, input, existing.as_ref()) {

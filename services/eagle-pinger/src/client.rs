@@ -40,9 +40,13 @@ pub enum PollError {
     /// A reply that is not the documented shape; `body` is its first bytes.
     #[error("malformed reply: {reason}")]
     Malformed { reason: String, body: Bytes },
-    /// A well-formed reply without a value this time.
+    /// A well-formed reply without a value this time (an Eagle-200's blank demand).
     #[error("no value: {0}")]
     Empty(String),
+    /// An Eagle-200 without an electric meter: none in its device list, or the device at the
+    /// meter's address is another kind.
+    #[error("{0}")]
+    NoMeter(String),
 }
 
 impl PollError {
@@ -53,12 +57,20 @@ impl PollError {
             Self::Unreachable(_) => "unreachable",
             Self::Malformed { .. } => "malformed",
             Self::Empty(_) => "ok",
+            Self::NoMeter(_) => "no_meter",
         }
+    }
+
+    /// True when the Eagle-200 meter address a poll used may be wrong (the meter re-paired or
+    /// replaced): the reply was garbled, named another device, or no meter. A timeout, a refusal
+    /// or a blank demand says nothing about the address, so it is kept.
+    fn stale_address(&self) -> bool {
+        matches!(self, Self::Malformed { .. } | Self::NoMeter(_))
     }
 }
 
 /// Per-meter memory between polls (the Eagle-200's meter address).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MeterCache {
     meter_address: Option<String>,
 }
@@ -143,9 +155,11 @@ impl EagleClient {
                 address
             }
         };
-        let body = self.call(meter, &device_query(&address)).await;
-        let reading = body.and_then(|body| decoded(decode::device_query(&text(&body)), &body));
-        if reading.is_err() {
+        let reading = match self.call(meter, &device_query(&address)).await {
+            Ok(body) => decoded(decode::device_query(&text(&body), &address), &body),
+            Err(err) => Err(err),
+        };
+        if reading.as_ref().is_err_and(|err| err.stale_address()) {
             // the meter may have been re-paired; list the devices again next time
             cache.meter_address = None;
         }
@@ -256,6 +270,7 @@ fn decoded<T>(result: Result<T, DecodeError>, body: &Bytes) -> Result<T, PollErr
         },
         DecodeError::Refused(reason) => PollError::Auth(reason),
         DecodeError::Empty(reason) => PollError::Empty(reason),
+        DecodeError::NoMeter(reason) => PollError::NoMeter(reason),
     })
 }
 
@@ -277,4 +292,28 @@ fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_reply_about_the_wrong_device_forgets_the_meter_address() {
+        let malformed = PollError::Malformed {
+            reason: "expected Device".into(),
+            body: Bytes::from_static(b"<Error/>"),
+        };
+        let no_meter = PollError::NoMeter("device 0x01 is a thermostat".into());
+        assert!(malformed.stale_address());
+        assert!(no_meter.stale_address());
+        for kept in [
+            PollError::Unreachable("timed out".into()),
+            PollError::Auth("HTTP 401".into()),
+            PollError::Empty("InstantaneousDemand is blank".into()),
+        ] {
+            assert!(!kept.stale_address(), "{kept}");
+        }
+        assert_eq!(no_meter.state(), "no_meter");
+    }
 }

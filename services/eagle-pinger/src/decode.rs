@@ -39,9 +39,14 @@ pub enum DecodeError {
     /// The device or relay refused the credentials in its reply body.
     #[error("login refused: {0}")]
     Refused(String),
-    /// Well-formed, but the meter had no value this time (a known Eagle-200 quirk).
+    /// Well-formed, but the meter had no value this time (a known Eagle-200 quirk: a blank
+    /// demand).
     #[error("no value: {0}")]
     Empty(String),
+    /// An Eagle-200 without an electric meter: none in its device list, or the device queried
+    /// is another kind.
+    #[error("{0}")]
+    NoMeter(String),
 }
 
 fn malformed(text: impl Into<String>) -> DecodeError {
@@ -267,24 +272,45 @@ pub fn current_summation(body: &str) -> Result<(f64, f64), DecodeError> {
 // ---------------------------------------------------------------------------------------------
 // Eagle-200 local replies
 
-/// `device_list` → the `HardwareAddress` of the electric meter.
+/// `device_list` → the `HardwareAddress` of the electric meter ([`DecodeError::NoMeter`] when
+/// the list holds none).
 pub fn meter_address(body: &str) -> Result<String, DecodeError> {
     let nodes = parse_xml(body)?;
     let list = nodes
         .iter()
         .find(|n| n.name == "devicelist")
         .ok_or_else(|| malformed("expected DeviceList"))?;
-    list.children
+    let meter = list
+        .children
         .iter()
         .filter(|d| d.name == "device")
         .find(|d| {
             d.child("modelid")
                 .is_some_and(|m| m.text.eq_ignore_ascii_case("electric_meter"))
         })
-        .and_then(|d| d.child("hardwareaddress"))
+        .ok_or_else(|| DecodeError::NoMeter("no electric_meter in the device list".into()))?;
+    meter
+        .child("hardwareaddress")
         .map(|a| a.text.clone())
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| DecodeError::Empty("no electric_meter in the device list".into()))
+        .ok_or_else(|| malformed("the electric_meter in the device list has no HardwareAddress"))
+}
+
+/// A non-empty `DeviceDetails` field.
+fn detail<'a>(details: Option<&'a Node>, name: &str) -> Option<&'a str> {
+    details
+        .and_then(|d| d.child(name))
+        .map(|n| n.text.as_str())
+        .filter(|t| !t.is_empty())
+}
+
+/// Two hardware addresses are the same device whatever their case and `0x`.
+fn same_address(a: &str, b: &str) -> bool {
+    let bare = |text: &str| {
+        let text = text.trim().to_ascii_lowercase();
+        text.trim_start_matches("0x").to_string()
+    };
+    bare(a) == bare(b)
 }
 
 /// An Eagle-200 summation: a value whose fraction is exactly `.000000` (other than 0) is
@@ -302,14 +328,29 @@ fn summation(values: &HashMap<String, String>, name: &str) -> Result<Option<f64>
     Ok(value.filter(|v| !(suspect && *v != 0.0)))
 }
 
-/// `device_query` → a reading.
-pub fn device_query(body: &str) -> Result<Reading, DecodeError> {
+/// `device_query` of the meter at `address` → a reading. A reply about another device is
+/// malformed; one whose `ModelId` is not `electric_meter` is [`DecodeError::NoMeter`].
+pub fn device_query(body: &str, address: &str) -> Result<Reading, DecodeError> {
     let nodes = parse_xml(body)?;
     let device = nodes
         .iter()
         .find(|n| n.name == "device")
         .ok_or_else(|| malformed("expected Device"))?;
     let details = device.child("devicedetails");
+    if let Some(answered) =
+        detail(details, "hardwareaddress").filter(|answered| !same_address(answered, address))
+    {
+        return Err(malformed(format!(
+            "device_query of {address} answered for {answered}"
+        )));
+    }
+    if let Some(model) =
+        detail(details, "modelid").filter(|model| !model.eq_ignore_ascii_case("electric_meter"))
+    {
+        return Err(DecodeError::NoMeter(format!(
+            "device {address} is a {model}, not an electric_meter"
+        )));
+    }
     let mut values: HashMap<String, String> = HashMap::new();
     for variable in device.descendants("variable") {
         if let Some(name) = variable.child("name") {

@@ -14,12 +14,13 @@ pub const DRIFT_BUCKETS: [f64; 16] = [
 ];
 
 /// Every state a meter can be in.
-pub const STATES: [&str; 6] = [
+pub const STATES: [&str; 7] = [
     "pending",
     "ok",
     "auth_failed",
     "unreachable",
     "malformed",
+    "no_meter",
     "undecryptable",
 ];
 
@@ -37,7 +38,7 @@ pub struct OutcomeLabel {
 pub struct Metrics {
     /// Meters this replica polls, by state.
     pub meters: Family<StateLabel, Gauge>,
-    /// Polls by outcome (ok, auth_failed, unreachable, malformed, empty).
+    /// Polls by outcome (ok, auth_failed, unreachable, malformed, no_meter, empty).
     pub polls: Family<OutcomeLabel, Counter>,
     /// Time an Eagle took to answer a whole poll.
     pub poll_seconds: Histogram,

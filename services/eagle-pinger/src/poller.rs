@@ -6,17 +6,22 @@
 //! - a reading (published as an `EnergyReading` on `events.energy.reading`, counters updated in
 //!   Redis) or a well-formed reply without a value: its next slot;
 //! - refused credentials: `AUTH_BACKOFF` (15 min), or sooner when its record is updated;
-//! - timeout, connection error, 5xx: exponential backoff with jitter up to `MAX_BACKOFF`;
+//! - timeout, connection error, 5xx, an Eagle-200 without an electric meter (`no_meter`):
+//!   exponential backoff with jitter up to `MAX_BACKOFF`;
 //! - a malformed reply: the same backoff, and a dead letter on `deadletter.energy` with the raw
 //!   body (bounded) and the reason.
 //!
 //! The registry is re-read when its version changes (checked twice an interval, at most every
 //! second), so additions, updates and deletions take effect within one interval.
+//!
+//! An Eagle-200's meter address (from `device_list`) is kept per meter and registration
+//! revision, shared by its scheduled polls and `GET /api/event` on this replica, so a poll is one
+//! `device_query`.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -36,7 +41,7 @@ use crate::{
     client::{EagleClient, Meter, MeterCache, PollError},
     decode::Reading,
     metrics::Metrics,
-    record::StoredRecord,
+    record::{Api, StoredRecord},
     registry::Registry,
     schedule::{self, Shard},
 };
@@ -80,6 +85,13 @@ pub struct Poller {
     pub pacing: Pacing,
     base: Instant,
     loaded: AtomicBool,
+    /// Eagle-200 meter addresses by cloud id, with the record revision they were learned under
+    /// (a new registration starts over). Entries of meters this replica does not poll go at
+    /// the next registry reload.
+    caches: Mutex<HashMap<String, (u64, MeterCache)>>,
+    /// True after a reading the bus did not store, until one is stored again: the first
+    /// failure of an outage is a warning, the rest are debug.
+    publish_failing: AtomicBool,
 }
 
 impl Poller {
@@ -98,6 +110,8 @@ impl Poller {
             pacing,
             base: Instant::now(),
             loaded: AtomicBool::new(false),
+            caches: Mutex::default(),
+            publish_failing: AtomicBool::new(false),
         }
     }
 
@@ -161,6 +175,8 @@ impl Poller {
             .map(|r| (r.cloud_id.clone(), r))
             .collect();
         tasks.retain(|id, task| wanted.get(id).is_some_and(|r| r.rev == task.rev));
+        self.lock_caches()
+            .retain(|id, (rev, _)| wanted.get(id).is_some_and(|r| r.rev == *rev));
         for (id, record) in wanted.drain() {
             if tasks.contains_key(&id) {
                 continue;
@@ -194,7 +210,6 @@ impl Poller {
         let pacing = &self.pacing;
         let offset = schedule::offset(&record.cloud_id, pacing.interval);
         let mut delays = Delays::new(pacing.interval, pacing.max_backoff);
-        let mut cache = MeterCache::default();
         let mut due = schedule::next_slot(self.base, offset, pacing.interval, Instant::now());
         loop {
             tokio::time::sleep_until(due).await;
@@ -202,7 +217,7 @@ impl Poller {
             self.metrics
                 .drift_seconds
                 .observe(started.saturating_duration_since(due).as_secs_f64());
-            let outcome = self.poll_once(&record, &meter, &mut cache).await;
+            let outcome = self.poll_once(&record, &meter).await;
             let now = Instant::now();
             let (next, logged) = match &outcome {
                 Outcome::Reading { reading, event_id } => {
@@ -291,14 +306,11 @@ impl Poller {
 
     /// Polls once and publishes what came of it: the reading as an event, or a dead letter for
     /// a malformed reply.
-    pub async fn poll_once(
-        &self,
-        record: &StoredRecord,
-        meter: &Meter,
-        cache: &mut MeterCache,
-    ) -> Outcome {
+    pub async fn poll_once(&self, record: &StoredRecord, meter: &Meter) -> Outcome {
         let started = Instant::now();
-        let result = self.client.poll(meter, cache).await;
+        let mut cache = self.cached(record);
+        let result = self.client.poll(meter, &mut cache).await;
+        self.keep(record, cache);
         self.metrics
             .poll_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -309,11 +321,22 @@ impl Poller {
                 let event_id = match self.bus.publish(&event).await {
                     Ok(_) => {
                         self.metrics.events.inc();
+                        if self.publish_failing.load(Ordering::Relaxed)
+                            && self.publish_failing.swap(false, Ordering::Relaxed)
+                        {
+                            tracing::info!(cloud_id = %record.cloud_id, "readings are stored on the bus again");
+                        }
                         Some(event.id)
                     }
                     Err(err) => {
                         self.metrics.publish_failures.inc();
-                        tracing::debug!(cloud_id = %record.cloud_id, error = %err, "reading not stored on the bus");
+                        // the first failure since a reading was stored warns; the rest of an
+                        // outage is counted (eagle_publish_failures) and logged at debug
+                        if self.publish_failing.swap(true, Ordering::Relaxed) {
+                            tracing::debug!(cloud_id = %record.cloud_id, error = %err, "reading not stored on the bus");
+                        } else {
+                            tracing::warn!(cloud_id = %record.cloud_id, error = %err, "reading not stored on the bus");
+                        }
                         None
                     }
                 };
@@ -329,6 +352,36 @@ impl Poller {
                 }
                 Outcome::Failed(err)
             }
+        }
+    }
+
+    fn lock_caches(&self) -> MutexGuard<'_, HashMap<String, (u64, MeterCache)>> {
+        self.caches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the polls of this registration of `record` learned so far (only an Eagle-200 has
+    /// anything to remember).
+    fn cached(&self, record: &StoredRecord) -> MeterCache {
+        if record.api != Api::Local200 {
+            return MeterCache::default();
+        }
+        match self.lock_caches().get(&record.cloud_id) {
+            Some((rev, cache)) if *rev == record.rev => cache.clone(),
+            _ => MeterCache::default(),
+        }
+    }
+
+    /// Keeps what a poll of `record` learned, unless a newer registration's polls already did.
+    fn keep(&self, record: &StoredRecord, cache: MeterCache) {
+        if record.api != Api::Local200 {
+            return;
+        }
+        let mut caches = self.lock_caches();
+        let newer = caches
+            .get(&record.cloud_id)
+            .is_some_and(|(rev, _)| *rev > record.rev);
+        if !newer {
+            caches.insert(record.cloud_id.clone(), (record.rev, cache));
         }
     }
 
@@ -360,9 +413,7 @@ impl Poller {
         record: &StoredRecord,
     ) -> Result<Outcome, crate::crypto::CryptoError> {
         let meter = self.meter(record)?;
-        let outcome = self
-            .poll_once(record, &meter, &mut MeterCache::default())
-            .await;
+        let outcome = self.poll_once(record, &meter).await;
         if let Outcome::Reading {
             reading,
             event_id: Some(_),

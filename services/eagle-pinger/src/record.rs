@@ -45,7 +45,7 @@ impl Api {
 /// What the poller last saw of a meter (written by the replica that polls it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PollStatus {
-    /// `pending`, `ok`, `auth_failed`, `unreachable`, `malformed`, `undecryptable`.
+    /// `pending`, `ok`, `auth_failed`, `unreachable`, `malformed`, `no_meter`, `undecryptable`.
     pub state: String,
     #[serde(default)]
     pub last_poll_at: Option<String>,

@@ -328,6 +328,7 @@ fn poll_failed(cloud_id: &str, err: &PollError) -> ApiError {
         PollError::Unreachable(_) => (StatusCode::GATEWAY_TIMEOUT, "eagle_unreachable"),
         PollError::Malformed { .. } => (StatusCode::BAD_GATEWAY, "eagle_malformed"),
         PollError::Empty(_) => (StatusCode::BAD_GATEWAY, "eagle_no_value"),
+        PollError::NoMeter(_) => (StatusCode::BAD_GATEWAY, "eagle_no_meter"),
     };
     ApiError::new(status, code, format!("meter {cloud_id}: {err}"))
 }
@@ -352,6 +353,22 @@ mod tests {
         let open = PollGate::new(Duration::ZERO);
         open.admit("00aa01", t0).unwrap();
         open.admit("00aa01", t0).unwrap();
+    }
+
+    #[test]
+    fn an_eagle_without_an_electric_meter_is_a_bad_gateway_of_its_own() {
+        let err = poll_failed(
+            "00aa01",
+            &PollError::NoMeter("no electric_meter in the device list".into()),
+        );
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::BAD_GATEWAY, "eagle_no_meter")
+        );
+        assert_eq!(
+            err.message,
+            "meter 00aa01: no electric_meter in the device list"
+        );
     }
 
     #[test]

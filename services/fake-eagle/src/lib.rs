@@ -8,11 +8,13 @@
 //! - the Eagle-100 local `post_manager` (the same commands, HTTP Basic `cloud_id:install_code`);
 //! - the Eagle-200 local API (the same URL and Basic auth; `device_list`, `device_query`).
 //!
-//! The meter is told apart by its `Cloud-ID` header or its Basic-auth user. Each meter has a
-//! mode — `ok`, `bad_credentials` (401 whatever is sent), `slow` (answers after `--slow`),
-//! `down` (503 from the relay; a local Eagle drops the connection), `malformed` (garbage) — and
-//! plausible readings that change with time (a daily-ish wave around a per-meter base, negative
-//! while an `export` meter's solar panels produce).
+//! The meter is told apart by its `Cloud-ID` header or its Basic-auth user (in any case). Each
+//! meter has a mode — `ok`, `bad_credentials` (401 whatever is sent), `slow` (answers after
+//! `--slow`), `down` (503 from the relay; a local Eagle drops the connection), `malformed`
+//! (garbage), `no_summation` (503 to `get_current_summation`), `no_meter` (an Eagle-200 whose
+//! device list holds a thermostat and no electric meter) — and plausible readings that change
+//! with time (a daily-ish wave around a per-meter base, negative while an `export` meter's solar
+//! panels produce).
 //!
 //! `/control/meters/{cloud_id}` (GET, PUT, DELETE) reads and changes meters at run time and
 //! counts their requests; tests and `make up` use it.
@@ -61,6 +63,9 @@ pub enum Mode {
     Malformed,
     /// Answers the demand but fails `get_current_summation` (503).
     NoSummation,
+    /// An Eagle-200 whose `device_list` holds a thermostat and no electric meter; a
+    /// `device_query` is answered by the thermostat.
+    NoMeter,
 }
 
 impl std::str::FromStr for Mode {
@@ -68,7 +73,7 @@ impl std::str::FromStr for Mode {
     fn from_str(text: &str) -> Result<Self, String> {
         serde_json::from_value(json!(text)).map_err(|_| {
             format!(
-                "unknown mode {text:?} (ok, bad_credentials, slow, down, malformed, no_summation)"
+                "unknown mode {text:?} (ok, bad_credentials, slow, down, malformed, no_summation, no_meter)"
             )
         })
     }
@@ -134,6 +139,8 @@ struct Meter {
     spec: MeterSpec,
     times: Mutex<VecDeque<Instant>>,
     requests: std::sync::atomic::AtomicU64,
+    /// Requests by command name (lowercase).
+    commands: Mutex<HashMap<String, u64>>,
 }
 
 struct Inner {
@@ -166,14 +173,16 @@ impl FakeEagle {
             spec,
             times: Mutex::default(),
             requests: 0.into(),
+            commands: Mutex::default(),
         });
         self.write().insert(cloud_id.to_ascii_lowercase(), meter);
     }
 
     /// Changes a meter's mode, keeping its counts.
     pub fn set_mode(&self, cloud_id: &str, mode: Mode) {
+        let cloud_id = cloud_id.to_ascii_lowercase();
         let mut meters = self.write();
-        if let Some(old) = meters.get(cloud_id) {
+        if let Some(old) = meters.get(&cloud_id) {
             let meter = Meter {
                 spec: MeterSpec {
                     mode,
@@ -184,19 +193,32 @@ impl FakeEagle {
                     .requests
                     .load(std::sync::atomic::Ordering::Relaxed)
                     .into(),
+                commands: Mutex::new(old.commands.lock().expect("lock").clone()),
             };
-            meters.insert(cloud_id.to_string(), Arc::new(meter));
+            meters.insert(cloud_id, Arc::new(meter));
         }
     }
 
     pub fn remove(&self, cloud_id: &str) {
-        self.write().remove(cloud_id);
+        self.write().remove(&cloud_id.to_ascii_lowercase());
     }
 
     /// HTTP requests the meter received (authenticated as it, whatever the outcome).
     pub fn requests(&self, cloud_id: &str) -> u64 {
         self.meter(cloud_id)
             .map_or(0, |m| m.requests.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Requests to the meter carrying the command `name` (`device_list`,
+    /// `get_instantaneous_demand`, ...; any case), whatever the outcome.
+    pub fn commands(&self, cloud_id: &str, name: &str) -> u64 {
+        self.meter(cloud_id).map_or(0, |m| {
+            let commands = m.commands.lock().expect("lock");
+            commands
+                .get(&name.to_ascii_lowercase())
+                .copied()
+                .unwrap_or(0)
+        })
     }
 
     /// When the meter's most recent requests arrived (up to 256), oldest first.
@@ -284,6 +306,16 @@ async fn post_manager(State(fake): State<FakeEagle>, headers: HeaderMap, body: B
         }
         times.push_back(Instant::now());
     }
+    let command = String::from_utf8_lossy(&body);
+    let name = element(&command, "name")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    *meter
+        .commands
+        .lock()
+        .expect("lock")
+        .entry(name.clone())
+        .or_default() += 1;
     let spec = &meter.spec;
     let credentials_ok = password == spec.password
         && (local || user.as_deref() == Some(spec.email.as_str()))
@@ -298,12 +330,8 @@ async fn post_manager(State(fake): State<FakeEagle>, headers: HeaderMap, body: B
         Mode::Malformed => {
             return reply("<InstantaneousDemand>\r\n<Demand>0xZZ17 ?? garbage".to_string());
         }
-        Mode::Ok | Mode::BadCredentials | Mode::NoSummation => {}
+        Mode::Ok | Mode::BadCredentials | Mode::NoSummation | Mode::NoMeter => {}
     }
-    let command = String::from_utf8_lossy(&body);
-    let name = element(&command, "name")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
     if spec.mode == Mode::NoSummation && name == "get_current_summation" {
         return (StatusCode::SERVICE_UNAVAILABLE, "summation unavailable\n").into_response();
     }
@@ -314,8 +342,13 @@ async fn post_manager(State(fake): State<FakeEagle>, headers: HeaderMap, body: B
         .map_or(0, |d| d.as_secs());
     let mut sim = Sim::new(&cloud_id, spec.export, fake.inner.started.elapsed(), now);
     sim.manual = spec.manual;
+    let no_meter = spec.mode == Mode::NoMeter;
     let body = match (spec.api, name.as_str()) {
-        (Api::Local200, "device_list") => sim.device_list(),
+        (Api::Local200, "device_list") => sim.device_list(!no_meter),
+        (Api::Local200, "device_query") if no_meter => {
+            let asked = element(&command, "hardwareaddress").unwrap_or_default();
+            sim.thermostat_query(&asked)
+        }
         (Api::Local200, "device_query") => sim.device_query(),
         (_, "get_instantaneous_demand") => sim.demand(json),
         (_, "get_current_summation") => sim.summation(json),
@@ -491,10 +524,24 @@ impl Sim {
         )
     }
 
-    fn device_list(&self) -> String {
-        let (_, meter) = self.macs();
+    /// The Eagle-200's devices: its electric meter, or (`with_meter` false) only a thermostat.
+    fn device_list(&self, with_meter: bool) -> String {
+        let (device, meter) = self.macs();
+        let (address, model, network) = if with_meter {
+            (meter, "electric_meter", "0x0000")
+        } else {
+            (device, "thermostat", "0x0001")
+        };
         format!(
-            "<DeviceList>\r\n<Device>\r\n<HardwareAddress>{meter}</HardwareAddress>\r\n<Manufacturer>generic</Manufacturer>\r\n<ModelId>electric_meter</ModelId>\r\n<Protocol>Zigbee</Protocol>\r\n<LastContact>0x{:08x}</LastContact>\r\n<ConnectionStatus>Connected</ConnectionStatus>\r\n<NetworkAddress>0x0000</NetworkAddress>\r\n</Device>\r\n</DeviceList>\r\n",
+            "<DeviceList>\r\n<Device>\r\n<HardwareAddress>{address}</HardwareAddress>\r\n<Manufacturer>generic</Manufacturer>\r\n<ModelId>{model}</ModelId>\r\n<Protocol>Zigbee</Protocol>\r\n<LastContact>0x{:08x}</LastContact>\r\n<ConnectionStatus>Connected</ConnectionStatus>\r\n<NetworkAddress>{network}</NetworkAddress>\r\n</Device>\r\n</DeviceList>\r\n",
+            self.unix
+        )
+    }
+
+    /// A `device_query` of `address` answered by a thermostat (the meter that was there is gone).
+    fn thermostat_query(&self, address: &str) -> String {
+        format!(
+            "<Device>\r\n<DeviceDetails>\r\n<Name>Thermostat</Name>\r\n<HardwareAddress>{address}</HardwareAddress>\r\n<Protocol>Zigbee</Protocol>\r\n<NetworkAddress>0x0001</NetworkAddress>\r\n<Manufacturer>Generic</Manufacturer>\r\n<ModelId>thermostat</ModelId>\r\n<LastContact>0x{:08x}</LastContact>\r\n<ConnectionStatus>Connected</ConnectionStatus>\r\n</DeviceDetails>\r\n<Components>\r\n</Components>\r\n</Device>\r\n",
             self.unix
         )
     }
@@ -605,7 +652,7 @@ pub struct Config {
     /// The API every generated meter speaks
     #[arg(long, value_enum, default_value = "cloud")]
     pub api: Api,
-    /// A meter's mode, as CLOUD_ID=MODE (ok, bad_credentials, slow, down, malformed); repeatable
+    /// A meter's mode, as CLOUD_ID=MODE (ok, bad_credentials, slow, down, malformed, no_summation, no_meter); repeatable
     #[arg(long = "mode", env = "FAKE_EAGLE_MODES", value_delimiter = ',', value_parser = parse_mode)]
     pub modes: Vec<(String, Mode)>,
     /// Meters whose demand is negative (solar export), comma-separated cloud ids
@@ -661,5 +708,40 @@ mod tests {
             element("<Command><NAME>x</NAME></Command>", "name").as_deref(),
             Some("x")
         );
+    }
+
+    #[test]
+    fn an_eagle_200_without_a_meter_lists_only_a_thermostat() {
+        let sim = Sim::new("00ab01", false, Duration::from_secs(60), 1_700_000_000);
+        let with = sim.device_list(true);
+        assert!(with.contains("<ModelId>electric_meter</ModelId>"), "{with}");
+        let without = sim.device_list(false);
+        assert!(!without.contains("electric_meter"), "{without}");
+        assert!(
+            without.contains("<ModelId>thermostat</ModelId>"),
+            "{without}"
+        );
+        let query = sim.thermostat_query("0x0001");
+        assert_eq!(
+            element(&query, "hardwareaddress").as_deref(),
+            Some("0x0001")
+        );
+        assert_eq!("no_meter".parse::<Mode>(), Ok(Mode::NoMeter));
+    }
+
+    #[test]
+    fn per_meter_accessors_ignore_the_case_of_the_cloud_id() {
+        let fake = FakeEagle::new(Duration::from_secs(1));
+        fake.add("00AB01", MeterSpec::demo("00ab01", Api::Local200));
+        fake.set_mode("00Ab01", Mode::Down);
+        assert_eq!(fake.meter("00ab01").map(|m| m.spec.mode), Some(Mode::Down));
+        assert_eq!(
+            fake.read().len(),
+            1,
+            "set_mode replaced the meter, not added one"
+        );
+        assert_eq!(fake.commands("00AB01", "Device_List"), 0);
+        fake.remove("00AB01");
+        assert!(fake.meter("00ab01").is_none());
     }
 }

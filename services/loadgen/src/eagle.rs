@@ -249,13 +249,19 @@ pub async fn run(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     let ok_polls =
         |s: &[BTreeMap<String, f64>]| sum(s, "learntrail_eagle_polls_total{outcome=\"ok\"}");
     let polls = (ok_polls(&after) - ok_polls(&before)) / elapsed;
-    let failed = ["auth_failed", "unreachable", "malformed", "empty"]
-        .iter()
-        .map(|o| {
-            let name = format!("learntrail_eagle_polls_total{{outcome=\"{o}\"}}");
-            sum(&after, &name) - sum(&before, &name)
-        })
-        .sum::<f64>();
+    let failed = [
+        "auth_failed",
+        "unreachable",
+        "malformed",
+        "no_meter",
+        "empty",
+    ]
+    .iter()
+    .map(|o| {
+        let name = format!("learntrail_eagle_polls_total{{outcome=\"{o}\"}}");
+        sum(&after, &name) - sum(&before, &name)
+    })
+    .sum::<f64>();
     let events = sum(&after, "learntrail_eagle_events_published_total")
         - sum(&before, "learntrail_eagle_events_published_total");
     let expected = meters / interval.as_secs_f64();

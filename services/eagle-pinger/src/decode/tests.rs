@@ -123,9 +123,8 @@ fn summation_xml_and_json() {
     assert_eq!(current_summation(json), Ok((10_674_360.0, 0.0)));
 }
 
-#[test]
-fn eagle_200_device_list_and_query() {
-    let list = "<DeviceList>
+/// The Eagle-200 manual's `device_list` reply.
+const EAGLE_200_LIST: &str = "<DeviceList>
   <Device>
     <HardwareAddress>0x000781000081fd0b</HardwareAddress>
     <Manufacturer>generic</Manufacturer>
@@ -136,8 +135,9 @@ fn eagle_200_device_list_and_query() {
     <NetworkAddress>0x0000</NetworkAddress>
   </Device>
 </DeviceList>";
-    assert_eq!(meter_address(list).unwrap(), "0x000781000081fd0b");
-    let query = "<Device>
+
+/// The Eagle-200 manual's `device_query` reply, with the totals of a real `<All>Y</All>` one.
+const EAGLE_200_QUERY: &str = "<Device>
   <DeviceDetails>
     <Name>Power Meter</Name>
     <HardwareAddress>0x000781000081fd0b</HardwareAddress>
@@ -164,25 +164,78 @@ fn eagle_200_device_list_and_query() {
     </Component>
   </Components>
 </Device>";
-    let reading = device_query(query).unwrap();
+
+/// The meter's address in both.
+const EAGLE_200_METER: &str = "0x000781000081fd0b";
+
+#[test]
+fn eagle_200_device_list_and_query() {
+    assert_eq!(meter_address(EAGLE_200_LIST).unwrap(), EAGLE_200_METER);
+    let query = EAGLE_200_QUERY;
+    let reading = device_query(query, EAGLE_200_METER).unwrap();
     assert_eq!(reading.demand_kw, 21.499);
     assert_eq!(reading.summation_delivered_kwh, Some(2853.662));
     assert_eq!(reading.summation_received_kwh, None);
     assert_eq!(reading.meter_mac, "0x000781000081fd0b");
     assert_eq!(reading.meter_time, unix_hex_time("0x59a0b67c").unwrap());
+    // a blank demand is the one reply without a value
     let blank = query.replace("21.499 kW", "");
-    assert!(matches!(device_query(&blank), Err(DecodeError::Empty(_))));
+    assert!(matches!(
+        device_query(&blank, EAGLE_200_METER),
+        Err(DecodeError::Empty(_))
+    ));
     // an Eagle-200 total whose fraction is exactly .000000 is sometimes wrong: left out, the
     // demand kept; a true 0 stays
     let suspect = query
         .replace("2853.662000", "2853.000000")
         .replace("<Value/>", "<Value>0.000000</Value>");
-    let reading = device_query(&suspect).unwrap();
+    let reading = device_query(&suspect, EAGLE_200_METER).unwrap();
     assert_eq!(reading.demand_kw, 21.499);
     assert_eq!(reading.summation_delivered_kwh, None);
     assert_eq!(reading.summation_received_kwh, Some(0.0));
-    let other = list.replace("electric_meter", "thermostat");
-    assert!(matches!(meter_address(&other), Err(DecodeError::Empty(_))));
+}
+
+#[test]
+fn an_eagle_200_without_an_electric_meter_is_no_meter_not_an_empty_reading() {
+    // a device list without a meter (another device only, or none at all)
+    let other = EAGLE_200_LIST.replace("electric_meter", "thermostat");
+    for list in [other.as_str(), "<DeviceList></DeviceList>", "<DeviceList/>"] {
+        assert_eq!(
+            meter_address(list),
+            Err(DecodeError::NoMeter(
+                "no electric_meter in the device list".into()
+            )),
+            "{list}"
+        );
+    }
+    // a meter without an address is not the documented shape
+    let nameless = EAGLE_200_LIST.replace("0x000781000081fd0b", "");
+    assert!(matches!(
+        meter_address(&nameless),
+        Err(DecodeError::Malformed(_))
+    ));
+    // the address queried now belongs to a device that is not a meter
+    let thermostat = EAGLE_200_QUERY.replace("<ModelId>electric_meter", "<ModelId>thermostat");
+    assert!(matches!(
+        device_query(&thermostat, EAGLE_200_METER),
+        Err(DecodeError::NoMeter(reason)) if reason.contains("thermostat")
+    ));
+}
+
+#[test]
+fn an_eagle_200_reply_about_another_device_is_malformed() {
+    assert!(matches!(
+        device_query(EAGLE_200_QUERY, "0x000781000081fd0c"),
+        Err(DecodeError::Malformed(reason)) if reason.contains("0x000781000081fd0c")
+    ));
+    // the same address in another case, or without its 0x, is the same device
+    for asked in ["0X000781000081FD0B", "000781000081fd0b"] {
+        assert_eq!(
+            device_query(EAGLE_200_QUERY, asked).unwrap().demand_kw,
+            21.499,
+            "{asked}"
+        );
+    }
 }
 
 #[test]
@@ -211,7 +264,7 @@ fn garbage_is_malformed_and_refusals_are_recognised() {
         Err(DecodeError::Refused(_))
     ));
     assert!(matches!(
-        device_query("<Device><Components/></Device>"),
+        device_query("<Device><Components/></Device>", EAGLE_200_METER),
         Err(DecodeError::Malformed(_))
     ));
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use learntrail_eagle_pinger::{Config, admin, registry::Registry};
+use learntrail_eagle_pinger::{Config, admin, registry::Registry, schedule};
 use learntrail_fake_eagle::Api;
 use learntrail_runtime::auth::Role;
 use learntrail_testkit::eventually;
@@ -395,4 +395,71 @@ async fn on_demand_polls_of_one_meter_are_spaced() {
     );
     assert_eq!(poll("00dd02").await.unwrap().status(), 200);
     app.stop().await;
+}
+
+/// On-demand polls of an Eagle-200 reuse the meter address a poll learned: two polls are one
+/// `device_list` and two `device_query`, not two of each.
+#[tokio::test]
+async fn on_demand_polls_of_an_eagle_200_reuse_its_meter_address() {
+    let rig = Rig::start().await;
+    // scheduled polls an hour apart, and this meter's slot minutes away: the requests are the
+    // test's own
+    let app = rig
+        .spawn(&["--poll-now-min-interval", "0s", "--poll-interval", "1h"])
+        .await;
+    let id = "00ee01";
+    assert!(schedule::offset(id, Duration::from_secs(3600)) > Duration::from_secs(300));
+    assert_eq!(app.register(id, &rig.meter(id, Api::Local200)).await.0, 201);
+    for _ in 0..2 {
+        let (status, reading) = app
+            .call(
+                Method::GET,
+                &format!("/api/event/{id}"),
+                Some(Role::Instructor),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{reading}");
+    }
+    assert_eq!(rig.fake.requests(id), 3);
+    assert_eq!(rig.fake.commands(id, "device_list"), 1);
+    assert_eq!(rig.fake.commands(id, "device_query"), 2);
+    app.stop().await;
+}
+
+/// A line whose stored record cannot be read is refused by number (the record left as it is),
+/// and the lines after it are still imported.
+#[tokio::test]
+async fn import_refuses_a_line_whose_stored_record_is_unreadable_and_goes_on() {
+    let rig = Rig::start().await;
+    let mut redis = rig.redis().await;
+    let _: () = redis.set("eagle:00cc05", "{not json").await.unwrap();
+    let config = Config::parse_from(rig.args(KEY_A));
+    let keys = std::sync::Arc::new(config.store.keyring().unwrap());
+    let registry = Registry::connect(
+        redis::Client::open(rig.redis.url()).unwrap(),
+        "eagle:",
+        keys,
+    )
+    .await
+    .unwrap();
+    let csv = format!(
+        "cloud_id,user_pw,api,address\n\
+         00cc05,{},local200,{}\n\
+         00cc06,{},local200,{}\n",
+        learntrail_fake_eagle::demo_password("00cc05"),
+        rig.fake_addr,
+        learntrail_fake_eagle::demo_password("00cc06"),
+        rig.fake_addr,
+    );
+    let report = admin::import(&registry, &csv).await.unwrap();
+    assert_eq!((report.created, report.updated), (1, 0), "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(
+        report.refused[0].starts_with("line 2: ") && report.refused[0].contains("00cc05"),
+        "{report:?}"
+    );
+    assert!(registry.get("00cc06").await.unwrap().is_some());
+    let raw: String = redis.get("eagle:00cc05").await.unwrap();
+    assert_eq!(raw, "{not json");
 }

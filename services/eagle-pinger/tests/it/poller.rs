@@ -11,7 +11,7 @@ use learntrail_testkit::{eventually, stream_events};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{Rig, metric, start_fake};
+use crate::helpers::{Rig, captured, metric, start_fake};
 
 /// Intervals between successive requests, in ms.
 fn gaps(times: &[Instant]) -> Vec<f64> {
@@ -155,6 +155,129 @@ async fn a_demand_is_published_when_the_summation_fails() {
     assert!(reading.demand_kw.abs() > 0.3, "{reading:?}");
     assert_eq!(reading.summation_delivered_kwh, 0.0, "not given");
     assert_eq!(app.user(id).await["poll"]["state"], "ok");
+    app.stop().await;
+}
+
+/// An Eagle-200 whose device list holds no electric meter is a failure of its own: `no_meter`,
+/// counted in a row and backed off like the others, and 502 `eagle_no_meter` on demand.
+#[tokio::test]
+async fn an_eagle_200_without_an_electric_meter_fails_as_no_meter() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    let id = "00d0c1";
+    let body = rig.meter(id, Api::Local200);
+    rig.fake.set_mode(id, Mode::NoMeter);
+    assert_eq!(app.register(id, &body).await.0, 201);
+    let user = app.wait_state(id, "no_meter").await;
+    assert!(user["poll"]["failures"].as_u64() >= Some(1), "{user}");
+    assert!(
+        user["poll"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no electric_meter in the device list"),
+        "{user}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "failures counted in a row",
+        || async { (app.user(id).await["poll"]["failures"].as_u64() >= Some(2)).then_some(()) },
+    )
+    .await;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric(&metrics, "learntrail_eagle_meters{state=\"no_meter\"}"),
+        1.0,
+        "{metrics}"
+    );
+    let (status, answer) = app
+        .call(
+            Method::GET,
+            &format!("/api/event/{id}"),
+            Some(Role::Instructor),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (502, Some("eagle_no_meter")),
+        "{answer}"
+    );
+    app.stop().await;
+}
+
+/// An Eagle-200's meter address outlives a dropped connection, and the devices are listed again
+/// only once that address answers for something that is not the meter.
+#[tokio::test]
+async fn an_eagle_200_lists_its_devices_again_only_when_the_meter_is_gone() {
+    let rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    let id = "00d0c2";
+    assert_eq!(app.register(id, &rig.meter(id, Api::Local200)).await.0, 201);
+    app.wait_state(id, "ok").await;
+    assert_eq!(rig.fake.commands(id, "device_list"), 1);
+    // the Eagle drops its connections for a while, then answers again: the same address
+    rig.fake.set_mode(id, Mode::Down);
+    app.wait_state(id, "unreachable").await;
+    let queried = rig.fake.commands(id, "device_query");
+    eventually(Duration::from_secs(10), "more polls while down", || async {
+        (rig.fake.commands(id, "device_query") >= queried + 2).then_some(())
+    })
+    .await;
+    rig.fake.set_mode(id, Mode::Ok);
+    app.wait_state(id, "ok").await;
+    assert_eq!(
+        rig.fake.commands(id, "device_list"),
+        1,
+        "the address outlived the outage"
+    );
+    // the address now answers for a thermostat: no meter, and the devices are listed again
+    rig.fake.set_mode(id, Mode::NoMeter);
+    app.wait_state(id, "no_meter").await;
+    eventually(
+        Duration::from_secs(10),
+        "the devices listed again",
+        || async { (rig.fake.commands(id, "device_list") >= 2).then_some(()) },
+    )
+    .await;
+    app.stop().await;
+}
+
+/// Captured log lines at `level` (` WARN `, ` DEBUG `, ` INFO `) saying `message` about
+/// `cloud_id`.
+fn logged(level: &str, message: &str, cloud_id: &str) -> usize {
+    let field = format!("cloud_id={cloud_id}");
+    captured()
+        .lines()
+        .filter(|l| l.contains(level) && l.contains(message) && l.contains(&field))
+        .count()
+}
+
+/// A bus outage is one warning (the rest of its lost readings are debug), and its end is logged.
+#[tokio::test]
+async fn a_bus_outage_warns_once_and_its_end_is_logged() {
+    let mut rig = Rig::start().await;
+    let app = rig.spawn(&[]).await;
+    let id = "00d0b1";
+    assert_eq!(app.register(id, &rig.meter(id, Api::Cloud)).await.0, 201);
+    eventually(Duration::from_secs(20), "a reading stored", || async {
+        (app.user(id).await["total_events_logged"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    let lost = "reading not stored on the bus";
+    rig.nats.stop();
+    eventually(
+        Duration::from_secs(20),
+        "readings lost while NATS is down",
+        || async { (logged(" DEBUG ", lost, id) >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(logged(" WARN ", lost, id), 1, "one warning for the outage");
+    rig.nats.restart();
+    eventually(Duration::from_secs(30), "readings stored again", || async {
+        (logged(" INFO ", "readings are stored on the bus again", id) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(logged(" WARN ", lost, id), 1);
     app.stop().await;
 }
 
